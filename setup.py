@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="projectx_pipeline",
+    version="0.1.0",
+    description="Dagster-orchestrated market-data platform for the ProjectX Gateway",
+    packages=find_packages(exclude=["projectx_pipeline_tests*"]),
+    package_data={
+        "projectx_pipeline": ["default_settings.yaml"],
+        "projectx_pipeline.storage": ["migrations/*.sql"],
+    },
+    python_requires=">=3.10",
+    install_requires=[
+        # The Dagster set is pinned together: 1.13.28 has no matching webserver.
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-postgres==0.29.27",
+        "psycopg2-binary>=2.9",
+        "signalrcore==1.0.2",
+        "pandas>=2.1",
+        "pandera>=0.20",
+        "pandas_market_calendars>=4.4",
+        "numpy>=1.26",
+        "numba>=0.60",
+        "pyyaml>=6",
+        "requests>=2.31",
+        "aiohttp>=3.9",
+        "tzdata",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["projectx=projectx_pipeline.cli:main"]},
+)
