@@ -1,0 +1,265 @@
+"""One typed settings object: the YAML file (defaults shipped in the package, another via
+PROJECTX_SETTINGS=path) plus secrets and endpoints from the environment.
+
+A bad value fails at start with one line naming the key, the value and what was expected.
+Secrets are held as `Secret` so that printing the settings never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .domain.timeframes import DomainError, Timeframe, parse_timeframe, validate_contract_id
+
+ENV_SETTINGS = "PROJECTX_SETTINGS"
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the key, the value and what was expected."""
+
+
+class Secret:
+    """A string that never shows itself in repr/str/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class ContractSettings(_Model):
+    id: str
+    tick_size: float = Field(0.25, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        return validate_contract_id(v)
+
+
+def _timeframes(v: Any) -> list[Timeframe]:
+    if isinstance(v, str):
+        v = v.split(",")
+    if not isinstance(v, list) or not v:
+        raise ValueError("expected a non-empty list of timeframes such as [1m, 5m, 1h]")
+    tfs = [parse_timeframe(x) for x in v]
+    if len(set(tfs)) != len(tfs):
+        raise ValueError("expected each timeframe once")
+    return sorted(tfs, key=lambda t: t.nominal_seconds)
+
+
+class IngestSettings(_Model):
+    grace_seconds: float = Field(2.0, ge=0, le=300)
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+    trade_flush_seconds: float = Field(1.0, gt=0, le=60)
+    trade_batch_size: int = Field(5000, ge=1, le=1_000_000)
+    outage_buffer_bars: int = Field(100_000, ge=1)
+    initial_lookback_days: int = Field(3, ge=0, le=3650)
+    repair_delay_seconds: float = Field(5.0, ge=0, le=3600)
+    stale_after_seconds: float = Field(45.0, gt=0, le=3600)
+    shards: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("shards")
+    @classmethod
+    def _valid_shards(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for ids in v.values():
+            for cid in ids:
+                validate_contract_id(cid)
+        return v
+
+
+class StorageSettings(_Model):
+    trades_retention_days: int = Field(30, ge=1, le=36500)
+    bars_compress_after_days: int = Field(7, ge=1, le=36500)
+
+
+class GatewaySettings(_Model):
+    rate_limits: bool = True
+    max_retries: int = Field(6, ge=0, le=20)
+
+
+class AnalyzerSettings(_Model):
+    id: str
+    timeframes: list[Timeframe]
+
+    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: _timeframes(v)))
+
+
+class AnalysisSettings(_Model):
+    analyzers: list[AnalyzerSettings] = Field(default_factory=list)
+
+
+class CoordinationSettings(_Model):
+    rules: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _valid_rules(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from .domain.coordination import CoordinationRule
+
+        for rule in v:
+            CoordinationRule.from_dict(rule)
+        return v
+
+
+class FileSettings(_Model):
+    contracts: list[ContractSettings]
+    timeframes: list[Timeframe]
+    ingest: IngestSettings = IngestSettings()
+    storage: StorageSettings = StorageSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
+
+    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: _timeframes(v)))
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "FileSettings":
+        ids = [c.id for c in self.contracts]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"contracts: each contract once, got {ids}")
+        if self.ingest.shards:
+            check_shards(self.ingest.shards, ids)
+        return self
+
+
+def check_shards(shards: Mapping[str, list[str]], contract_ids: list[str]) -> None:
+    """Every configured contract is covered by exactly one shard, and shards name only configured contracts."""
+    seen: dict[str, str] = {}
+    for name, ids in shards.items():
+        for cid in ids:
+            if cid in seen:
+                raise SettingsError(f"ingest.shards: contract {cid} is in both {seen[cid]!r} and {name!r}: expected exactly one shard")
+            if cid not in contract_ids:
+                raise SettingsError(f"ingest.shards.{name}: contract {cid} is not in contracts: expected one of {contract_ids}")
+            seen[cid] = name
+    missing = [c for c in contract_ids if c not in seen]
+    if missing:
+        raise SettingsError(f"ingest.shards: contracts {missing} are in no shard: expected every contract in exactly one shard")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service needs: the file's settings plus the environment's endpoints and secrets."""
+
+    file: FileSettings
+    source: str
+    database_url: Secret | None
+    dagster_pg_url: Secret | None
+    projectx_api_url: str | None
+    projectx_rtc_url: str | None
+    projectx_username: str | None
+    projectx_api_key: Secret | None
+    shard: str | None
+
+    # convenient views -------------------------------------------------------
+    @property
+    def contract_ids(self) -> list[str]:
+        ids = [c.id for c in self.file.contracts]
+        if self.shard:
+            return [c for c in ids if c in self.file.ingest.shards[self.shard]]
+        return ids
+
+    @property
+    def timeframes(self) -> list[Timeframe]:
+        return list(self.file.timeframes)
+
+    def tick_size(self, contract_id: str) -> float:
+        for c in self.file.contracts:
+            if c.id == contract_id:
+                return c.tick_size
+        raise SettingsError(f"contract {contract_id!r} is not configured: expected one of {self.contract_ids}")
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.projectx_username) and bool(self.projectx_api_key)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        parts.append(f"{key} = {value!r}: {msg}" if not isinstance(value, dict) else f"{key}: {msg}")
+    return f"invalid settings in {source}: " + "; ".join(parts)
+
+
+def load_file_settings(path: str | os.PathLike | None = None) -> tuple[FileSettings, str]:
+    if path is None:
+        text = resources.files("projectx_pipeline").joinpath("default_settings.yaml").read_text()
+        source = "default settings"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise SettingsError(f"{ENV_SETTINGS} = {str(path)!r}: expected the path of a readable YAML settings file")
+        text, source = p.read_text(), str(p)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"invalid settings in {source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"invalid settings in {source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return FileSettings.model_validate(raw), source
+    except ValidationError as exc:
+        raise SettingsError(_format_validation_error(exc, source)) from None
+    except (DomainError, SettingsError) as exc:
+        raise SettingsError(f"invalid settings in {source}: {exc}") from None
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _url(environ: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = _env(environ, name)
+    if value is not None and not value.startswith(tuple(s + "://" for s in schemes)):
+        shown = value.split("@")[-1] if "@" in value else value  # never echo a password
+        raise SettingsError(f"{name} = {shown!r}: expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    file_settings, source = load_file_settings(_env(environ, ENV_SETTINGS))
+    shard = _env(environ, "PROJECTX_SHARD")
+    if shard is not None and shard not in file_settings.ingest.shards:
+        raise SettingsError(f"PROJECTX_SHARD = {shard!r}: expected one of the shards in ingest.shards {sorted(file_settings.ingest.shards)}")
+    db = _url(environ, "DATABASE_URL", ("postgresql", "postgres"))
+    dpg = _url(environ, "DAGSTER_PG_URL", ("postgresql", "postgres"))
+    api_key = _env(environ, "PROJECTX_API_KEY")
+    return Settings(
+        file=file_settings,
+        source=source,
+        database_url=Secret(db) if db else None,
+        dagster_pg_url=Secret(dpg) if dpg else None,
+        projectx_api_url=_url(environ, "PROJECTX_API_URL", ("http", "https")),
+        projectx_rtc_url=_url(environ, "PROJECTX_RTC_URL", ("http", "https", "ws", "wss")),
+        projectx_username=_env(environ, "PROJECTX_USERNAME"),
+        projectx_api_key=Secret(api_key) if api_key else None,
+        shard=shard,
+    )
