@@ -71,7 +71,7 @@ def test_migrations_from_empty_and_rerun(db_server):
         assert applied == [m.version for m in available_migrations()]
         assert {
             "ohlc_bars", "trades", "detected_signals", "analyzer_watermarks", "coordinator_watermarks",
-            "coordinated_signals", "ingestion_heartbeats", "schema_migrations", "bar_repairs",
+            "coordinated_signals", "ingestion_heartbeats", "schema_migrations", "bar_repairs", "bar_revisions",
         } <= _table_names(conn)
         assert migrate(conn) == []  # re-run: nothing to do
         with conn.cursor() as cur:
@@ -293,3 +293,18 @@ def test_plain_postgres_trade_retention(conn):
         assert deleted == 0  # TimescaleDB's retention policy does this job
     else:
         assert (deleted, remaining) == (2, 2)
+
+
+def test_replace_records_the_overwritten_bar(conn, sample_5m):
+    live = sample_5m.iloc[:3].copy()
+    live.loc[live.index[1], "volume"] = 1
+    upsert_bars(conn, live, mode="keep", source="live")
+    upsert_bars(conn, sample_5m.iloc[:3], mode="replace", source="history")
+    with conn.cursor() as cur:
+        cur.execute('SELECT "timestamp", old_volume, old_source, new_volume, new_source FROM bar_revisions')
+        rows = cur.fetchall()
+    conn.rollback()
+    assert len(rows) == 1
+    ts, old_v, old_src, new_v, new_src = rows[0]
+    assert pd.Timestamp(ts) == sample_5m["timestamp"].iloc[1]
+    assert (old_v, old_src, new_v, new_src) == (1, "live", int(sample_5m["volume"].iloc[1]), "history")

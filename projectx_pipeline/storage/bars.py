@@ -102,6 +102,24 @@ _UPSERT_SQL = {
 }
 
 
+# Replace mode also records the overwritten bars. Every CTE reads the same snapshot, so
+# `previous` sees the values from before the INSERT's update.
+_AUDIT_SQL = """
+        , previous AS (
+            SELECT b.*, s.open AS n_open, s.high AS n_high, s.low AS n_low, s.close AS n_close,
+                   s.volume AS n_volume, s.source AS n_source
+            FROM ohlc_bars b
+            JOIN _bars_stage s USING (contract_id, timeframe_unit, timeframe_value, "timestamp")
+            WHERE (b.open, b.high, b.low, b.close, b.volume) IS DISTINCT FROM (s.open, s.high, s.low, s.close, s.volume))
+        , audit AS (
+            INSERT INTO bar_revisions (contract_id, timeframe_unit, timeframe_value, "timestamp",
+                old_open, old_high, old_low, old_close, old_volume, old_source,
+                new_open, new_high, new_low, new_close, new_volume, new_source)
+            SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source,
+                   n_open, n_high, n_low, n_close, n_volume, n_source
+            FROM previous)"""
+
+
 def _statement(mode: UpsertMode, notify: bool) -> str:
     notify_sql = f"""
         , chunks AS (
@@ -114,7 +132,7 @@ def _statement(mode: UpsertMode, notify: bool) -> str:
         , notified AS (
             SELECT pg_notify('{OHLC_CHANNEL}', json_agg(bar)::text) FROM chunks GROUP BY chunk)"""
     return f"""
-        WITH written AS ({_UPSERT_SQL[mode]}) {notify_sql if notify else ''}
+        WITH written AS ({_UPSERT_SQL[mode]}) {_AUDIT_SQL if mode == "replace" else ""} {notify_sql if notify else ""}
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
                {'(SELECT count(*) FROM notified)' if notify else '0'}
         FROM written"""
