@@ -1,0 +1,105 @@
+"""Structured logs: one line per event, `key=value` (or JSON), never containing a secret.
+
+Every record passes a redaction filter installed on the root handler, so a secret that reaches
+a message by any path (an exception text, a URL with a token, a library's own log line) is
+replaced before it is written. Secrets are registered from the environment at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from datetime import datetime, timezone
+
+_SECRET_ENV = ("PROJECTX_API_KEY", "DATABASE_URL", "DAGSTER_PG_URL")
+_PATTERNS = [
+    (re.compile(r"(access_token=)[^&\s'\"]+"), r"\1***"),
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"(://[^:/@\s]+):[^@\s]+@"), r"\1:***@"),
+    (re.compile(r"(\"?(?:apiKey|api_key|token|newToken|password)\"?\s*[:=]\s*\"?)[^\"\s,}&]+"), r"\1***"),
+]
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact this exact value wherever it appears in a log line."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def register_env_secrets(environ=os.environ) -> None:
+    for name in _SECRET_ENV:
+        value = environ.get(name)
+        register_secret(value)
+        if value and "://" in value and "@" in value:
+            # a database URL's password on its own, too
+            m = re.search(r"://[^:/@]+:([^@]+)@", value)
+            if m:
+                register_secret(m.group(1))
+
+
+def redact(text: str) -> str:
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            # render the traceback now so the formatter cannot print an unredacted copy
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.msg, record.args = redact(msg), None
+        return True
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        line = f"ts={ts} level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        if record.exc_text:
+            line += " exc=" + json.dumps(record.exc_text)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        return json.dumps(doc)
+
+
+def configure_logging(level: str | None = None, *, fmt: str | None = None, stream=None) -> None:
+    """Root logging for a service: key=value lines (PROJECTX_LOG_FORMAT=json for JSON)."""
+    register_env_secrets()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    use_json = (fmt or os.environ.get("PROJECTX_LOG_FORMAT", "kv")) == "json"
+    handler.setFormatter(JsonFormatter() if use_json else KeyValueFormatter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel((level or os.environ.get("PROJECTX_LOG_LEVEL", "INFO")).upper())
+    # signalrcore logs every frame at DEBUG, including its URL with the token
+    logging.getLogger("SignalRCoreClient").setLevel(logging.WARNING)
