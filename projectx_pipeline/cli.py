@@ -45,8 +45,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .domain.timeframes import DomainError
-    from .settings import SettingsError
+    # absolute imports: under `python -m projectx_pipeline.cli` this module is __main__, and
+    # the command modules raise projectx_pipeline.cli.UsageError, not __main__.UsageError
+    from projectx_pipeline.cli import UsageError
+    from projectx_pipeline.domain.timeframes import DomainError
+    from projectx_pipeline.settings import SettingsError
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -100,6 +101,14 @@ class GatewaySettings(_Model):
     max_retries: int = Field(6, ge=0, le=20)
 
 
+class DagsterSettings(_Model):
+    partitions_start: date = date(2025, 3, 17)   # first trade date offered for backfills
+    reconciliation_tolerance: int = Field(0, ge=0)  # live/history differences allowed per partition
+    gap_calendar: str = "CME Globex Equity"       # pandas_market_calendars name
+    freshness_fail_minutes: int = Field(30, ge=1)  # ohlc_bars fails freshness after this long without bars
+    sensor_interval_seconds: int = Field(5, ge=1, le=300)
+
+
 class AnalyzerSettings(_Model):
     id: str
     timeframes: list[Timeframe]
@@ -130,6 +139,7 @@ class FileSettings(_Model):
     ingest: IngestSettings = IngestSettings()
     storage: StorageSettings = StorageSettings()
     gateway: GatewaySettings = GatewaySettings()
+    dagster: DagsterSettings = DagsterSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     coordination: CoordinationSettings = CoordinationSettings()
 

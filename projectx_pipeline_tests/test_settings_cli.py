@@ -1,0 +1,128 @@
+"""Settings and CLI input: a bad value is one clear line naming key, value and expectation; exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from projectx_pipeline.domain.timeframes import parse_timeframe
+from projectx_pipeline.settings import SettingsError, check_shards, load_settings
+
+PROJECTX = [sys.executable, "-m", "projectx_pipeline"]
+
+
+def _settings_file(tmp_path: Path, text: str) -> dict:
+    p = tmp_path / "settings.yaml"
+    p.write_text(text)
+    return {"PROJECTX_SETTINGS": str(p)}
+
+
+def test_default_settings_load():
+    s = load_settings({})
+    assert s.contract_ids == ["CON.F.US.MES.M25"]
+    assert [t.label for t in s.timeframes] == ["1m", "5m", "15m", "1h", "4h", "1d"]
+    assert s.file.ingest.grace_seconds == 2.0
+    assert s.database_url is None and not s.has_credentials
+    assert len(s.file.coordination.rules) == 2
+
+
+def test_secrets_never_show_in_repr():
+    s = load_settings({"PROJECTX_API_KEY": "super-secret-key-123", "PROJECTX_USERNAME": "trader",
+                       "DATABASE_URL": "postgresql://u:db-password-9@127.0.0.1/x"})
+    text = repr(s) + str(s)
+    assert "super-secret-key-123" not in text and "db-password-9" not in text
+    assert s.projectx_api_key.get() == "super-secret-key-123"
+    assert s.has_credentials
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m, 7x]\n", "timeframes"),
+        ("contracts: [{id: 'MES; DROP TABLE'}]\ntimeframes: [1m]\n", "contracts.0.id"),
+        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_seconds: -1}\n", "ingest.grace_seconds = -1"),
+        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_secs: 1}\n", "ingest.grace_secs"),
+        ("contracts: [{id: 'CON.F.US.MES.M25', tick_size: 0}]\ntimeframes: [1m]\n", "tick_size = 0"),
+        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ncoordination: {rules: [{name: x, label: long, anchor: {timeframe: 1h, type: up}, trigger: {timeframe: 15m, type: uptrend}, within_minutes: 60}]}\n", "up"),
+        ("- just a list\n", "expected a mapping"),
+        ("contracts: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_settings_name_key_and_value(tmp_path, yaml_text, expected):
+    with pytest.raises(SettingsError) as exc:
+        load_settings(_settings_file(tmp_path, yaml_text))
+    message = str(exc.value)
+    assert expected in message
+    assert "\n" not in message  # one line
+
+
+def test_bad_environment_values():
+    with pytest.raises(SettingsError, match=r"DATABASE_URL = 'mysql://h/db': expected a URL starting with postgresql://"):
+        load_settings({"DATABASE_URL": "mysql://h/db"})
+    with pytest.raises(SettingsError, match="PROJECTX_SETTINGS = '/nonexistent.yaml'"):
+        load_settings({"PROJECTX_SETTINGS": "/nonexistent.yaml"})
+    # a password in a bad URL is not echoed
+    with pytest.raises(SettingsError) as exc:
+        load_settings({"DATABASE_URL": "mysql://user:hunter2@h/db"})
+    assert "hunter2" not in str(exc.value)
+
+
+def test_shards_cover_every_contract_exactly_once():
+    ids = ["CON.F.US.MES.M25", "CON.F.US.MNQ.M25"]
+    check_shards({"a": [ids[0]], "b": [ids[1]]}, ids)
+    with pytest.raises(SettingsError, match="is in both 'a' and 'b'"):
+        check_shards({"a": ids, "b": [ids[1]]}, ids)
+    with pytest.raises(SettingsError, match=r"are in no shard"):
+        check_shards({"a": [ids[0]]}, ids)
+    with pytest.raises(SettingsError, match="not in contracts"):
+        check_shards({"a": ids + ["CON.F.US.ES.M25"]}, ids)
+
+
+def test_shard_selects_its_contracts(tmp_path):
+    env = _settings_file(tmp_path, "contracts: [{id: CON.F.US.MES.M25}, {id: CON.F.US.MNQ.M25}]\ntimeframes: [1m]\n"
+                                   "ingest: {shards: {east: [CON.F.US.MES.M25], west: [CON.F.US.MNQ.M25]}}\n")
+    assert load_settings({**env, "PROJECTX_SHARD": "west"}).contract_ids == ["CON.F.US.MNQ.M25"]
+    with pytest.raises(SettingsError, match="PROJECTX_SHARD = 'north'"):
+        load_settings({**env, "PROJECTX_SHARD": "north"})
+
+
+def _cli(args: list[str], env_extra: dict | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_") and k not in ("DATABASE_URL", "DAGSTER_PG_URL")}
+    env.update(env_extra or {})
+    return subprocess.run(PROJECTX + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ingest", "--timeframes", "1m,9q"], "invalid timeframe '9q'"),
+        (["ingest", "--contracts", "CON.F.US.MES.M25;DROP"], "invalid contract id"),
+        (["db", "explode"], "invalid choice: 'explode'"),
+        (["no-such-command"], "invalid choice"),
+        (["trend-starts", "/nonexistent/bars.csv"], "/nonexistent/bars.csv"),
+    ],
+)
+def test_bad_cli_input_is_one_line_exit_2(tmp_path, args, needle):
+    proc = _cli(args, {"PROJECTX_HOME": str(tmp_path)}, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert not (tmp_path / ".projectx").exists()  # no partial work
+
+
+def test_bad_settings_file_stops_cli_with_one_line(tmp_path):
+    env = _settings_file(tmp_path, "contracts: [{id: CON.F.US.MES.M25}]\ntimeframes: [1m, 5q]\n")
+    proc = _cli(["db", "status"], {**env, "PROJECTX_HOME": str(tmp_path)}, cwd=str(tmp_path))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "timeframes" in lines[0] and "5q" in lines[0]
+
+
+def test_parse_timeframe_labels_round_trip():
+    for label in ["30s", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1mo"]:
+        assert parse_timeframe(label).label == label
