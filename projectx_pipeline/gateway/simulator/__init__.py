@@ -1,0 +1,1 @@
+"""A local ProjectX Gateway (REST, market hub, fault injection) for tests and demos: see server.py."""
