@@ -1,0 +1,76 @@
+"""`projectx ingest [--contracts ID ...] [--timeframes 1m,5m,...]`: the live ingestion daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from datetime import timedelta
+
+from ..cli import UsageError
+
+log = logging.getLogger("projectx.ingest")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contracts", nargs="+", metavar="ID", help="contract ids (default: the settings' contracts, or the shard's)")
+    parser.add_argument("--timeframes", metavar="LIST", help="comma-separated timeframes, e.g. 1m,5m,1h (default: the settings')")
+
+
+def build_daemon(args: argparse.Namespace):
+    from ..domain.timeframes import parse_timeframes, validate_contract_id
+    from ..gateway.client import GatewayClient
+    from ..gateway.config import GatewayConfig
+    from ..settings import load_settings
+    from ..storage.local_db import LocalDatabaseError, default_cluster
+    from .daemon import IngestConfig, IngestDaemon
+
+    settings = load_settings()
+    contracts = [validate_contract_id(c) for c in args.contracts] if args.contracts else settings.contract_ids
+    if len(set(contracts)) != len(contracts):
+        raise UsageError(f"--contracts {' '.join(contracts)}: expected each contract once")
+    timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes
+    if settings.database_url:
+        url = settings.database_url.get()
+    else:
+        try:
+            url = default_cluster().urls()["DATABASE_URL"]
+        except LocalDatabaseError as exc:
+            raise UsageError(f"DATABASE_URL is not set and {exc}") from None
+    ing = settings.file.ingest
+    gateway_config = GatewayConfig.from_env()
+    client = GatewayClient(gateway_config, rate_limits=settings.file.gateway.rate_limits, max_retries=settings.file.gateway.max_retries)
+    config = IngestConfig(
+        contracts=contracts, timeframes=timeframes, database_url=url, grace_seconds=ing.grace_seconds,
+        heartbeat_seconds=ing.heartbeat_seconds, trade_flush_seconds=ing.trade_flush_seconds,
+        trade_batch_size=ing.trade_batch_size, outage_buffer_bars=ing.outage_buffer_bars,
+        initial_lookback=timedelta(days=ing.initial_lookback_days), repair_delay_seconds=ing.repair_delay_seconds,
+        stale_after_seconds=ing.stale_after_seconds,
+    )
+    daemon = IngestDaemon(config, client, lambda out: client.market_hub(contracts, out, stale_after=ing.stale_after_seconds))
+    log.info("event=ingest_config gateway=%s api_url=%s rtc_url=%s", "simulator" if gateway_config.use_simulator else "projectx",
+             gateway_config.api_url, gateway_config.rtc_url)
+    return daemon
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..logs import configure_logging
+    from .writer import AnotherDaemonRunning
+
+    configure_logging()
+    daemon = build_daemon(args)
+
+    def on_signal(signum, _frame):
+        log.info("event=signal_received signal=%s", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+    except AnotherDaemonRunning as exc:
+        raise UsageError(str(exc)) from None
+    code = daemon.run()
+    sys.stdout.flush()
+    return code

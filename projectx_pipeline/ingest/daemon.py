@@ -1,0 +1,291 @@
+"""The ingestion daemon: market hub → live bars for every timeframe → database, repaired from history.
+
+Threads and what they own:
+* hub (signalrcore + supervisor): parses events onto `events`; no I/O in its callbacks;
+* main loop (`run`): drains `events` in batches, feeds one `BarAggregator` per contract, and
+  hands closed bars / trades / repair requests to the writer — never touches the database;
+* writer: every database write, buffered through outages (`writer.StoreWriter`);
+* repairer: gap repair and due repair windows from the REST history (`repair.Repairer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from ..domain.aggregation import BarAggregator, split_valid
+from ..domain.market import Quote, Trade
+from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end, from_ns, to_ns
+from ..gateway.events import HubEvent
+from ..storage.db import connect
+from ..storage.migrate import migrate
+from .clock import FeedClock
+from .counters import Counters
+from .repair import Repairer
+from .writer import RepairRequest, StoreWriter, TradeBatch, instance_name
+
+log = logging.getLogger("projectx.ingest")
+
+DRAIN_MAX_ITEMS = 20_000
+IDLE_WAIT_SECONDS = 0.05
+SHUTDOWN_BUDGET_SECONDS = 8.0  # the whole stop must fit in 10 s
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    contracts: list[str]
+    timeframes: list[Timeframe]
+    database_url: str
+    grace_seconds: float = 2.0
+    heartbeat_seconds: float = 5.0
+    trade_flush_seconds: float = 1.0
+    trade_batch_size: int = 5000
+    outage_buffer_bars: int = 100_000
+    initial_lookback: timedelta = timedelta(days=3)
+    repair_delay_seconds: float = 5.0
+    stale_after_seconds: float = 45.0
+    db_wait_seconds: float = 60.0
+
+
+class IngestDaemon:
+    def __init__(self, config: IngestConfig, gateway, hub_factory):
+        """`gateway`: a GatewayClient (history + tokens); `hub_factory(out_queue) -> hub` with start()/stop()/stats."""
+        self.config = config
+        self.gateway = gateway
+        self.events: queue.Queue = queue.Queue()
+        self.hub = hub_factory(self.events)
+        self.clock = FeedClock()
+        self.counters = {cid: Counters() for cid in config.contracts}
+        self.aggregators = {
+            cid: BarAggregator(cid, config.timeframes, grace_ns=int(config.grace_seconds * NS_PER_SECOND)) for cid in config.contracts
+        }
+        self.instance_id = instance_name()
+        self._last_trade_ns: dict[str, int | None] = {cid: None for cid in config.contracts}
+        self._last_event_ns: int | None = None
+        self._connection_state = "starting"
+        self._connects = 0
+        self._stop = threading.Event()
+        self.writer = StoreWriter(
+            config.database_url, config.contracts, self.counters, instance_id=self.instance_id,
+            outage_buffer_bars=config.outage_buffer_bars, trade_flush_seconds=config.trade_flush_seconds,
+            trade_batch_size=config.trade_batch_size, heartbeat_seconds=config.heartbeat_seconds,
+            repair_delay_seconds=config.repair_delay_seconds, heartbeat_state=self._heartbeat_state,
+        )
+        self.repairer = Repairer(
+            config.database_url, gateway, config.contracts, config.timeframes, self.clock, self.counters,
+            initial_lookback=config.initial_lookback,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def _migrate_with_retry(self) -> None:
+        deadline = time.monotonic() + self.config.db_wait_seconds
+        delay = 0.5
+        while True:
+            try:
+                conn = connect(self.config.database_url)
+                try:
+                    migrate(conn)
+                finally:
+                    conn.close()
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("event=db_wait error=%r retry_in_s=%.1f", str(exc).splitlines()[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def start(self) -> None:
+        """Migrate, take the per-contract locks (a second daemon refuses here), open the feed."""
+        self._migrate_with_retry()
+        self.writer.acquire_locks()
+        self.writer.start()
+        self.repairer.start()
+        # the first connect is a feed start: repair from the newest stored bar to now
+        self.repairer.request_gap_repair()
+        self.hub.start()
+        log.info("event=ingest_started instance=%s contracts=%s timeframes=%s", self.instance_id,
+                 ",".join(self.config.contracts), ",".join(tf.label for tf in self.config.timeframes))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """The main loop; returns when stopped (SIGTERM/SIGINT) or on a fatal writer error."""
+        while not self._stop.is_set():
+            items = self._drain()
+            if items:
+                self._process(items)
+            self._advance_clocks()
+            if self.writer.fatal is not None:
+                log.error("event=ingest_fatal error=%r", str(self.writer.fatal))
+                self.shutdown()
+                return 1
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
+        log.info("event=ingest_stopping")
+        try:
+            self.hub.stop()
+        except Exception as exc:  # a hub that fails to stop must not block the flush
+            log.warning("event=hub_stop_failed error=%r", str(exc))
+        items = self._drain(wait=False)
+        if items:
+            self._process(items)
+        # bars still open are incomplete: never stored as final, repaired after the restart
+        now_ns = self.clock.now_ns()
+        for cid, agg in self.aggregators.items():
+            self._handle_output(cid, agg.flush_open(now_ns))
+        self.repairer.stop(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
+        self._connection_state = "stopped"
+        flushed = self.writer.stop(timeout=max(0.5, deadline - time.monotonic()))
+        log.info("event=ingest_stopped flushed=%s counters=%s", flushed,
+                 {cid: c.as_dict() for cid, c in self.counters.items()})
+
+    # ------------------------------------------------------------------ main loop
+    def _drain(self, wait: bool = True) -> list:
+        items = []
+        try:
+            items.append(self.events.get(timeout=IDLE_WAIT_SECONDS) if wait else self.events.get_nowait())
+        except queue.Empty:
+            return items
+        while len(items) < DRAIN_MAX_ITEMS:
+            try:
+                items.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _process(self, items: list) -> None:
+        trades: dict[str, list[Trade]] = {}
+        for item in items:
+            if isinstance(item, Trade):
+                trades.setdefault(item.contract_id, []).append(item)
+            elif isinstance(item, Quote):
+                if item.timestamp is not None:
+                    self._observe(to_ns(item.timestamp))
+            elif isinstance(item, HubEvent):
+                # trades received before the event belong to the connection before it
+                self._aggregate(trades)
+                trades = {}
+                self._on_hub_event(item)
+        self._aggregate(trades)
+
+    def _observe(self, event_ns: int) -> None:
+        self.clock.observe(event_ns)
+        if self._last_event_ns is None or event_ns > self._last_event_ns:
+            self._last_event_ns = event_ns
+
+    def _on_hub_event(self, event: HubEvent) -> None:
+        if event.kind == "connected":
+            self._connection_state = "connected"
+            self._connects += 1
+            for cid, agg in self.aggregators.items():
+                agg.mark_feed_restart()
+                if self._connects > 1:
+                    self.counters[cid].reconnects += 1
+            self.repairer.request_gap_repair()
+            log.info("event=feed_connected detail=%r", event.detail)
+        elif event.kind == "disconnected":
+            self._connection_state = "disconnected"
+            log.warning("event=feed_disconnected detail=%r", event.detail)
+        elif event.kind == "logout":
+            log.warning("event=gateway_logout detail=%r", event.detail)
+        # 'malformed' events are counted by the hub itself (feed-wide, see _heartbeat_state)
+
+    def _aggregate(self, trades: dict[str, list[Trade]]) -> None:
+        received_at = datetime.now(timezone.utc)
+        for cid, batch in trades.items():
+            agg = self.aggregators.get(cid)
+            if agg is None:
+                continue  # not ours (the hub only subscribes ours; defensive)
+            ts = np.fromiter((to_ns(t.timestamp) for t in batch), dtype=np.int64, count=len(batch))
+            px = np.fromiter((t.price for t in batch), dtype=np.float64, count=len(batch))
+            sz = np.fromiter((t.size for t in batch), dtype=np.int64, count=len(batch))
+            valid, reasons = split_valid(ts, px, sz)
+            if not valid.all():
+                bad = np.flatnonzero(~valid)
+                self.counters[cid].rejected_trades += bad.size
+                log.warning("event=trades_rejected contract=%s count=%d first_reason=%r", cid, bad.size, reasons[0] if len(reasons) else "")
+                keep = np.flatnonzero(valid)
+                batch = [batch[i] for i in keep]
+                ts, px, sz = ts[valid], px[valid], sz[valid]
+            if ts.size == 0:
+                continue
+            self._observe(int(ts.max()))
+            c = self.counters[cid]
+            c.trades += ts.size
+            last = int(ts.max())
+            if self._last_trade_ns[cid] is None or last > self._last_trade_ns[cid]:
+                self._last_trade_ns[cid] = last
+            self.writer.submit_trades(TradeBatch(cid, ts.tolist(), px.tolist(), sz.tolist(), [t.side for t in batch], received_at))
+            self._handle_output(cid, agg.add_trades(ts, px, sz))
+
+    def _advance_clocks(self) -> None:
+        now_ns = self.clock.now_ns()
+        if now_ns is None:
+            return
+        for cid, agg in self.aggregators.items():
+            out = agg.advance_clock(now_ns)
+            if out:
+                self._handle_output(cid, out)
+
+    def _handle_output(self, cid: str, out) -> None:
+        if not out:
+            return
+        c = self.counters[cid]
+        repairs: list[RepairRequest] = []
+        delay = timedelta(seconds=self.config.repair_delay_seconds)
+        if out.n_closed:
+            closed = out.closed
+            complete = closed["complete"].to_numpy()
+            if complete.any():
+                self.writer.submit_bars(closed.loc[complete].drop(columns="complete"))
+            if not complete.all():
+                partial = closed.loc[~complete]
+                c.partial_bars += len(partial)
+                for row in partial.itertuples(index=False):
+                    repairs.append(self._repair(cid, row.timeframe_unit, row.timeframe_value, row.timestamp, delay, "partial"))
+        if out.late_trades:
+            c.late_trades += out.late_trades
+            log.warning("event=late_trades contract=%s count=%d action=queued_for_repair", cid, out.late_trades)
+        if out.n_repairs:
+            for row in out.repairs.itertuples(index=False):
+                repairs.append(self._repair(cid, row.timeframe_unit, row.timeframe_value, row.timestamp, delay, "late_trade"))
+        if repairs:
+            c.repair_requests += len(repairs)
+            self.writer.submit_repairs(repairs)
+
+    @staticmethod
+    def _repair(cid: str, unit: int, value: int, start, delay: timedelta, reason: str) -> RepairRequest:
+        tf = Timeframe(int(unit), int(value))
+        start_dt = start.to_pydatetime()
+        return RepairRequest(cid, tf.unit, tf.value, start_dt, bar_end(start_dt, tf) + delay, reason)
+
+    # ------------------------------------------------------------------ heartbeats
+    def hub_stats(self) -> dict:
+        stats = getattr(self.hub, "stats", None)
+        return dict(stats) if isinstance(stats, dict) else {}
+
+    def _heartbeat_state(self) -> dict:
+        stats = self.hub_stats()
+        state = stats.get("state", self._connection_state) if self._connection_state != "stopped" else "stopped"
+        out = {}
+        for cid in self.config.contracts:
+            # malformed events are rejected by the hub before they reach a contract: feed-wide
+            self.counters[cid].malformed_events = int(stats.get("malformed", 0))
+            last_trade = self._last_trade_ns[cid]
+            out[cid] = {
+                "connection_state": str(state),
+                "last_event_at": from_ns(self._last_event_ns) if self._last_event_ns is not None else None,
+                "last_trade_at": from_ns(last_trade) if last_trade is not None else None,
+            }
+        return out

@@ -1,0 +1,171 @@
+"""Gap repair from the gateway's history.
+
+* After every (re)connect: for every configured timeframe, history from the newest stored bar
+  (or a configured look-back on an empty database) to the feed's now, upserted
+  replace-when-different, revisions counted.
+* Continuously: windows in `bar_repairs` that are due (partial bars after a restart, late
+  trades, bars dropped in an outage) are re-fetched once the window has closed, then removed.
+
+Runs on its own thread with its own connection, so a slow REST answer or a database outage
+never stalls the feed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from ..domain.timeframes import Timeframe, bar_end, from_ns
+from ..storage.bars import last_bar_times, upsert_bars
+from ..storage.db import connect, is_connection_error
+from .clock import FeedClock
+from .counters import Counters
+
+log = logging.getLogger("projectx.ingest.repair")
+
+# Wait this long for the first event after a connect (which tells the feed's "now") before
+# falling back to the machine's clock for the end of a gap repair.
+FEED_TIME_WAIT_SECONDS = 5.0
+REPAIR_BATCH = 500
+
+
+class Repairer(threading.Thread):
+    def __init__(self, database_url: str, gateway, contracts: list[str], timeframes: list[Timeframe], clock: FeedClock,
+                 counters: dict[str, Counters], *, initial_lookback: timedelta, poll_seconds: float = 0.5):
+        super().__init__(name="projectx-repair", daemon=True)
+        self.url = database_url
+        self.gateway = gateway
+        self.contracts = contracts
+        self.timeframes = timeframes
+        self.clock = clock
+        self.counters = counters
+        self.initial_lookback = initial_lookback
+        self.poll_seconds = poll_seconds
+        self.conn = None
+        self._stop_event = threading.Event()
+        self._gap_requested_at: float | None = None
+        self._lock = threading.Lock()
+        self.gap_repairs_done = 0
+        self.idle = threading.Event()
+
+    def request_gap_repair(self) -> None:
+        with self._lock:
+            self._gap_requested_at = time.monotonic()
+        self.idle.clear()
+
+    def stop(self, timeout: float) -> None:
+        self._stop_event.set()
+        self.join(timeout)
+
+    # ------------------------------------------------------------------ thread
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                did_gap = self._maybe_gap_repair()
+                did_due = self._repair_due_windows()
+                if not did_gap and not did_due and self._gap_requested_at is None:
+                    self.idle.set()
+            except Exception as exc:  # noqa: BLE001 — logged, retried; the feed must go on
+                if is_connection_error(exc):
+                    log.warning("event=repair_db_unavailable error=%r", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    self._close()
+                else:
+                    for c in self.counters.values():
+                        c.gateway_errors += 1
+                    log.error("event=repair_failed error=%r", str(exc))
+                self._stop_event.wait(min(5.0, self.poll_seconds * 4))
+                continue
+            self._stop_event.wait(self.poll_seconds)
+        self._close()
+
+    def _connection(self):
+        if self.conn is None or self.conn.closed:
+            self.conn = connect(self.url, application_name="projectx_ingest_repair")
+        return self.conn
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.conn = None
+
+    def _feed_now(self, requested_at: float) -> datetime | None:
+        now_ns = self.clock.now_ns()
+        if now_ns is not None:
+            return from_ns(now_ns)
+        if time.monotonic() - requested_at >= FEED_TIME_WAIT_SECONDS:
+            return datetime.now(timezone.utc)
+        return None
+
+    def _maybe_gap_repair(self) -> bool:
+        with self._lock:
+            requested_at = self._gap_requested_at
+        if requested_at is None:
+            return False
+        now = self._feed_now(requested_at)
+        if now is None:
+            return False
+        conn = self._connection()
+        for cid in self.contracts:
+            last = last_bar_times(conn, cid, self.timeframes)
+            for tf in self.timeframes:
+                start = last[tf] or (now - self.initial_lookback)
+                self._fetch_and_store(cid, tf, start, now, reason="gap")
+        with self._lock:
+            if self._gap_requested_at == requested_at:
+                self._gap_requested_at = None  # a newer request (another reconnect) stays pending
+        self.gap_repairs_done += 1
+        log.info("event=gap_repair_done contracts=%d timeframes=%d until=%s", len(self.contracts), len(self.timeframes), now.isoformat())
+        return True
+
+    def _fetch_and_store(self, cid: str, tf: Timeframe, start: datetime, end: datetime, reason: str, windows: set | None = None) -> int:
+        if end <= start:
+            return 0
+        bars = self.gateway.retrieve_bars(cid, tf, start, end)
+        if windows is not None and not bars.empty:
+            bars = bars[bars["timestamp"].isin(windows)]
+        if bars.empty:
+            return 0
+        result = upsert_bars(self._connection(), bars, mode="replace", source="history")
+        changed = result.inserted + result.revised
+        self.counters[cid].repairs += changed
+        if changed:
+            log.info("event=bars_repaired contract=%s timeframe=%s reason=%s inserted=%d revised=%d from=%s to=%s",
+                     cid, tf.label, reason, result.inserted, result.revised, start.isoformat(), end.isoformat())
+        return changed
+
+    def _repair_due_windows(self) -> bool:
+        now_ns = self.clock.now_ns()
+        if now_ns is None:
+            return False
+        conn = self._connection()
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT contract_id, timeframe_unit, timeframe_value, window_start FROM bar_repairs"
+                " WHERE due_at <= %s AND contract_id = ANY(%s) ORDER BY window_start LIMIT %s",
+                (from_ns(now_ns), self.contracts, REPAIR_BATCH),
+            )
+            rows = cur.fetchall()
+        conn.rollback()
+        if not rows:
+            return False
+        groups: dict[tuple, list[datetime]] = {}
+        for cid, unit, value, start in rows:
+            groups.setdefault((cid, unit, value), []).append(start)
+        for (cid, unit, value), starts in groups.items():
+            tf = Timeframe(unit, value)
+            window = {pd.Timestamp(s).tz_convert("UTC") for s in starts}
+            self._fetch_and_store(cid, tf, min(starts), bar_end(max(starts), tf), reason="window", windows=window)
+            with conn.cursor() as cur:
+                cur.execute(
+                    "DELETE FROM bar_repairs WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s AND window_start = ANY(%s)",
+                    (cid, unit, value, starts),
+                )
+            conn.commit()
+        return True

@@ -1,0 +1,422 @@
+"""The daemon's only database writer: closed bars, raw trades, tick notifications, repair
+requests and heartbeats, on one connection owned by one thread.
+
+A database outage never reaches the aggregation: items wait here in memory (bounded), are
+written in order when the database returns, and when the bar buffer overflows the oldest bars
+are dropped, counted and turned into repair requests, so history fills them in later.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+import psycopg2
+import psycopg2.extras
+
+from ..domain.timeframes import from_ns
+from ..storage.bars import upsert_bars
+from ..storage.db import connect, is_connection_error, redact_url
+from .counters import Counters
+
+log = logging.getLogger("projectx.ingest.writer")
+
+TICK_CHANNEL = "tick_data_channel"
+TICK_PAYLOAD_LIMIT = 7900  # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more
+_COPY_NULL = "\\N"
+LOCK_NAMESPACE = 0x50584947
+MAX_BARS_PER_STATEMENT = 50_000  # advisory-lock namespace for "one daemon per contract"
+
+
+class AnotherDaemonRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class RepairRequest:
+    contract_id: str
+    timeframe_unit: int
+    timeframe_value: int
+    window_start: datetime
+    due_at: datetime
+    reason: str
+
+
+@dataclass
+class TradeBatch:
+    contract_id: str
+    ts_ns: list[int]
+    price: list[float]
+    size: list[int]
+    side: list[int | None]
+    received_at: datetime
+
+
+@dataclass
+class _Pending:
+    bars: collections.deque = field(default_factory=collections.deque)  # DataFrames, in close order
+    bar_count: int = 0
+    repairs: list = field(default_factory=list)
+    trades: collections.deque = field(default_factory=collections.deque)
+    trade_count: int = 0
+    ticks: list = field(default_factory=list)  # TradeBatches not yet announced on tick_data_channel
+
+
+def tick_payloads(batch: TradeBatch) -> list[str]:
+    """Compact JSON arrays of trades, each under the NOTIFY payload limit."""
+    payloads, current, size = [], [], 2
+    for ts, px, sz, side in zip(batch.ts_ns, batch.price, batch.size, batch.side):
+        item = json.dumps({"c": batch.contract_id, "t": from_ns(ts).isoformat().replace("+00:00", "Z"), "p": px, "s": sz, "a": side}, separators=(",", ":"))
+        if current and size + len(item) + 1 > TICK_PAYLOAD_LIMIT:
+            payloads.append("[" + ",".join(current) + "]")
+            current, size = [], 2
+        current.append(item)
+        size += len(item) + 1
+    if current:
+        payloads.append("[" + ",".join(current) + "]")
+    return payloads
+
+
+class StoreWriter(threading.Thread):
+    def __init__(self, database_url: str, contracts: list[str], counters: dict[str, Counters], *, instance_id: str,
+                 outage_buffer_bars: int, trade_flush_seconds: float, trade_batch_size: int, heartbeat_seconds: float,
+                 repair_delay_seconds: float, heartbeat_state):
+        super().__init__(name="projectx-writer", daemon=True)
+        self.url = database_url
+        self.contracts = contracts
+        self.counters = counters
+        self.instance_id = instance_id
+        self.outage_buffer_bars = outage_buffer_bars
+        self.trade_flush_seconds = trade_flush_seconds
+        self.trade_batch_size = trade_batch_size
+        self.max_buffered_trades = max(100_000, trade_batch_size * 20)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.repair_delay_seconds = repair_delay_seconds
+        self.heartbeat_state = heartbeat_state  # callable -> {contract: {...}}
+        self.inbox: queue.Queue = queue.Queue()
+        self.pending = _Pending()
+        self.conn = None
+        self.db_up = False
+        self.fatal: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._final_heartbeat = False
+        self._next_connect = 0.0
+        self._backoff = 0.5
+        self._last_trade_flush = time.monotonic()
+        self._last_heartbeat = 0.0
+        self.started_at = datetime.now(timezone.utc)
+
+    # ------------------------------------------------------------------ public API (any thread)
+    def submit_bars(self, bars: pd.DataFrame) -> None:
+        if not bars.empty:
+            self.inbox.put(("bars", bars))
+
+    def submit_trades(self, batch: TradeBatch) -> None:
+        self.inbox.put(("trades", batch))
+
+    def submit_repairs(self, requests: list[RepairRequest]) -> None:
+        if requests:
+            self.inbox.put(("repairs", requests))
+
+    def request_heartbeat(self) -> None:
+        self.inbox.put(("heartbeat", None))
+
+    def acquire_locks(self) -> None:
+        """Take the per-contract locks (called once at start, before the feed opens)."""
+        self._ensure_connection(raise_on_failure=True)
+
+    def stop(self, timeout: float) -> bool:
+        """Flush what can be flushed within `timeout`, write a final heartbeat, close."""
+        self.inbox.put(("final_heartbeat", None))
+        self._stop_event.set()
+        self.join(timeout)
+        return not self.is_alive()
+
+    # ------------------------------------------------------------------ thread
+    def run(self) -> None:
+        while True:
+            try:
+                item = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._accept(item)
+                # take everything already waiting before touching the database
+                while True:
+                    try:
+                        self._accept(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+            self._flush()
+            if self._stop_event.is_set() and self.inbox.empty():
+                self._flush(force=True)
+                self._close()
+                return
+            if self.fatal is not None:
+                self._close()
+                return
+
+    def _accept(self, item) -> None:
+        kind, payload = item
+        p = self.pending
+        if kind == "bars":
+            p.bars.append(payload)
+            p.bar_count += len(payload)
+            while p.bar_count > self.outage_buffer_bars and len(p.bars) > 1:
+                self._drop_oldest_bars()
+        elif kind == "trades":
+            p.trades.append(payload)
+            p.trade_count += len(payload.ts_ns)
+            p.ticks.append(payload)
+            while p.trade_count > self.max_buffered_trades and len(p.trades) > 1:
+                old = p.trades.popleft()
+                p.trade_count -= len(old.ts_ns)
+                self.counters[old.contract_id].trades_dropped += len(old.ts_ns)
+                log.warning("event=trades_dropped contract=%s count=%d reason=buffer_full", old.contract_id, len(old.ts_ns))
+        elif kind == "repairs":
+            p.repairs.extend(payload)
+        elif kind == "heartbeat":
+            self._last_heartbeat = 0.0
+        elif kind == "final_heartbeat":
+            self._final_heartbeat = True
+
+    def _drop_oldest_bars(self) -> None:
+        p = self.pending
+        old = p.bars.popleft()
+        p.bar_count -= len(old)
+        now = datetime.now(timezone.utc)
+        for row in old.itertuples(index=False):
+            self.counters[row.contract_id].bars_dropped += 1
+            p.repairs.append(RepairRequest(row.contract_id, row.timeframe_unit, row.timeframe_value, row.timestamp.to_pydatetime(), now, "outage_buffer_full"))
+        log.warning("event=bars_dropped count=%d reason=outage_buffer_full action=queued_for_repair", len(old))
+
+    # ------------------------------------------------------------------ database
+    def _ensure_connection(self, raise_on_failure: bool = False) -> bool:
+        if self.conn is not None and self.conn.closed == 0:
+            return True
+        if not raise_on_failure and time.monotonic() < self._next_connect:
+            return False
+        try:
+            self.conn = connect(self.url, application_name=f"projectx_ingest:{self.instance_id}")
+            self._lock_contracts()
+        except AnotherDaemonRunning as exc:
+            self.fatal = exc
+            self._close()
+            if raise_on_failure:
+                raise
+            log.error("event=fatal reason=%s", exc)
+            return False
+        except Exception as exc:
+            self._close()
+            self._next_connect = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 5.0)
+            if raise_on_failure:
+                raise
+            log.warning("event=db_unavailable error=%r retry_in_s=%.1f", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._backoff)
+            return False
+        if not self.db_up:
+            log.info("event=db_connected url=%s", redact_url(self.url))
+        self.db_up = True
+        self._backoff = 0.5
+        return True
+
+    def _lock_contracts(self) -> None:
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            for cid in self.contracts:
+                cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, cid))
+                if not cur.fetchone()[0]:
+                    cur.execute("SELECT instance_id, updated_at FROM ingestion_heartbeats WHERE contract_id = %s", (cid,))
+                    row = cur.fetchone()
+                    holder = f" (instance {row[0]}, last heartbeat {row[1].isoformat()})" if row else ""
+                    raise AnotherDaemonRunning(f"another ingestion daemon is already running for {cid}{holder}: refusing to start a second one")
+        self.conn.autocommit = False
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.conn = None
+        self.db_up = False
+
+    def _on_db_error(self, exc: BaseException, what: str) -> None:
+        for c in self.counters.values():
+            c.db_errors += 1
+        if is_connection_error(exc):
+            if self.db_up:
+                log.error("event=db_lost during=%s error=%r", what, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self._close()
+            self._next_connect = time.monotonic() + self._backoff
+        else:
+            log.error("event=db_error during=%s error=%r", what, str(exc).strip())
+            try:
+                self.conn.rollback()
+            except Exception:
+                self._close()
+
+    def _flush(self, force: bool = False) -> None:
+        p = self.pending
+        if not p.bars and not p.ticks and not p.repairs and not self._trades_due(force) and not self._heartbeat_due(force):
+            return
+        if not self._ensure_connection():
+            self._forget_ticks()
+            return
+        # bars first and in order: the newest bar must never overtake an older one. Everything
+        # waiting goes in one statement, so a backlog costs one round trip, not one per batch.
+        while p.bars:
+            frames = []
+            while p.bars and sum(len(f) for f in frames) < MAX_BARS_PER_STATEMENT:
+                frames.append(p.bars.popleft())
+            df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            try:
+                result = upsert_bars(self.conn, df, mode="keep", source="live")
+            except psycopg2.Error as exc:
+                if is_connection_error(exc):
+                    p.bars.extendleft(reversed(frames))
+                    self._on_db_error(exc, "bars")
+                    self._forget_ticks()
+                    return
+                # a bar the database refuses (should never come from the aggregator): report it,
+                # queue its windows for repair from history, and keep the feed going
+                self._on_db_error(exc, "bars")
+                p.bar_count -= len(df)
+                self._repair_rejected(df, str(exc))
+                continue
+            p.bar_count -= len(df)
+            for cid, n in df.groupby("contract_id").size().items():
+                c = self.counters[cid]
+                c.bars_written += int(n)
+                c.last_bar_at = max(c.last_bar_at or df["timestamp"].min(), df.loc[df.contract_id == cid, "timestamp"].max())
+            log.debug("event=bars_written rows=%d inserted=%d notified=%d", result.rows, result.inserted, result.notified)
+        if p.ticks:
+            self._notify_ticks()
+        if p.repairs and not self._write_repairs():
+            return
+        if self._trades_due(force) and not self._write_trades():
+            return
+        if self._heartbeat_due(force):
+            self._write_heartbeats(final=force and self._final_heartbeat)
+
+    def _repair_rejected(self, df: pd.DataFrame, reason: str) -> None:
+        now = datetime.now(timezone.utc)
+        for row in df.itertuples(index=False):
+            self.pending.repairs.append(RepairRequest(row.contract_id, row.timeframe_unit, row.timeframe_value, row.timestamp.to_pydatetime(), now, "rejected_by_database"))
+        log.error("event=bars_rejected rows=%d action=queued_for_repair reason=%r", len(df), reason.splitlines()[0])
+
+    def _write_repairs(self) -> bool:
+        rows = self.pending.repairs
+        try:
+            with self.conn.cursor() as cur:
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO bar_repairs (contract_id, timeframe_unit, timeframe_value, window_start, due_at, reason) VALUES %s "
+                    "ON CONFLICT (contract_id, timeframe_unit, timeframe_value, window_start) DO UPDATE SET due_at = GREATEST(bar_repairs.due_at, EXCLUDED.due_at)",
+                    [(r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start, r.due_at, r.reason) for r in _dedupe(rows)],
+                )
+            self.conn.commit()
+        except psycopg2.Error as exc:
+            self._on_db_error(exc, "repairs")
+            return False
+        self.pending.repairs = []
+        return True
+
+    def _trades_due(self, force: bool) -> bool:
+        p = self.pending
+        if not p.trades:
+            return False
+        return force or p.trade_count >= self.trade_batch_size or time.monotonic() - self._last_trade_flush >= self.trade_flush_seconds
+
+    def _write_trades(self) -> bool:
+        p = self.pending
+        buf = io.StringIO()
+        for b in p.trades:
+            rec = b.received_at.isoformat()
+            for ts, px, sz, side in zip(b.ts_ns, b.price, b.size, b.side):
+                side_text = _COPY_NULL if side is None else side
+                buf.write(f"{b.contract_id}\t{from_ns(ts).isoformat()}\t{px!r}\t{sz}\t{side_text}\t{rec}\n")
+        buf.seek(0)
+        try:
+            with self.conn.cursor() as cur:
+                cur.copy_expert('COPY trades (contract_id, "timestamp", price, size, side, received_at) FROM STDIN', buf)
+            self.conn.commit()
+        except psycopg2.Error as exc:
+            self._on_db_error(exc, "trades")
+            if not is_connection_error(exc):
+                # unstorable rows (cannot come from the parser); drop them, loudly
+                log.error("event=trades_rejected count=%d", p.trade_count)
+                p.trades.clear()
+                p.trade_count = 0
+            return False
+        p.trades.clear()
+        p.trade_count = 0
+        self._last_trade_flush = time.monotonic()
+        return True
+
+    def _forget_ticks(self) -> None:
+        """Tick notifications are live-only: while the database is away they are counted, not queued."""
+        for batch in self.pending.ticks:
+            self.counters[batch.contract_id].ticks_not_notified += len(batch.ts_ns)
+        self.pending.ticks = []
+
+    def _notify_ticks(self) -> None:
+        batches, self.pending.ticks = self.pending.ticks, []
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                            (TICK_CHANNEL, [p for b in batches for p in tick_payloads(b)]))
+            self.conn.commit()
+        except psycopg2.Error as exc:
+            self.pending.ticks = batches
+            self._forget_ticks()
+            self._on_db_error(exc, "ticks")
+
+    def _heartbeat_due(self, force: bool) -> bool:
+        return force or time.monotonic() - self._last_heartbeat >= self.heartbeat_seconds
+
+    def _write_heartbeats(self, final: bool = False) -> None:
+        state = self.heartbeat_state()
+        try:
+            with self.conn.cursor() as cur:
+                for cid in self.contracts:
+                    s = state[cid]
+                    cur.execute(
+                        "INSERT INTO ingestion_heartbeats (contract_id, instance_id, connection_state, last_event_at, last_trade_at,"
+                        " last_bar_at, started_at, counters, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
+                        " ON CONFLICT (contract_id) DO UPDATE SET instance_id = EXCLUDED.instance_id,"
+                        " connection_state = EXCLUDED.connection_state, last_event_at = EXCLUDED.last_event_at,"
+                        " last_trade_at = EXCLUDED.last_trade_at, last_bar_at = EXCLUDED.last_bar_at,"
+                        " started_at = EXCLUDED.started_at, counters = EXCLUDED.counters, updated_at = now()",
+                        (cid, self.instance_id, "stopped" if final else s["connection_state"], s["last_event_at"], s["last_trade_at"],
+                         self.counters[cid].last_bar_at, self.started_at, json.dumps(self.counters[cid].as_dict())),
+                    )
+            self.conn.commit()
+            self._last_heartbeat = time.monotonic()
+        except psycopg2.Error as exc:
+            self._on_db_error(exc, "heartbeat")
+
+
+def _dedupe(rows: list[RepairRequest]) -> list[RepairRequest]:
+    by_key: dict[tuple, RepairRequest] = {}
+    for r in rows:
+        key = (r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start)
+        if key not in by_key or r.due_at > by_key[key].due_at:
+            by_key[key] = r
+    return list(by_key.values())
+
+
+def instance_name() -> str:
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
