@@ -1,0 +1,87 @@
+"""Where the gateway is and who logs in: the real ProjectX gateway or the local simulator."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import GatewayConfigError, kv
+
+log = logging.getLogger("projectx.gateway")
+
+REAL_API_URL = "https://api.topstepx.com"
+REAL_RTC_URL = "https://rtc.topstepx.com"
+SIMULATOR_URL = "http://127.0.0.1:5080"
+SIMULATOR_CREDENTIAL = "simulator"
+MARKET_HUB_PATH = "/hubs/market"
+
+
+def validate_url(name: str, value: object) -> str:
+    """`value` as an http(s) URL without a trailing slash; the error names the setting `name`."""
+    if not isinstance(value, str) or not value.strip():
+        raise GatewayConfigError(f"{name}={value!r} is not a URL: expected http(s)://host[:port]")
+    url = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise GatewayConfigError(f"{name}={value!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayConfigError(f"{name}={value!r} is not a valid URL: expected http(s)://host[:port]")
+    if parts.query or parts.fragment:
+        raise GatewayConfigError(f"{name}={value!r} must not carry a query string or fragment")
+    return url
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Hosts and credentials. `rtc_url` is the host that serves `/hubs/market`."""
+
+    api_url: str
+    rtc_url: str
+    username: str
+    api_key: str
+    use_simulator: bool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_url", validate_url("api_url", self.api_url))
+        object.__setattr__(self, "rtc_url", validate_url("rtc_url", self.rtc_url))
+        if not isinstance(self.username, str) or not self.username:
+            raise GatewayConfigError("username must be a non-empty string")
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise GatewayConfigError("api_key must be a non-empty string")
+
+    def __repr__(self) -> str:
+        return (
+            f"GatewayConfig(api_url={self.api_url!r}, rtc_url={self.rtc_url!r}, "
+            f"username={self.username!r}, api_key='***', use_simulator={self.use_simulator})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def market_hub_url(self) -> str:
+        return self.rtc_url + MARKET_HUB_PATH
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "GatewayConfig":
+        """The real gateway when PROJECTX_USERNAME and PROJECTX_API_KEY are both set, else the simulator.
+
+        PROJECTX_API_URL and PROJECTX_RTC_URL override the hosts in either case."""
+        username = environ.get("PROJECTX_USERNAME", "").strip()
+        api_key = environ.get("PROJECTX_API_KEY", "").strip()
+        use_simulator = not (username and api_key)
+        if use_simulator and (username or api_key):
+            # Half a set of credentials is almost certainly a mistake: say so rather than
+            # silently talking to the simulator.
+            missing = "PROJECTX_API_KEY" if username else "PROJECTX_USERNAME"
+            log.warning(kv("config_incomplete_credentials", missing=missing, using="simulator"))
+        default_api, default_rtc = (SIMULATOR_URL, SIMULATOR_URL) if use_simulator else (REAL_API_URL, REAL_RTC_URL)
+        api_url = validate_url("PROJECTX_API_URL", environ.get("PROJECTX_API_URL") or default_api)
+        rtc_url = validate_url("PROJECTX_RTC_URL", environ.get("PROJECTX_RTC_URL") or default_rtc)
+        if use_simulator:
+            username = api_key = SIMULATOR_CREDENTIAL
+        return cls(api_url=api_url, rtc_url=rtc_url, username=username, api_key=api_key, use_simulator=use_simulator)
