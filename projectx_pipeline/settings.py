@@ -105,6 +105,9 @@ class DagsterSettings(_Model):
     partitions_start: date = date(2025, 3, 17)   # first trade date offered for backfills
     reconciliation_tolerance: int = Field(0, ge=0)  # live/history differences allowed per partition
     gap_calendar: str = "CME Globex Equity"       # pandas_market_calendars name
+    # Trade dates the calendar gets wrong: it lists Good Friday 2025-04-18 as an early close,
+    # but CME equity Globex was shut and the gateway has no bar that day.
+    closed_dates: list[date] = Field(default_factory=lambda: [date(2025, 4, 18)])
     freshness_fail_minutes: int = Field(30, ge=1)  # ohlc_bars fails freshness after this long without bars
     sensor_interval_seconds: int = Field(5, ge=1, le=300)
 

@@ -10,7 +10,8 @@ from ..cli import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true", help="exit 1 when any heartbeat is older than --max-age")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped")
     parser.add_argument("--max-age", type=float, default=30.0, help="seconds before a heartbeat counts as stale (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -53,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
         print("no ingestion heartbeats yet: is `projectx ingest` running?")
         return 1 if args.check else 0
     now = rows[0][8]
-    stale = [r[0] for r in rows if (now - r[7]).total_seconds() > args.max_age or r[2] == "stopped"]
+    # only this deployment's contracts count: another shard's daemon, or a rolled contract's
+    # last 'stopped' row, must not make this one unhealthy
+    own = set(settings.contract_ids)
+    stale = [r[0] for r in rows if r[0] in own and ((now - r[7]).total_seconds() > args.max_age or r[2] == "stopped")]
+    missing = own - {r[0] for r in rows}
+    stale += sorted(missing)
     if args.json:
         print(json.dumps([
             {"contract_id": r[0], "instance": r[1], "state": r[2], "last_event_at": r[3] and r[3].isoformat(),

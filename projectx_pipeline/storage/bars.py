@@ -222,3 +222,25 @@ def last_bar_times(conn, contract_id: str, timeframes: Iterable[Timeframe]) -> d
             out[tf] = cur.fetchone()[0]
     conn.rollback()
     return out
+
+
+def read_live_versions(conn, contract_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """The bars the live daemon built in [start, end), every timeframe: the stored bar when it is
+    still the live one, else the live values a history replace overwrote (from bar_revisions)."""
+    validate_contract_id(contract_id)
+    sql = f"""
+        SELECT {_READ_COLUMNS} FROM ohlc_bars
+        WHERE contract_id = %(c)s AND "timestamp" >= %(s)s AND "timestamp" < %(e)s AND source = 'live'
+        UNION ALL
+        SELECT DISTINCT ON (timeframe_unit, timeframe_value, "timestamp")
+               contract_id, "timestamp", old_open, old_high, old_low, old_close, old_volume, timeframe_unit, timeframe_value
+        FROM bar_revisions
+        WHERE contract_id = %(c)s AND "timestamp" >= %(s)s AND "timestamp" < %(e)s AND old_source = 'live'
+        ORDER BY 8, 9, 2"""
+    with conn.cursor() as cur:
+        cur.execute(sql, {"c": contract_id, "s": start, "e": end})
+        rows = cur.fetchall()
+    conn.rollback()
+    if not rows:
+        return empty_bars()
+    return normalize_bars(pd.DataFrame(rows, columns=BAR_COLUMNS))

@@ -1,0 +1,50 @@
+"""Backfill one CME trade date × contract from the gateway's history (used by the
+`historical_bars` asset and the benchmarks). Idempotent: replace-when-different upserts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import pandas as pd
+
+from .domain.quality import Session, find_gaps
+from .domain.timeframes import Timeframe, trade_date_session
+from .storage.bars import upsert_bars
+
+
+@dataclass
+class BackfillResult:
+    rows: dict[str, int] = field(default_factory=dict)
+    inserted: int = 0
+    revised: int = 0
+    first_bar: pd.Timestamp | None = None
+    last_bar: pd.Timestamp | None = None
+    holes: int = 0
+    holes_timeframe: str | None = None
+
+
+def backfill_trade_date(client, conn, contract_id: str, trade_date: date, timeframes: list[Timeframe],
+                        sessions: list[Session] | None = None) -> BackfillResult:
+    """Fetch every timeframe of the session of `trade_date` and upsert it, one commit per timeframe
+    so a retry after a failure redoes only what is left. `sessions` (from the exchange calendar)
+    enables the hole count on the finest intraday timeframe."""
+    session_open, session_close = trade_date_session(trade_date)
+    result = BackfillResult()
+    finest: tuple[Timeframe, pd.DataFrame] | None = None
+    for tf in timeframes:
+        bars = client.retrieve_bars(contract_id, tf, session_open, session_close)
+        written = upsert_bars(conn, bars, mode="replace", source="history")
+        result.rows[tf.label] = len(bars)
+        result.inserted += written.inserted
+        result.revised += written.revised
+        if not bars.empty:
+            lo, hi = bars["timestamp"].min(), bars["timestamp"].max()
+            result.first_bar = lo if result.first_bar is None else min(result.first_bar, lo)
+            result.last_bar = hi if result.last_bar is None else max(result.last_bar, hi)
+        if finest is None and tf.step_ns:
+            finest = (tf, bars)
+    if finest is not None and sessions is not None:
+        result.holes = len(find_gaps(finest[1], finest[0], sessions))
+        result.holes_timeframe = finest[0].label
+    return result

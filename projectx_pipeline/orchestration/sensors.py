@@ -1,0 +1,107 @@
+"""Sensors: new live bars → `ohlc_bars` materializations and analysis runs; run failures → one alert hook."""
+
+
+import json
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+
+import requests
+from dagster import (
+    AssetMaterialization,
+    DefaultSensorStatus,
+    MetadataValue,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+
+from ..domain.timeframes import Timeframe, trade_date_of
+from .assets import settings
+from .partitions import partition_key
+from .resources import StorageResource
+from .signals import analysis_job, analysis_run_config, analyzed_timeframes
+
+log = logging.getLogger("projectx.dagster")
+
+# Bars are stamped with their transaction's start time, and a transaction can commit a little
+# after a later one: re-read this far behind the cursor; run keys stop anything running twice.
+INGESTED_AT_OVERLAP = timedelta(seconds=30)
+
+
+def _load_cursor(raw: str | None) -> dict:
+    if not raw:
+        return {"since": None, "last": {}}
+    return json.loads(raw)
+
+
+@sensor(
+    name="new_bars_sensor",
+    minimum_interval_seconds=settings.file.dagster.sensor_interval_seconds,
+    default_status=DefaultSensorStatus.RUNNING,
+    job=analysis_job,
+    description="Reports ohlc_bars materializations per trade date × contract as live bars land, "
+    "and launches the trend-start analysis for the contracts and timeframes that got new bars.",
+)
+def new_bars_sensor(context: SensorEvaluationContext, storage: StorageResource):
+    cursor = _load_cursor(context.cursor)
+    since = datetime.fromisoformat(cursor["since"]) - INGESTED_AT_OVERLAP if cursor["since"] else datetime(1970, 1, 1, tzinfo=timezone.utc)
+    with storage.connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            'SELECT contract_id, timeframe_unit, timeframe_value, max("timestamp"), count(*), max(ingested_at)'
+            " FROM ohlc_bars WHERE ingested_at > %s GROUP BY 1, 2, 3",
+            (since,),
+        )
+        rows = cur.fetchall()
+    last: dict[str, str] = cursor["last"]
+    new_by_contract: dict[str, dict[str, datetime]] = {}
+    high_water = cursor["since"]
+    for cid, unit, value, max_ts, count, max_ingested in rows:
+        key = f"{cid}|{unit}|{value}"
+        high_water = max(high_water or max_ingested.isoformat(), max_ingested.isoformat())
+        if last.get(key) and datetime.fromisoformat(last[key]) >= max_ts:
+            continue
+        last[key] = max_ts.isoformat()
+        new_by_contract.setdefault(cid, {})[Timeframe(unit, value).label] = max_ts
+    if not new_by_contract:
+        context.update_cursor(json.dumps({"since": high_water, "last": last}))
+        return SkipReason("no new bars")
+    events, run_requests = [], []
+    analyzed = {tf.label for tf in analyzed_timeframes()}
+    for cid, by_tf in new_by_contract.items():
+        newest = max(by_tf.values())
+        events.append(AssetMaterialization(
+            asset_key="ohlc_bars",
+            partition=partition_key(trade_date_of(newest), cid),
+            metadata={"last_bar_time": MetadataValue.text(newest.isoformat()),
+                      "new_bars_by_timeframe": MetadataValue.json({k: v.isoformat() for k, v in sorted(by_tf.items())})},
+        ))
+        affected = sorted(set(by_tf) & analyzed)
+        if affected:
+            run_key = cid + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
+            run_requests.append(RunRequest(run_key=run_key, run_config=analysis_run_config([cid]),
+                                           tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)}))
+    context.update_cursor(json.dumps({"since": high_water, "last": last}))
+    return SensorResult(run_requests=run_requests, asset_events=events)
+
+
+def send_alert(message: str) -> None:
+    """The one place failures are reported: the log, and PROJECTX_ALERT_WEBHOOK_URL when set."""
+    log.error("event=alert message=%r", message)
+    url = os.environ.get("PROJECTX_ALERT_WEBHOOK_URL")
+    if url:
+        try:
+            requests.post(url, json={"text": message}, timeout=5)
+        except requests.RequestException as exc:
+            log.warning("event=alert_webhook_failed error=%s", type(exc).__name__)
+
+
+@run_failure_sensor(name="run_failure_alert", default_status=DefaultSensorStatus.RUNNING,
+                    description="Every failed run reported in one place (log + optional webhook).")
+def run_failure_alert(context: RunFailureSensorContext):
+    run = context.dagster_run
+    send_alert(f"run {run.run_id} of job {run.job_name} failed: {context.failure_event.message}")
