@@ -95,7 +95,7 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _fail_if_any(context: AssetExecutionContext, errors: dict[str, str], metadata: dict) -> None:
+def _fail_if_any(errors: dict[str, str], metadata: dict) -> None:
     if errors:
         raise Failure(
             description="; ".join(f"{cid}: {msg}" for cid, msg in errors.items()),
@@ -158,7 +158,7 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
             ),
             "latest_signals": MetadataValue.md(_md_table(latest, _SIGNAL_TABLE_COLUMNS)),
         }
-        _fail_if_any(context, errors, metadata)
+        _fail_if_any(errors, metadata)
         return MaterializeResult(metadata=metadata)
 
     return trend_starts
@@ -210,7 +210,7 @@ def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, 
         ),
         "latest_signals": MetadataValue.md(_md_table(latest, _COORDINATED_TABLE_COLUMNS)),
     }
-    _fail_if_any(context, errors, metadata)
+    _fail_if_any(errors, metadata)
     return MaterializeResult(metadata=metadata)
 
 
