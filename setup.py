@@ -15,6 +15,9 @@ setup(
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",
         "dagster-postgres==0.29.27",
+        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which dagster-postgres does not install
+        # (it ships psycopg2): with 2.1, Dagster cannot open its storage from DAGSTER_PG_URL.
+        "sqlalchemy>=2.0,<2.1",
         "psycopg2-binary>=2.9",
         "signalrcore==1.0.2",
         "pandas>=2.1",

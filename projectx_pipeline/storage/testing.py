@@ -62,13 +62,14 @@ class TestDatabaseServer:
         finally:
             tconn.close()
 
-    def create_database(self, prefix: str = "t") -> str:
-        """A new database with every migration applied; returns its URL."""
+    def create_database(self, prefix: str = "t", *, migrated: bool = True) -> str:
+        """A new database, with every migration applied unless `migrated=False`; returns its URL."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        template = f' TEMPLATE "{TEMPLATE_DB}"' if migrated else ""
         conn = self._admin()
         try:
             with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+                cur.execute(f'CREATE DATABASE "{name}"{template}')
         finally:
             conn.close()
         return _with_database(self.admin_url, name)
