@@ -36,6 +36,7 @@ from dagster import (
     MetadataValue,
     asset,
     define_asset_job,
+    in_process_executor,
 )
 
 from ..domain.coordination import parse_rules
@@ -219,6 +220,9 @@ ANALYSIS_ASSETS: list[AssetsDefinition] = [*signal_assets, coordinated_signals]
 analysis_job = define_asset_job(
     "analysis_job",
     selection=AssetSelection.groups(SIGNALS_GROUP),
+    # one process for the whole run: a process per step re-imports Dagster, pandas and numba for
+    # each of the five steps, which alone took longer than the 30 s new-bar → signal budget
+    executor_def=in_process_executor,
     description="Trend starts for every analysed timeframe, then coordination, for the contracts in the run config.",
 )
 
