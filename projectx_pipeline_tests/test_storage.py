@@ -308,3 +308,38 @@ def test_replace_records_the_overwritten_bar(conn, sample_5m):
     ts, old_v, old_src, new_v, new_src = rows[0]
     assert pd.Timestamp(ts) == sample_5m["timestamp"].iloc[1]
     assert (old_v, old_src, new_v, new_src) == (1, "live", int(sample_5m["volume"].iloc[1]), "history")
+
+
+def test_large_batches_take_the_copy_path_with_the_same_results(conn, sample_5m):
+    from projectx_pipeline.storage.bars import SMALL_BATCH
+
+    assert len(sample_5m) > SMALL_BATCH  # binary COPY + staged INSERT, not the array statement
+    r1 = upsert_bars(conn, sample_5m, mode="keep", source="live")
+    assert (r1.inserted, r1.revised) == (len(sample_5m), 0)
+    changed = sample_5m.copy()
+    changed.loc[changed.index[::100], "volume"] += 1
+    r2 = upsert_bars(conn, changed, mode="replace", source="history")
+    assert (r2.inserted, r2.revised) == (0, len(changed.index[::100]))
+    pd.testing.assert_frame_equal(read_bars(conn, MES, TF5), changed.reset_index(drop=True))
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM bar_revisions")
+        assert cur.fetchone()[0] == len(changed.index[::100])
+    conn.rollback()
+
+
+def test_autocommit_connections_write_atomically(db_url, sample_5m):
+    c = connect(db_url)
+    c.autocommit = True
+    try:
+        small, large = sample_5m.iloc[:10], sample_5m.iloc[10:]
+        assert upsert_bars(c, small, mode="keep", source="live").inserted == 10
+        assert upsert_bars(c, large, mode="keep", source="live").inserted == len(large)
+        assert c.autocommit  # restored after the COPY path's own transaction
+        bad = sample_5m.iloc[:5].copy()
+        bad["timestamp"] += pd.Timedelta(days=365)
+        bad.loc[bad.index[3], "high"] = bad.loc[bad.index[3], "low"] - 1
+        with pytest.raises(psycopg2.errors.CheckViolation):
+            upsert_bars(c, bad, mode="keep", source="live")
+        assert len(read_bars(c, MES, TF5)) == len(sample_5m)  # nothing of the bad batch
+    finally:
+        c.close()

@@ -15,12 +15,15 @@ the bars that changed and only once the transaction commits.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
+import psycopg2
+import psycopg2.errors
 
 from ..domain.market import BAR_COLUMNS, empty_bars, normalize_bars
 from ..domain.timeframes import Timeframe, validate_contract_id
@@ -31,7 +34,11 @@ OHLC_CHANNEL = "ohlc_update"
 BARS_PER_NOTIFY = 25
 
 UpsertMode = Literal["keep", "replace"]
-_STAGE_COLUMNS = BAR_COLUMNS  # same order as the frame, so the COPY text is built column-wise
+_STAGE_COLS_SQL = 'contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source'
+_CANONICAL_DTYPES = {
+    "timestamp": "datetime64[ns, UTC]", "open": "float64", "high": "float64", "low": "float64",
+    "close": "float64", "volume": "int64", "timeframe_unit": "int64", "timeframe_value": "int64",
+}
 
 
 @dataclass(frozen=True)
@@ -50,28 +57,50 @@ def _validate_frame(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in BAR_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"bars frame lacks columns {missing}: expected {BAR_COLUMNS}")
-    df = normalize_bars(df)
-    for cid in df["contract_id"].unique():
+    # frames from the aggregator or read_bars are already canonical: skip the (slow, for the
+    # handful of bars a live close writes) coercion
+    if any(str(df[c].dtype) != t for c, t in _CANONICAL_DTYPES.items()):
+        df = normalize_bars(df)
+    contracts = pd.unique(df["contract_id"])
+    for cid in contracts:
         validate_contract_id(cid)
-    if df.duplicated(["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]).any():
+    key = np.empty(len(df), dtype=[("c", np.int64), ("u", np.int64), ("v", np.int64), ("t", np.int64)])
+    key["c"] = pd.Index(contracts).get_indexer(df["contract_id"]) if len(contracts) > 1 else 0
+    key["u"], key["v"] = df["timeframe_unit"].to_numpy(), df["timeframe_value"].to_numpy()
+    key["t"] = df["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if len(np.unique(key)) != len(key):
         dup = df[df.duplicated(["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep=False)].iloc[0]
         raise ValueError(f"bars frame has duplicate key {dup['contract_id']} {dup['timeframe_unit']}/{dup['timeframe_value']} {dup['timestamp']}: expected each bar once")
     return df
 
 
-def _copy_text(df: pd.DataFrame, source: str) -> io.StringIO:
-    # repr() of a float is the shortest string that round-trips, so prices are stored exactly.
-    ts = df["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S.%f+00").to_numpy()
-    cols = [
-        df["contract_id"].to_numpy(),
-        df["timeframe_unit"].to_numpy(),
-        df["timeframe_value"].to_numpy(),
-        ts,
-        *(np.array([repr(x) for x in df[c].to_numpy().tolist()], dtype=object) for c in ("open", "high", "low", "close")),
-        df["volume"].to_numpy(),
-    ]
-    lines = "\n".join("\t".join(map(str, row)) + f"\t{source}" for row in zip(*cols))
-    return io.StringIO(lines + "\n" if lines else "")
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970: PostgreSQL's timestamp zero
+
+
+def _copy_binary(df: pd.DataFrame, source: str) -> io.BytesIO:
+    """PostgreSQL's binary COPY format, built with one numpy record array per contract: no
+    per-value Python work, and floats travel as IEEE bits, so prices are stored exactly."""
+    parts = [_COPY_HEADER]
+    src = source.encode()
+    for cid in pd.unique(df["contract_id"]):
+        part = df[df["contract_id"] == cid] if df["contract_id"].iloc[0] != cid or len(pd.unique(df["contract_id"])) > 1 else df
+        c = cid.encode()
+        fields = [("n", ">i2"), ("lc", ">i4"), ("c", f"S{len(c)}"), ("lu", ">i4"), ("u", ">i2"), ("lv", ">i4"), ("v", ">i4"),
+                  ("lt", ">i4"), ("t", ">i8")]
+        fields += [(f, ">f8") if i % 2 else (f"l{f}", ">i4") for f in ("o", "h", "l", "cl") for i in (0, 1)]
+        fields += [("lvol", ">i4"), ("vol", ">i8"), ("ls", ">i4"), ("s", f"S{len(src)}")]
+        rec = np.empty(len(part), dtype=np.dtype(fields))
+        rec["n"], rec["lc"], rec["c"], rec["lu"], rec["lv"], rec["lt"] = 10, len(c), c, 2, 4, 8
+        rec["u"], rec["v"] = part["timeframe_unit"].to_numpy(), part["timeframe_value"].to_numpy()
+        rec["t"] = part["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64) // 1000 - _PG_EPOCH_US
+        for f, col in (("o", "open"), ("h", "high"), ("l", "low"), ("cl", "close")):
+            rec[f"l{f}"], rec[f] = 8, part[col].to_numpy()
+        rec["lvol"], rec["vol"], rec["ls"], rec["s"] = 8, part["volume"].to_numpy(), len(src), src
+        parts.append(rec.tobytes())
+    parts.append(_COPY_TRAILER)
+    return io.BytesIO(b"".join(parts))
 
 
 _TF_LABEL_SQL = (
@@ -84,14 +113,14 @@ _UPSERT_SQL = {
         INSERT INTO ohlc_bars AS b (contract_id, timeframe_unit, timeframe_value, "timestamp",
                                     open, high, low, close, volume, source)
         SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source
-        FROM _bars_stage
+        FROM {stage}
         ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp") DO NOTHING
         RETURNING b.*, true AS inserted""",
     "replace": """
         INSERT INTO ohlc_bars AS b (contract_id, timeframe_unit, timeframe_value, "timestamp",
                                     open, high, low, close, volume, source)
         SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source
-        FROM _bars_stage
+        FROM {stage}
         ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp") DO UPDATE
             SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, source = EXCLUDED.source, ingested_at = now(),
@@ -109,7 +138,7 @@ _AUDIT_SQL = """
             SELECT b.*, s.open AS n_open, s.high AS n_high, s.low AS n_low, s.close AS n_close,
                    s.volume AS n_volume, s.source AS n_source
             FROM ohlc_bars b
-            JOIN _bars_stage s USING (contract_id, timeframe_unit, timeframe_value, "timestamp")
+            JOIN {stage} s USING (contract_id, timeframe_unit, timeframe_value, "timestamp")
             WHERE (b.open, b.high, b.low, b.close, b.volume) IS DISTINCT FROM (s.open, s.high, s.low, s.close, s.volume))
         , audit AS (
             INSERT INTO bar_revisions (contract_id, timeframe_unit, timeframe_value, "timestamp",
@@ -120,7 +149,17 @@ _AUDIT_SQL = """
             FROM previous)"""
 
 
-def _statement(mode: UpsertMode, notify: bool) -> str:
+# Small batches (a live bar close) skip COPY: the bars travel as arrays in one prepared
+# statement, so an autocommit write is a single round trip.
+SMALL_BATCH = 2000
+_ARRAYS_PARAMS = "text[], smallint[], integer[], timestamptz[], float8[], float8[], float8[], float8[], bigint[], text[]"
+_ARRAYS_STAGE = (
+    "stage AS (SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    " AS u(contract_id, timeframe_unit, timeframe_value, \"timestamp\", open, high, low, close, volume, source))"
+)
+
+
+def _statement(mode: UpsertMode, notify: bool, arrays: bool) -> str:
     notify_sql = f"""
         , chunks AS (
             SELECT (row_number() OVER (ORDER BY w.contract_id, w.timeframe_unit, w.timeframe_value, w."timestamp") - 1)
@@ -131,20 +170,61 @@ def _statement(mode: UpsertMode, notify: bool) -> str:
             FROM written w)
         , notified AS (
             SELECT pg_notify('{OHLC_CHANNEL}', json_agg(bar)::text) FROM chunks GROUP BY chunk)"""
+    stage = "stage" if arrays else "_bars_stage"
+    audit = _AUDIT_SQL.format(stage=stage) if mode == "replace" else ""
     return f"""
-        WITH written AS ({_UPSERT_SQL[mode]}) {_AUDIT_SQL if mode == "replace" else ""} {notify_sql if notify else ""}
+        WITH {_ARRAYS_STAGE + ',' if arrays else ''} written AS ({_UPSERT_SQL[mode].format(stage=stage)}) {audit} {notify_sql if notify else ""}
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
                {'(SELECT count(*) FROM notified)' if notify else '0'}
         FROM written"""
 
 
-def _ensure_stage(cur) -> None:
-    cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS _bars_stage ("
-        " contract_id text, timeframe_unit smallint, timeframe_value integer, \"timestamp\" timestamptz,"
-        " open double precision, high double precision, low double precision, close double precision,"
-        " volume bigint, source text) ON COMMIT DELETE ROWS"
-    )
+# Per session (keyed by the connection and its backend pid): the temporary stage table and the
+# prepared upsert statements exist once, so a live write is COPY + EXECUTE, with no DDL or planning.
+_prepared_sessions: dict[int, tuple[int, set[str]]] = {}
+
+
+def _session_statements(conn) -> set[str]:
+    pid = conn.info.backend_pid
+    known = _prepared_sessions.get(id(conn))
+    if known is None or known[0] != pid:
+        with conn.cursor() as cur:
+            # PREPARE outlives a rolled-back transaction but CREATE TEMP TABLE does not: start clean
+            cur.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'")
+            for (name,) in cur.fetchall():
+                cur.execute(f"DEALLOCATE {name}")
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _bars_stage ("
+                " contract_id text, timeframe_unit smallint, timeframe_value integer, \"timestamp\" timestamptz,"
+                " open double precision, high double precision, low double precision, close double precision,"
+                " volume bigint, source text) ON COMMIT DELETE ROWS"
+            )
+        known = (pid, set())
+        _prepared_sessions[id(conn)] = known
+    return known[1]
+
+
+def _execute_upsert(cur, conn, mode: UpsertMode, notify: bool, arrays: list | None = None) -> tuple:
+    name = f"projectx_upsert_{mode}{'_notify' if notify else ''}{'_arrays' if arrays is not None else ''}"
+    prepared = _session_statements(conn)
+    if name not in prepared:
+        params = f"({_ARRAYS_PARAMS})" if arrays is not None else ""
+        cur.execute(f"PREPARE {name}{params} AS {_statement(mode, notify, arrays is not None)}")
+        prepared.add(name)
+    if arrays is None:
+        cur.execute(f"EXECUTE {name}")
+    else:
+        cur.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(arrays))})", arrays)
+    return cur.fetchone()
+
+
+def _as_arrays(df: pd.DataFrame, source: str) -> list:
+    return [
+        df["contract_id"].tolist(), df["timeframe_unit"].tolist(), df["timeframe_value"].tolist(),
+        df["timestamp"].dt.to_pydatetime().tolist(),
+        *(df[c].tolist() for c in ("open", "high", "low", "close")),  # repr() on the wire: exact
+        df["volume"].tolist(), [source] * len(df),
+    ]
 
 
 def upsert_bars(conn, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"], notify: bool = True, commit: bool = True) -> UpsertResult:
@@ -159,20 +239,38 @@ def upsert_bars(conn, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["
     df = _validate_frame(bars)
     if df.empty:
         return UpsertResult(0, 0, 0, 0)
+    arrays = _as_arrays(df, source) if len(df) <= SMALL_BATCH else None
+    # COPY and the INSERT must share a transaction; a single-statement write in autocommit mode
+    # is atomic on its own
+    own_transaction = conn.autocommit and arrays is None
+    if own_transaction:
+        conn.autocommit = False
     try:
-        with conn.cursor() as cur:
-            _ensure_stage(cur)
-            cur.copy_expert(
-                'COPY _bars_stage (contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source) FROM STDIN',
-                _copy_text(df, source),
-            )
-            cur.execute(_statement(mode, notify))
-            inserted, revised, notified = cur.fetchone()
-        if commit:
-            conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+        for attempt in (1, 2):
+            try:
+                _session_statements(conn)
+                with conn.cursor() as cur:
+                    if arrays is None:
+                        cur.copy_expert(f"COPY _bars_stage ({_STAGE_COLS_SQL}) FROM STDIN WITH (FORMAT binary)", _copy_binary(df, source))
+                    inserted, revised, notified = _execute_upsert(cur, conn, mode, notify, arrays)
+                if commit and not conn.autocommit:
+                    conn.commit()
+                break
+            except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSqlStatementName):
+                # the session was replaced under the same connection object: prepare again, once
+                if not conn.autocommit:
+                    conn.rollback()
+                _prepared_sessions.pop(id(conn), None)
+                if attempt == 2:
+                    raise
+            except BaseException:
+                if not conn.autocommit:
+                    conn.rollback()
+                _prepared_sessions.pop(id(conn), None)  # the stage may have been created in this transaction
+                raise
+    finally:
+        if own_transaction:
+            conn.autocommit = True
     return UpsertResult(len(df), inserted, revised, notified)
 
 
