@@ -77,7 +77,7 @@ class CoordinationRule:
 
     def __post_init__(self) -> None:
         where = f"coordination rule {self.name!r}"
-        if not isinstance(self.name, str) or not _RULE_NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _RULE_NAME_RE.fullmatch(self.name):
             raise DomainError(
                 f"invalid coordination rule name {self.name!r}: expected 1-64 letters, digits, '_', '.' or '-'"
             )

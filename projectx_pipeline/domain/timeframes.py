@@ -50,7 +50,7 @@ class DomainError(ValueError):
 
 
 def validate_contract_id(contract_id: object) -> str:
-    if not isinstance(contract_id, str) or not CONTRACT_ID_RE.match(contract_id):
+    if not isinstance(contract_id, str) or not CONTRACT_ID_RE.fullmatch(contract_id):
         raise DomainError(
             f"invalid contract id {contract_id!r}: expected the gateway's form "
             "CON.F.<country>.<root>.<month code><2-digit year>, e.g. CON.F.US.MES.M25"
@@ -109,7 +109,7 @@ def parse_timeframe(text: object) -> Timeframe:
         return text
     if not isinstance(text, str):
         raise DomainError(f"invalid timeframe {text!r}: expected a string such as 1m, 5m, 4h, 1d")
-    m = _TIMEFRAME_RE.match(text.strip())
+    m = _TIMEFRAME_RE.fullmatch(text.strip())
     if not m:
         raise DomainError(f"invalid timeframe {text!r}: expected <number><unit> with unit s, m, h, d, w or mo (e.g. 5m, 4h, 1d)")
     return Timeframe(_SUFFIX_UNIT[m.group(2)], int(m.group(1)))

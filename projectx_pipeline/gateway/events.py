@@ -29,6 +29,9 @@ class EventLimits:
     max_future: timedelta = timedelta(days=1)
     earliest: datetime = datetime(2000, 1, 1, tzinfo=_UTC)
     max_trade_size: int = 1_000_000
+    # futures prices live far inside these bounds; 1e300 or 1e-300 is corruption, not a trade
+    min_price: float = 1e-6
+    max_price: float = 1e7
     max_payload_chars: int = 64 * 1024
     max_depth: int = 16
 
@@ -197,7 +200,7 @@ def decode_hub_record(text: object, limits: EventLimits = DEFAULT_LIMITS) -> tup
 _MISSING = object()
 
 
-def _positive_price(name: str, value: object) -> float | str:
+def _positive_price(name: str, value: object, limits: EventLimits = DEFAULT_LIMITS) -> float | str:
     if value is _MISSING:
         return f"{name}: missing"
     if type(value) not in (int, float):
@@ -210,6 +213,8 @@ def _positive_price(name: str, value: object) -> float | str:
         return f"{_field(name, value)}: not a finite number"
     if price <= 0:
         return f"{_field(name, value)}: not positive"
+    if not limits.min_price <= price <= limits.max_price:
+        return f"{_field(name, value)}: implausible, expected between {limits.min_price:g} and {limits.max_price:g}"
     return price
 
 
@@ -251,7 +256,7 @@ def _event_contract(args: object, subscribed: Collection[str] | None, limits: Ev
     if problem:
         return Rejected(problem, preview(args))
     contract_id, data = args
-    if type(contract_id) is not str or not CONTRACT_ID_RE.match(contract_id):
+    if type(contract_id) is not str or not CONTRACT_ID_RE.fullmatch(contract_id):
         return Rejected(f"{_field('contractId', contract_id)}: not a contract id", preview(args))
     if subscribed is not None and contract_id not in subscribed:
         return Rejected(f"{_field('contractId', contract_id)}: not subscribed", preview(args))
@@ -272,7 +277,7 @@ def _items(data: object) -> list | None:
 def _trade(item: object, contract_id: str, latest: datetime, limits: EventLimits) -> Trade | str:
     if type(item) is not dict:
         return f"expected an object, got {type(item).__name__}"
-    price = _positive_price("price", item.get("price", _MISSING))
+    price = _positive_price("price", item.get("price", _MISSING), limits)
     if type(price) is str:
         return price
     size = _whole_number("volume", item.get("volume", _MISSING))
@@ -338,7 +343,7 @@ def _quote(item: object, contract_id: str, latest: datetime, limits: EventLimits
         if value is None:
             prices[name] = None
             continue
-        price = _positive_price(wire_name, value)
+        price = _positive_price(wire_name, value, limits)
         if type(price) is str:
             return price
         prices[name] = price

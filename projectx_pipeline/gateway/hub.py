@@ -114,6 +114,22 @@ def _market_hub_url(rtc_url: str) -> str:
     return url if url.endswith(MARKET_HUB_PATH) else url + MARKET_HUB_PATH
 
 
+def _envelope_problem(message) -> str | None:
+    """signalrcore dispatches on `target` and `invocation_id` as dict keys and unpacks `arguments`:
+    a non-string target or id (unhashable) or non-list arguments raises inside its receive loop
+    and ends the connection. Such a record is malformed, not fatal."""
+    target = getattr(message, "target", None)
+    if target is not None and not isinstance(target, str):
+        return f"target={preview(target, 80)}: expected a string"
+    invocation_id = getattr(message, "invocation_id", None)
+    if invocation_id is not None and not isinstance(invocation_id, str):
+        return f"invocationId={preview(invocation_id, 80)}: expected a string"
+    arguments = getattr(message, "arguments", None)
+    if hasattr(message, "arguments") and not isinstance(arguments, list):
+        return f"arguments={preview(arguments, 80)}: expected a list"
+    return None
+
+
 class _SupervisedJsonProtocol(JsonHubProtocol):
     """signalrcore's JSON hub protocol with `version=1` (trap 1), extended as the supervisor's
     window into one connection. The protocol sees every frame, pings included, which is low
@@ -160,7 +176,9 @@ class _SupervisedJsonProtocol(JsonHubProtocol):
                     if message is None:
                         problem = "unsupported SignalR message type"
                     else:
-                        messages.append(message)
+                        problem = _envelope_problem(message)
+                        if problem is None:
+                            messages.append(message)
             if problem:
                 self._connection.hub._malformed(problem, record)
         return messages

@@ -30,7 +30,7 @@ class Migration:
 def available_migrations() -> list[Migration]:
     found = []
     for entry in resources.files("projectx_pipeline.storage").joinpath("migrations").iterdir():
-        m = _NAME_RE.match(entry.name)
+        m = _NAME_RE.fullmatch(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
     found.sort(key=lambda m: m.version)

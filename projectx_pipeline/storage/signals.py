@@ -52,7 +52,7 @@ _TF_LABEL_SQL = (
 
 
 def validate_analyzer_id(analyzer_id: object) -> str:
-    if not isinstance(analyzer_id, str) or not _ANALYZER_ID_RE.match(analyzer_id):
+    if not isinstance(analyzer_id, str) or not _ANALYZER_ID_RE.fullmatch(analyzer_id):
         raise DomainError(
             f"invalid analyzer id {analyzer_id!r}: expected 1-64 lower-case letters, digits or '_', "
             "starting with a letter (e.g. cus_cds_trend_finder)"
