@@ -70,6 +70,7 @@ class IngestDaemon:
         self._last_event_ns: int | None = None
         self._connection_state = "starting"
         self._connects = 0
+        self._awaiting_resume: set[str] = set(config.contracts)
         self._stop = threading.Event()
         self.writer = StoreWriter(
             config.database_url, config.contracts, self.counters, instance_id=self.instance_id,
@@ -81,6 +82,8 @@ class IngestDaemon:
             config.database_url, gateway, config.contracts, config.timeframes, self.clock, self.counters,
             initial_lookback=config.initial_lookback,
         )
+        # bars committed asynchronously just before a database crash are re-fetched from history
+        self.writer.on_reconnect = lambda: self.repairer.request_gap_repair(feed_restarted=False)
 
     # ------------------------------------------------------------------ lifecycle
     def _migrate_with_retry(self) -> None:
@@ -192,6 +195,7 @@ class IngestDaemon:
                 agg.mark_feed_restart()
                 if self._connects > 1:
                     self.counters[cid].reconnects += 1
+            self._awaiting_resume = set(self.aggregators)
             self.repairer.request_gap_repair()
             log.info("event=feed_connected detail=%r", event.detail)
         elif event.kind == "disconnected":
@@ -221,6 +225,11 @@ class IngestDaemon:
             if ts.size == 0:
                 continue
             self._observe(int(ts.max()))
+            if cid in self._awaiting_resume:
+                # where the aggregator resumes after a (re)connect: the gap repair ends its search
+                # for the newest stored bar there (bars after it may already be stored live)
+                self._awaiting_resume.discard(cid)
+                self.repairer.feed_resumed(cid, int(ts.min()))
             c = self.counters[cid]
             c.trades += ts.size
             last = int(ts.max())

@@ -1,8 +1,8 @@
 """Gap repair from the gateway's history.
 
-* After every (re)connect: for every configured timeframe, history from the newest stored bar
-  (or a configured look-back on an empty database) to the feed's now, upserted
-  replace-when-different, revisions counted.
+* After every (re)connect: for every configured timeframe, history from the newest bar stored
+  before the point where the feed resumed (or a configured look-back on an empty database) to
+  the feed's now, upserted replace-when-different, revisions counted.
 * Continuously: windows in `bar_repairs` that are due (partial bars after a restart, late
   trades, bars dropped in an outage) are re-fetched once the window has closed, then removed.
 
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from ..domain.timeframes import Timeframe, bar_end, from_ns
+from ..domain.timeframes import Timeframe, bar_end, bar_start, from_ns
 from ..storage.bars import last_bar_times, upsert_bars
 from ..storage.db import connect, is_connection_error
 from .clock import FeedClock
@@ -48,14 +48,32 @@ class Repairer(threading.Thread):
         self.conn = None
         self._stop_event = threading.Event()
         self._gap_requested_at: float | None = None
+        # contract → its first trade after the oldest (re)connect whose gap is not repaired yet
+        self._resume_floor: dict[str, int] = {}
+        self._awaiting_resume = True  # no trade yet since the latest feed (re)connect
         self._lock = threading.Lock()
         self.gap_repairs_done = 0
         self.idle = threading.Event()
 
-    def request_gap_repair(self) -> None:
+    def request_gap_repair(self, *, feed_restarted: bool = True) -> None:
+        """Repair from the newest bar stored before the feed resumed to the feed's now.
+        `feed_restarted`: the feed (re)connected (the repair then waits for its first trade);
+        False for other reasons (the database came back) while the feed runs on."""
         with self._lock:
+            if self._gap_requested_at is None:
+                self._resume_floor = {}
+            # else the gap of an earlier reconnect is not repaired yet (history down, repairer
+            # busy): keep its resume point, or the live bars stored since would hide that gap
             self._gap_requested_at = time.monotonic()
+            if feed_restarted:
+                self._awaiting_resume = True
         self.idle.clear()
+
+    def feed_resumed(self, contract_id: str, first_trade_ns: int) -> None:
+        """The first trade of `contract_id` since the last (re)connect (the aggregator's resume point)."""
+        with self._lock:
+            self._resume_floor.setdefault(contract_id, int(first_trade_ns))
+            self._awaiting_resume = False
 
     def stop(self, timeout: float) -> None:
         self._stop_event.set()
@@ -96,12 +114,39 @@ class Repairer(threading.Thread):
         self.conn = None
 
     def _feed_now(self, requested_at: float) -> datetime | None:
+        """The feed's now for a gap repair: once the feed resumed (its first trade after the
+        (re)connect arrived), else after FEED_TIME_WAIT_SECONDS (a quiet market) the clock, or
+        the machine's time before any event. Not the clock alone: after a reconnect it is known
+        but stale (carried forward from before the outage), and a repair up to it misses the gap."""
+        with self._lock:
+            resumed = not self._awaiting_resume
         now_ns = self.clock.now_ns()
-        if now_ns is not None:
+        if resumed and now_ns is not None:
             return from_ns(now_ns)
         if time.monotonic() - requested_at >= FEED_TIME_WAIT_SECONDS:
-            return datetime.now(timezone.utc)
+            return from_ns(now_ns) if now_ns is not None else datetime.now(timezone.utc)
         return None
+
+    def _gap_starts(self, conn, cid: str) -> dict[Timeframe, datetime | None]:
+        """Per timeframe, the newest stored bar whose window began before the one where the feed
+        resumed. Not simply the newest stored bar: by the time this runs the live feed has often
+        stored complete bars from after the reconnect (and the window holding the resume point
+        may have been repaired already), while the gap lies before them."""
+        with self._lock:
+            resumed_ns = self._resume_floor.get(cid)
+        if resumed_ns is None:  # no trade since the (re)connect: nothing newer can be stored live
+            return last_bar_times(conn, cid, self.timeframes)
+        out: dict[Timeframe, datetime | None] = {}
+        with conn.cursor() as cur:
+            for tf in self.timeframes:
+                cur.execute(
+                    'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s'
+                    ' AND timeframe_value = %s AND "timestamp" < %s',
+                    (cid, tf.unit, tf.value, bar_start(from_ns(resumed_ns), tf)),
+                )
+                out[tf] = cur.fetchone()[0]
+        conn.rollback()
+        return out
 
     def _maybe_gap_repair(self) -> bool:
         with self._lock:
@@ -113,7 +158,7 @@ class Repairer(threading.Thread):
             return False
         conn = self._connection()
         for cid in self.contracts:
-            last = last_bar_times(conn, cid, self.timeframes)
+            last = self._gap_starts(conn, cid)
             for tf in self.timeframes:
                 start = last[tf] or (now - self.initial_lookback)
                 self._fetch_and_store(cid, tf, start, now, reason="gap")

@@ -17,13 +17,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import psycopg2
 import psycopg2.extras
 
-from ..domain.timeframes import from_ns
+from ..domain.timeframes import Timeframe, bar_end, from_ns
 from ..storage.bars import upsert_bars
 from ..storage.db import connect, is_connection_error, redact_url
 from .counters import Counters
@@ -109,6 +109,8 @@ class StoreWriter(threading.Thread):
         self.fatal: BaseException | None = None
         self._stop_event = threading.Event()
         self._final_heartbeat = False
+        self._was_connected = False
+        self.on_reconnect = None  # called after the database came back (the daemon repairs gaps then)
         self._next_connect = 0.0
         self._backoff = 0.5
         self._last_trade_flush = time.monotonic()
@@ -158,6 +160,10 @@ class StoreWriter(threading.Thread):
                         break
             self._flush()
             if self._stop_event.is_set() and self.inbox.empty():
+                # the last chance to write: try to connect now rather than wait out a reconnect
+                # backoff (the database may have just come back), or the buffered bars, the repair
+                # requests of dropped ones and the final heartbeat would be lost
+                self._next_connect = 0.0
                 self._flush(force=True)
                 self._close()
                 return
@@ -193,10 +199,9 @@ class StoreWriter(threading.Thread):
         p = self.pending
         old = p.bars.popleft()
         p.bar_count -= len(old)
-        now = datetime.now(timezone.utc)
         for row in old.itertuples(index=False):
             self.counters[row.contract_id].bars_dropped += 1
-            p.repairs.append(RepairRequest(row.contract_id, row.timeframe_unit, row.timeframe_value, row.timestamp.to_pydatetime(), now, "outage_buffer_full"))
+            p.repairs.append(self._repair_of(row, "outage_buffer_full"))
         log.warning("event=bars_dropped count=%d reason=outage_buffer_full action=queued_for_repair", len(old))
 
     # ------------------------------------------------------------------ database
@@ -223,8 +228,18 @@ class StoreWriter(threading.Thread):
                 raise
             log.warning("event=db_unavailable error=%r retry_in_s=%.1f", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._backoff)
             return False
+        # Live bars and ticks commit asynchronously: a durable commit waits for a WAL flush (~5 ms
+        # here), which alone is more than the bar-close → NOTIFY budget. A server crash can then lose
+        # the last fraction of a second of bars — which is why every reconnect below triggers a gap
+        # repair from history. Repair requests and raw trades (not re-fetchable) commit durably.
+        with self.conn.cursor() as cur:
+            cur.execute("SET synchronous_commit TO off")
+        self.conn.commit()
         if not self.db_up:
             log.info("event=db_connected url=%s", redact_url(self.url))
+            if self._was_connected and self.on_reconnect is not None:
+                self.on_reconnect()
+        self._was_connected = True
         self.db_up = True
         self._backoff = 0.5
         return True
@@ -309,15 +324,23 @@ class StoreWriter(threading.Thread):
             self._write_heartbeats(final=force and self._final_heartbeat)
 
     def _repair_rejected(self, df: pd.DataFrame, reason: str) -> None:
-        now = datetime.now(timezone.utc)
         for row in df.itertuples(index=False):
-            self.pending.repairs.append(RepairRequest(row.contract_id, row.timeframe_unit, row.timeframe_value, row.timestamp.to_pydatetime(), now, "rejected_by_database"))
+            self.pending.repairs.append(self._repair_of(row, "rejected_by_database"))
         log.error("event=bars_rejected rows=%d action=queued_for_repair reason=%r", len(df), reason.splitlines()[0])
+
+    def _repair_of(self, row, reason: str) -> RepairRequest:
+        """A repair request for a closed bar. `due_at` is in feed time, like every repair request
+        (the repairer compares it with the feed clock): the bar's end plus the repair delay. The
+        machine's time would never come due on a replay and mean nothing on a lagging feed."""
+        tf = Timeframe(int(row.timeframe_unit), int(row.timeframe_value))
+        start = row.timestamp.to_pydatetime()
+        return RepairRequest(row.contract_id, tf.unit, tf.value, start, bar_end(start, tf) + timedelta(seconds=self.repair_delay_seconds), reason)
 
     def _write_repairs(self) -> bool:
         rows = self.pending.repairs
         try:
             with self.conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit TO on")
                 psycopg2.extras.execute_values(
                     cur,
                     "INSERT INTO bar_repairs (contract_id, timeframe_unit, timeframe_value, window_start, due_at, reason) VALUES %s "
@@ -348,6 +371,7 @@ class StoreWriter(threading.Thread):
         buf.seek(0)
         try:
             with self.conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit TO on")
                 cur.copy_expert('COPY trades (contract_id, "timestamp", price, size, side, received_at) FROM STDIN', buf)
             self.conn.commit()
         except psycopg2.Error as exc:

@@ -37,13 +37,28 @@ class StorageUnavailable(RuntimeError):
     """The database cannot be reached (down, restarting, refusing connections)."""
 
 
+# SQLSTATEs meaning the session is gone: connection exceptions, and the server shutting down.
+_CONNECTION_LOST_STATES = ("57P01", "57P02", "57P03")
+# Server-side conditions that pass: out of disk/memory (class 53), statement timeout or cancel
+# (57014), serialization failure and deadlock (40001, 40P01). The data was fine: retry it later.
+_TRANSIENT_STATES = ("57014", "40001", "40P01")
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True when the error means the database went away (retry later), not that the data was bad."""
+    """True when the connection is gone (reconnect, then retry), not when a statement failed."""
     if isinstance(exc, StorageUnavailable):
         return True
-    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        return True
-    return bool(getattr(exc, "pgcode", None)) and exc.pgcode[:2] in ("08", "57")  # connection / operator intervention
+    code = getattr(exc, "pgcode", None)
+    if code:
+        return code.startswith("08") or code in _CONNECTION_LOST_STATES
+    # no SQLSTATE: the client lost the socket (server crash, network) or the connection is closed
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True for a server-side failure worth retrying on the same connection (disk full, timeout)."""
+    code = getattr(exc, "pgcode", None) or ""
+    return code.startswith("53") or code in _TRANSIENT_STATES
 
 
 class ConnectionPool:

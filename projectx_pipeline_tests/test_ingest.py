@@ -1,0 +1,865 @@
+"""The ingestion daemon end to end: the gateway simulator → `projectx ingest` → a real PostgreSQL.
+
+Every scenario ends with the stored bars equal to what the simulator's history serves for the
+whole replayed span (every timeframe, the bars still in progress at the end excluded), and
+checks that the heartbeat counters tell the incident. Waits are event-driven: the tests poll
+the database, the simulator's status or the daemon's counters, never sleep for a fixed time,
+except where the fault itself has a prescribed length (a 30 s refusal, a 20 s database outage,
+a few seconds of outage for a reconnect backoff to grow).
+
+Most fault scenarios run the daemon in-process (`IngestDaemon` on a thread, exactly what the CLI
+runs); the signal, restart, lock and log scenarios run the real `projectx ingest` CLI as a
+subprocess against an in-process simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from projectx_pipeline.domain.market import normalize_bars, read_bars_csv
+from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, parse_timeframe, parse_timeframes
+from projectx_pipeline.gateway.client import GatewayClient
+from projectx_pipeline.gateway.config import GatewayConfig
+from projectx_pipeline.gateway.simulator.control import SimulatorControl
+from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
+from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
+from projectx_pipeline.storage.bars import read_bars
+from projectx_pipeline.storage.db import connect
+
+MES = "CON.F.US.MES.M25"
+TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
+TF_5M, TF_1H, TF_4H = parse_timeframe("5m"), parse_timeframe("1h"), parse_timeframe("4h")
+KEY = ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]
+VALUES = ["open", "high", "low", "close", "volume"]
+
+# The slice of the MES 5m sample the fault scenarios replay: 8 hours (84 bars) that hold the
+# close of a trade date (a complete 1d bar), the short 18:00 4h bar and a daily halt.
+FAULT_SLICE = ("2025-03-17T18:00:00Z", "2025-03-18T02:00:00Z")
+FAULT_SLICE_BARS = 84
+FAST = 3000  # × real time: one 5m bar every 0.1 s
+
+
+# =========================================================================== helpers: data
+
+
+@pytest.fixture(scope="module")
+def fault_replay(tmp_path_factory, sample_dir) -> Path:
+    """The FAULT_SLICE rows of the 5m sample, copied verbatim into a replay file."""
+    src = sample_dir / f"{MES}_5m.csv"
+    lo, hi = (pd.Timestamp(t) for t in FAULT_SLICE)
+    lines = src.read_text().splitlines()
+    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
+    assert len(kept) - 1 == FAULT_SLICE_BARS, len(kept)
+    path = tmp_path_factory.mktemp("replay") / "mes_slice_5m.csv"
+    path.write_text("\n".join(kept) + "\n")
+    return path
+
+
+def complete_windows(bars: pd.DataFrame, tf: Timeframe, clock: datetime) -> pd.DataFrame:
+    """The bars whose window has ended by `clock` (the one still in progress is left out)."""
+    if bars.empty:
+        return bars
+    ends = [bar_end(ts.to_pydatetime(), tf) for ts in bars["timestamp"]]
+    return bars[np.array([e <= clock for e in ends], dtype=bool)].reset_index(drop=True)
+
+
+def expected_bars(sim: SimulatorServer, tf: Timeframe) -> pd.DataFrame:
+    """The simulator's history of `tf` for the whole replay, without the bar in progress."""
+    return normalize_bars(complete_windows(sim.history_bars(MES, tf), tf, sim.clock()))
+
+
+def stored_bars(url: str, tf: Timeframe) -> pd.DataFrame:
+    conn = connect(url)
+    try:
+        return read_bars(conn, MES, tf)
+    finally:
+        conn.close()
+
+
+def bar_diff(expected: pd.DataFrame, got: pd.DataFrame, label: str) -> str:
+    """'' when equal, else a short description of the first differences."""
+    m = expected.merge(got, on=KEY, how="outer", suffixes=("_want", "_got"), indicator=True)
+    missing = m[m["_merge"] == "left_only"]
+    extra = m[m["_merge"] == "right_only"]
+    both = m[m["_merge"] == "both"]
+    differ = both[np.logical_or.reduce([both[f"{c}_want"] != both[f"{c}_got"] for c in VALUES])]
+    if missing.empty and extra.empty and differ.empty:
+        return ""
+    show = lambda df: ", ".join(str(t) for t in df["timestamp"].head(5))  # noqa: E731
+    parts = [f"{label}: {len(expected)} expected, {len(got)} stored"]
+    if len(missing):
+        parts.append(f"{len(missing)} missing ({show(missing)})")
+    if len(extra):
+        parts.append(f"{len(extra)} unexpected ({show(extra)})")
+    if len(differ):
+        row = differ.iloc[0]
+        parts.append(f"{len(differ)} differ ({show(differ)}; first: want "
+                     f"{[row[c + '_want'] for c in VALUES]} got {[row[c + '_got'] for c in VALUES]})")
+    return "; ".join(parts)
+
+
+def store_vs_sim(url: str, sim: SimulatorServer, timeframes=TIMEFRAMES) -> str:
+    return "\n".join(d for d in (bar_diff(expected_bars(sim, tf), stored_bars(url, tf), tf.label) for tf in timeframes) if d)
+
+
+def assert_no_duplicates(url: str) -> None:
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SELECT count(*), count(DISTINCT (contract_id, timeframe_unit, timeframe_value, "timestamp")) FROM ohlc_bars')
+            rows, distinct = cur.fetchone()
+    finally:
+        conn.close()
+    assert rows == distinct, f"{rows - distinct} duplicate bars"
+
+
+def repairs_left_behind(url: str, sim: SimulatorServer) -> str:
+    """'' when every repair request queued in `bar_repairs` has been served, except for the
+    windows that end with the replay (the daemon flushes the bars it has open when it stops and
+    queues them, and a window ending at the replay's last instant closes only after the grace)."""
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT timeframe_unit, timeframe_value, window_start, reason FROM bar_repairs WHERE contract_id = %s", (MES,))
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    left = [r for r in rows if bar_end(r[2], Timeframe(r[0], r[1])) < sim.clock()]
+    return f"repair requests left for windows that ended before the replay did: {left[:5]}" if left else ""
+
+
+def assert_no_repair_left_behind(url: str, sim: SimulatorServer) -> None:
+    left = repairs_left_behind(url, sim)
+    assert not left, left
+
+
+def count_bars(url: str, tf: Timeframe = TF_5M) -> int:
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
+                        (MES, tf.unit, tf.value))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def heartbeat(url: str) -> dict | None:
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT instance_id, connection_state, counters, updated_at FROM ingestion_heartbeats WHERE contract_id = %s", (MES,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return {"instance": row[0], "state": row[1], "counters": row[2], "updated_at": row[3]}
+
+
+def wait_for(condition, timeout: float, what, interval: float = 0.2):
+    """Poll `condition` until it returns something truthy; fail naming `what` (a string, or a
+    callable giving one at the time of the failure) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 — e.g. the database being restarted; retried
+            last_error = exc
+        if time.monotonic() > deadline:
+            what = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+        time.sleep(interval)
+
+
+def wait_store_matches(url: str, sim: SimulatorServer, timeout: float, timeframes=TIMEFRAMES) -> None:
+    """Wait until the replay has finished, the store equals the simulator's history and every
+    repair request the replay allows to serve has been served."""
+    ctl = SimulatorControl(sim.control_url)
+    wait_for(lambda: ctl.status()["finished"], timeout, "the end of the replay")
+    last = {"diff": "not compared yet"}
+
+    def matches() -> bool:
+        last["diff"] = store_vs_sim(url, sim, timeframes) or repairs_left_behind(url, sim)
+        return not last["diff"]
+
+    try:
+        wait_for(matches, timeout, "the stored bars to equal the simulator's history", interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{last['diff']}") from None
+
+
+# =========================================================================== helpers: processes
+
+
+class InProcessDaemon:
+    """`IngestDaemon` on a thread, wired like `projectx ingest` but with test-sized timings."""
+
+    def __init__(self, url: str, sim: SimulatorServer, *, stale_after: float = 5.0, **config):
+        self.client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "tester", "key", True), rate_limits=False)
+        options = dict(repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5)
+        options.update(config)
+        self.daemon = IngestDaemon(
+            IngestConfig([MES], TIMEFRAMES, url, **options), self.client,
+            lambda out: self.client.market_hub([MES], out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
+        )
+        self.result: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.result.append(self.daemon.run()), name="test-ingest", daemon=True)
+
+    @property
+    def counters(self):
+        return self.daemon.counters[MES]
+
+    def __enter__(self) -> "InProcessDaemon":
+        self.daemon.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> int:
+        if self.thread.is_alive():
+            self.daemon.request_stop()
+            self.thread.join(15)
+            assert not self.thread.is_alive(), "the daemon did not stop within 15 s"
+        self.client.close()
+        return self.result[0] if self.result else -1
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_sim(replay: Path | None, speed, **options) -> tuple[SimulatorServer, SimulatorControl]:
+    sim = SimulatorServer(replay=replay, speed=speed, wait_for_subscriber=True, rate_limits=False, **options).start()
+    return sim, SimulatorControl(sim.control_url)
+
+
+def write_settings(directory: Path) -> Path:
+    path = directory / "settings.yaml"
+    path.write_text(
+        "contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\n"
+        "timeframes: [1m, 5m, 15m, 1h, 4h, 1d]\n"
+        "ingest:\n  repair_delay_seconds: 0.5\n  heartbeat_seconds: 1.0\n  trade_flush_seconds: 0.5\n"
+    )
+    return path
+
+
+def cli_env(db_url: str, sim: SimulatorServer, settings: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_") and k not in ("DATABASE_URL", "DAGSTER_PG_URL")}
+    env.update(DATABASE_URL=db_url, PROJECTX_API_URL=sim.api_url, PROJECTX_RTC_URL=sim.rtc_url,
+               PROJECTX_SETTINGS=str(settings), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class Cli:
+    """`python -m projectx_pipeline <args>` as a subprocess, its output in files."""
+
+    def __init__(self, args: list[str], env: dict[str, str], directory: Path, name: str):
+        self.out_path, self.err_path = directory / f"{name}.out", directory / f"{name}.err"
+        self._out, self._err = open(self.out_path, "wb"), open(self.err_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "projectx_pipeline", *args], env=env, cwd=directory,
+                                     stdout=self._out, stderr=self._err)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is not None:
+                self._out.close()
+                self._err.close()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+        self._err.close()
+
+
+def run_cli(args: list[str], env: dict[str, str], directory: Path, name: str, timeout: float = 60) -> tuple[int, str, str]:
+    cli = Cli(args, env, directory, name)
+    try:
+        code = cli.wait(timeout)
+    finally:
+        cli.kill()
+    return code, cli.stdout, cli.stderr
+
+
+def sim_subscribed(ctl: SimulatorControl) -> bool:
+    return ctl.status()["subscriptions"]["trades"].get(MES, 0) > 0
+
+
+# =========================================================================== end to end
+
+
+def sample_holes(sample_5m: pd.DataFrame) -> list[pd.Timestamp]:
+    """The 5m windows missing from the sample inside a session (a 10-minute step between bars;
+    the daily halt and weekends are steps of 1 h 5 min and more)."""
+    ts = sample_5m["timestamp"]
+    step = ts.diff()
+    return [ts[i] - pd.Timedelta(minutes=5) for i in np.flatnonzero(step == pd.Timedelta(minutes=10))]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_end_to_end_replay_of_the_sample_through_the_cli(db_url, sample_dir, tmp_path):
+    """The whole MES 5m sample replayed at full speed → `projectx ingest` (the CLI) → PostgreSQL.
+
+    Stored 5m bars equal the sample; stored 1h and 4h bars equal the gateway's own 1h and 4h
+    bars except in exactly the windows of the sample's 5m holes and the two truncated gateway
+    hours; 1m, 15m and 1d equal the simulator's history; every trade is stored once."""
+    sim, ctl = start_sim(None, "max")
+    daemon = None
+    try:
+        daemon = Cli(["ingest"], cli_env(db_url, sim, write_settings(tmp_path)), tmp_path, "ingest")
+        wait_store_matches(db_url, sim, timeout=150)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0, daemon.stderr[-3000:]
+
+        sample_5m = read_bars_csv(sample_dir / f"{MES}_5m.csv")
+        assert bar_diff(sample_5m, stored_bars(db_url, TF_5M), "5m vs sample") == ""
+        assert len(stored_bars(db_url, TF_5M)) == 10_000
+
+        end = sim.clock()
+        holes = sample_holes(sample_5m)
+        assert len(holes) == 10  # the sample's documented ten holes
+        truncated_1h = [pd.Timestamp("2025-04-04T13:00:00Z"), pd.Timestamp("2025-05-01T15:00:00Z")]
+        for tf, excluded_from in ((TF_1H, holes + truncated_1h), (TF_4H, holes + truncated_1h)):
+            excluded = {pd.Timestamp(bar_start(t.to_pydatetime(), tf)) for t in excluded_from}
+            gateway = read_bars_csv(sample_dir / f"{MES}_{tf.label}.csv")
+            gateway = complete_windows(gateway[gateway["timestamp"] >= sample_5m["timestamp"].iloc[0]], tf, end)
+            stored = stored_bars(db_url, tf)
+            keep = lambda df: df[~df["timestamp"].isin(excluded)].reset_index(drop=True)  # noqa: E731
+            assert bar_diff(keep(gateway), keep(stored), f"{tf.label} vs the gateway's sample") == ""
+            # the exclusions are exactly the windows where the gateway disagrees with its 5m bars
+            left_out = gateway[gateway["timestamp"].isin(excluded)]
+            assert len(left_out) == len(excluded)
+            for _, row in left_out.iterrows():
+                got = stored[stored["timestamp"] == row["timestamp"]]
+                assert len(got) == 1 and not (got[VALUES].iloc[0] == row[VALUES]).all(), f"{tf.label} {row['timestamp']} needs no exclusion"
+
+        for tf in parse_timeframes("1m,15m,1d"):
+            assert bar_diff(expected_bars(sim, tf), stored_bars(db_url, tf), tf.label) == ""
+        assert_no_duplicates(db_url)
+        assert_no_repair_left_behind(db_url, sim)
+
+        conn = connect(db_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM trades WHERE contract_id = %s", (MES,))
+                assert cur.fetchone()[0] == ctl.status()["trades_published"]
+        finally:
+            conn.close()
+        hb = heartbeat(db_url)
+        assert hb["state"] == "stopped"
+        assert hb["counters"]["trades"] == ctl.status()["trades_published"]
+        assert hb["counters"]["reconnects"] == 0 and hb["counters"]["db_errors"] == 0
+        assert hb["counters"]["malformed_events"] == 0 and hb["counters"]["late_trades"] == 0
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        sim.stop()
+
+
+# =========================================================================== feed faults (in-process daemon)
+
+
+def run_fault(db_url, replay, fault, *, speed=FAST, settle_timeout=60, bars_before=20, **daemon_options):
+    """Replay `replay`, apply `fault(ctl, daemon)` once `bars_before` 5m bars are stored, let the
+    replay finish, wait for the store to equal the simulator's history, stop; returns
+    (sim, final heartbeat, daemon)."""
+    sim, ctl = start_sim(replay, speed)
+    try:
+        with InProcessDaemon(db_url, sim, **daemon_options) as d:
+            wait_for(lambda: count_bars(db_url) >= bars_before, 30, f"{bars_before} live 5m bars")
+            fault(ctl, d)
+            wait_store_matches(db_url, sim, timeout=settle_timeout)
+        assert d.result == [0]
+        assert store_vs_sim(db_url, sim) == "", "the store changed at shutdown"
+        assert_no_duplicates(db_url)
+        assert_no_repair_left_behind(db_url, sim)
+        hb = heartbeat(db_url)
+        assert hb["state"] == "stopped"
+        return sim, hb, d
+    finally:
+        sim.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_hub_drop_mid_bar_is_repaired_from_history(db_url, fault_replay):
+    """The hub's TCP connection aborted (no close frame) while bars of every timeframe are open."""
+
+    def drop(ctl, d):
+        at = pd.Timestamp(ctl.drop()["clock"])
+        assert at.value % TF_5M.step_ns != 0  # inside a 5m window, not on its boundary
+        wait_for(lambda: d.counters.reconnects >= 1, 20, "the daemon to reconnect")
+
+    _, hb, _ = run_fault(db_url, fault_replay, drop)
+    assert hb["counters"]["reconnects"] >= 1
+    assert hb["counters"]["repairs"] >= 1  # the bars missed while disconnected came from history
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_two_reconnects_while_history_is_unavailable(db_url, fault_replay):
+    """The gap of the first reconnect is still repaired when a second reconnect comes before the
+    history answers again (the live bars stored in between must not hide it)."""
+    attempts = 4  # failed gap repairs (each: one call and its 6 immediate retries)
+
+    def two_drops(ctl, d):
+        ctl.rest_errors(status=503, count=7 * attempts, retry_after=0)
+        ctl.drop()
+        wait_for(lambda: d.counters.reconnects >= 1, 20, "the first reconnect")
+        written = d.counters.bars_written
+        wait_for(lambda: d.counters.bars_written >= written + 3, 20, "live bars from the second connection")
+        assert ctl.status()["pending_rest_errors"] > 0, "the history came back too early for the scenario"
+        ctl.drop()
+        wait_for(lambda: d.counters.reconnects >= 2, 20, "the second reconnect")
+        wait_for(lambda: ctl.status()["pending_rest_errors"] == 0, 30, "the history to answer again")
+
+    _, hb, _ = run_fault(db_url, fault_replay, two_drops)
+    assert hb["counters"]["reconnects"] == 2
+    assert hb["counters"]["gateway_errors"] >= 1
+    assert hb["counters"]["repairs"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stalled_feed_is_detected_and_repaired(db_url, fault_replay):
+    """The hub goes silent (no trades, no pings) with the socket open: the watchdog rebuilds the
+    connection once the stall ends, and the silent stretch comes from history."""
+
+    def stall(ctl, d):
+        ctl.stall(6)
+        wait_for(lambda: d.counters.reconnects >= 1, 30, "the watchdog to rebuild the silent connection")
+
+    _, hb, _ = run_fault(db_url, fault_replay, stall, stale_after=2.0)
+    assert hb["counters"]["reconnects"] >= 1
+    assert hb["counters"]["repairs"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_reconnects_refused_for_30_seconds(db_url, fault_replay):
+    """The hub dropped, then every reconnect refused (HTTP 503) for 30 s: the daemon keeps trying,
+    gets back in as soon as the gateway lets it, and repairs the 100 minutes it missed."""
+
+    def refuse(ctl, d):
+        ctl.speed(200)  # 30 s of refusals = 100 minutes of market, so the replay outlives the outage
+        ctl.refuse(30)
+        ctl.drop()
+        started = time.monotonic()
+        wait_for(lambda: not sim_subscribed(ctl), 10, "the drop")
+        wait_for(lambda: sim_subscribed(ctl), 60, "a reconnect after the refusals")
+        assert time.monotonic() - started >= 29  # no connection got through while refusing
+        assert d.counters.reconnects == 1
+        ctl.speed(FAST)
+
+    _, hb, _ = run_fault(db_url, fault_replay, refuse)
+    assert hb["counters"]["reconnects"] == 1
+    assert hb["counters"]["repairs"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_token_expiry_logs_in_again_and_repairs(db_url, fault_replay):
+    """Every token invalidated (REST 401, hub connections closed): the hub's next upgrade is
+    refused, the client logs in again, the feed resumes and the gap is repaired."""
+
+    def expire(ctl, d):
+        ctl.expire_tokens()
+        assert ctl.status()["sessions"] == 0
+        wait_for(lambda: d.counters.reconnects >= 1, 30, "a reconnect with a fresh token")
+        assert ctl.status()["sessions"] >= 1  # a new login
+
+    _, hb, _ = run_fault(db_url, fault_replay, expire)
+    assert hb["counters"]["reconnects"] >= 1
+    assert hb["counters"]["repairs"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_malformed_events_interleaved_with_good_ones(db_url, fault_replay):
+    """Fifty bad GatewayTrade events (every kind the simulator knows) among the good ones: each
+    counted once, none reaches a bar, the connection stays up."""
+    count = 5 * len(MALFORMED_KINDS)
+
+    def malformed(ctl, d):
+        ctl.malformed(count=count)  # every kind, cycled
+        wait_for(lambda: ctl.status()["pending_malformed"] == 0, 30, "the malformed events to be sent")
+
+    _, hb, d = run_fault(db_url, fault_replay, malformed)
+    assert hb["counters"]["malformed_events"] == count
+    assert hb["counters"]["reconnects"] == 0  # a bad event never costs the connection
+    assert hb["counters"]["rejected_trades"] == 0  # the hub rejected them all before aggregation
+    assert hb["counters"]["late_trades"] == 0
+
+
+# =========================================================================== database outage
+
+
+class TcpProxy:
+    """A TCP relay that can be cut (open connections reset, new ones closed at once) and restored:
+    a real network outage between the daemon and an external database server."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self._cut.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut.is_set():  # cut while connecting upstream
+                    client.close()
+                    upstream.close()
+                    continue
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut.set()
+            sockets, self._sockets = self._sockets, set()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        self.listener.close()
+
+
+OUTAGE_BUFFER = 40  # closed bars held in memory (1m..1d) — 20 s at 150× closes about 65
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
+
+
+class DatabaseOutage:
+    """Takes the database away from the daemon and gives it back.
+
+    The daemon always reaches the server through a `TcpProxy` (`daemon_url`). By default the local
+    test server itself is stopped and started; the relay then follows it when
+    `LocalCluster.start()` comes back on another port (it does when the old port still has
+    connections in TIME_WAIT: see the report), so the daemon keeps its DATABASE_URL as it would
+    behind a stable address. With an external server (PROJECTX_TEST_DATABASE_URL), or with
+    `network=True`, the relay is cut instead: a real network outage. `url` follows the server,
+    for the test's own reads."""
+
+    def __init__(self, db_server, db_url: str, *, network: bool = False):
+        self.db_server, self.db_url = db_server, db_url
+        self.cluster = None if network else db_server.cluster
+        self.parts = urlsplit(db_url)
+        self.proxy = TcpProxy(self.parts.hostname, self.parts.port or 5432)
+        self.daemon_url = _with_port(db_url, self.proxy.port)
+        self.url = db_url
+
+    def begin(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        else:
+            self.proxy.cut()
+
+    def end(self) -> None:
+        if self.cluster is None:
+            self.proxy.restore()
+            return
+        state = self.cluster.start()
+        if state.port != self.parts.port:
+            self.proxy.target = ("127.0.0.1", state.port)
+            self.db_server.admin_url = state.url("postgres")  # for the fixtures' teardown
+            self.url = _with_port(self.db_url, state.port)
+
+    def close(self) -> None:
+        self.proxy.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_database_stopped_for_20_seconds(db_server, db_url, fault_replay):
+    """The server stopped for 20 s while the feed streams on: closed bars wait in memory and are
+    written when it returns; with a small outage buffer the oldest overflow, are dropped, queued
+    for repair and filled in from history. The store ends equal to the simulator's history."""
+    outage = DatabaseOutage(db_server, db_url)
+
+    def stop_the_database(ctl, d):
+        ctl.speed(150)  # 20 s of outage = 50 minutes of market, still streaming live into the buffer
+        outage.begin()
+        written = d.counters.bars_written
+        sent = ctl.status()["trades_sent"]
+        try:
+            time.sleep(20)  # the outage itself has a prescribed length
+            assert ctl.status()["trades_sent"] > sent, "the feed must go on during the outage"
+            assert d.thread.is_alive() and d.daemon.writer.fatal is None
+            assert d.counters.bars_written == written  # nothing could be written...
+            assert 0 < d.daemon.writer.pending.bar_count <= OUTAGE_BUFFER  # ...so the closed bars wait in memory
+            assert d.counters.bars_dropped > 0  # the oldest overflowed the buffer (queued for repair)
+        finally:
+            outage.end()
+        wait_for(lambda: d.counters.bars_written > written, 30, "the buffered bars to be written")
+        ctl.speed(FAST)
+
+    try:
+        sim, ctl = start_sim(fault_replay, FAST)
+        try:
+            with InProcessDaemon(outage.daemon_url, sim, outage_buffer_bars=OUTAGE_BUFFER) as d:
+                wait_for(lambda: count_bars(db_url) >= 20, 30, "20 live 5m bars")
+                stop_the_database(ctl, d)
+                wait_store_matches(outage.url, sim, timeout=60)
+            assert d.result == [0]
+            assert store_vs_sim(outage.url, sim) == ""
+            assert_no_duplicates(outage.url)
+            assert_no_repair_left_behind(outage.url, sim)  # the dropped bars' repairs were served
+        finally:
+            sim.stop()
+    finally:
+        outage.close()
+    hb = heartbeat(outage.url)
+    assert hb["state"] == "stopped"
+    assert hb["counters"]["db_errors"] >= 1
+    assert hb["counters"]["ticks_not_notified"] > 0  # live-only tick notifications are not queued
+    assert hb["counters"]["bars_dropped"] > 0  # the buffer overflowed...
+    assert hb["counters"]["repairs"] >= hb["counters"]["bars_dropped"]  # ...and history filled them in
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stop_right_after_the_database_returns_flushes_everything(db_server, db_url, fault_replay):
+    """A stop while the writer still waits out its reconnect backoff (the database has just come
+    back): the final flush does not wait, so the buffered bars, the durable repair requests of the
+    dropped ones and the final 'stopped' heartbeat are all written."""
+    outage = DatabaseOutage(db_server, db_url, network=True)  # restored in an instant, unlike a server
+    sim, ctl = start_sim(fault_replay, FAST)
+    try:
+        with InProcessDaemon(outage.daemon_url, sim, outage_buffer_bars=OUTAGE_BUFFER) as d:
+            wait_for(lambda: count_bars(db_url) >= 20, 30, "20 live 5m bars")
+            ctl.speed(600)
+            outage.begin()
+            # long enough for the writer's reconnect backoff to grow past a second, and to overflow
+            wait_for(lambda: d.counters.bars_dropped > 0, 30, lambda: f"the outage buffer to overflow ({d.counters}, "
+                     f"pending {d.daemon.writer.pending.bar_count}, db_up {d.daemon.writer.db_up}, replay {ctl.status()})")
+            time.sleep(4)
+            pending = d.daemon.writer.pending.bar_count
+            assert pending > 0
+            outage.end()
+            assert d.stop() == 0
+        writer = d.daemon.writer
+        assert writer.pending.bar_count == 0 and not writer.pending.repairs, "the final flush left data behind"
+        hb = heartbeat(outage.url)
+        assert hb["state"] == "stopped" and hb["counters"]["bars_written"] == d.counters.bars_written
+        conn = connect(outage.url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM bar_repairs WHERE reason = 'outage_buffer_full'")
+                assert cur.fetchone()[0] == d.counters.bars_dropped  # kept for the next start to serve
+        finally:
+            conn.close()
+    finally:
+        sim.stop()
+        outage.close()
+
+
+# =========================================================================== the CLI: signals, restarts, locks, logs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_path):
+    """SIGTERM: exit 0 within 10 s, final heartbeat 'stopped', `projectx status` shows it; a
+    restart repairs what was missed. SIGKILL: a restart repairs the gap and the open bars lost."""
+    sim, ctl = start_sim(fault_replay, FAST)
+    env = cli_env(db_url, sim, write_settings(tmp_path))
+    procs: list[Cli] = []
+
+    def market_goes_on_unseen(minutes: int) -> None:
+        """Let `minutes` of market pass with no daemon, then hold the clock until the next daemon
+        subscribes (so that its start-up time never decides what the test covers)."""
+        since = sim.clock()
+        wait_for(lambda: sim.clock() >= since + timedelta(minutes=minutes), 30, "the market to move on")
+        ctl.pause()
+
+    def start_daemon(name: str) -> Cli:
+        cli = Cli(["ingest"], env, tmp_path, name)
+        procs.append(cli)
+        wait_for(lambda: sim_subscribed(ctl), 60, f"{name} to subscribe")
+        ctl.resume()
+        return cli
+
+    try:
+        # 1. SIGTERM mid-bar
+        first = Cli(["ingest"], env, tmp_path, "ingest-1")
+        procs.append(first)
+        wait_for(lambda: count_bars(db_url) >= 10, 60, "10 live 5m bars")
+        first.signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = first.wait(10)
+        assert code == 0, first.stderr[-3000:]
+        assert time.monotonic() - started < 10
+        hb = heartbeat(db_url)
+        assert hb["state"] == "stopped" and hb["instance"].endswith(f":{first.proc.pid}")
+        assert "event=ingest_stopped" in first.stderr
+        conn = connect(db_url)
+        try:
+            with conn.cursor() as cur:  # the bars open at SIGTERM: not stored, queued durably for repair
+                cur.execute("SELECT count(*) FROM bar_repairs WHERE reason = 'partial'")
+                assert cur.fetchone()[0] >= 1
+        finally:
+            conn.close()
+        code, out, err = run_cli(["status"], env, tmp_path, "status-1")
+        assert code == 0, err
+        assert MES in out and "stopped" in out and "bars_written=" in out
+        market_goes_on_unseen(30)
+
+        # 2. restart, then SIGKILL mid-bar
+        second = start_daemon("ingest-2")
+        wait_for(lambda: (h := heartbeat(db_url)) and h["instance"].endswith(f":{second.proc.pid}") and h["state"] == "connected"
+                 and h["counters"]["bars_written"] >= 5, 60, "the restarted daemon to write live bars")
+        stored_at_kill = count_bars(db_url)
+        second.signal(signal.SIGKILL)
+        assert second.wait(10) == -signal.SIGKILL
+        assert heartbeat(db_url)["state"] != "stopped"  # no goodbye from a killed daemon
+        market_goes_on_unseen(30)
+
+        # 3. restart after the kill: the gap and the open bars lost with the process are repaired
+        third = start_daemon("ingest-3")
+        wait_store_matches(db_url, sim, timeout=90)
+        assert count_bars(db_url) > stored_at_kill
+        hb = heartbeat(db_url)
+        assert hb["instance"].endswith(f":{third.proc.pid}")
+        assert hb["counters"]["repairs"] >= 1
+        third.signal(signal.SIGTERM)
+        assert third.wait(10) == 0, third.stderr[-3000:]
+        assert store_vs_sim(db_url, sim) == ""
+        assert_no_duplicates(db_url)
+        assert_no_repair_left_behind(db_url, sim)
+        code, out, _ = run_cli(["status", "--json"], env, tmp_path, "status-2")
+        rows = json.loads(out)
+        assert [r["contract_id"] for r in rows] == [MES] and rows[0]["state"] == "stopped"
+        assert rows[0]["counters"]["repairs"] >= 1
+    finally:
+        for p in procs:
+            p.kill()
+        sim.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_second_daemon_for_the_same_contract_refuses_to_start(db_url, fault_replay, tmp_path):
+    """While a daemon holds the contract's lock, `projectx ingest` for it exits 2 with one line
+    naming the contract, and the first daemon goes on; once it stops, a new one starts."""
+    sim, ctl = start_sim(fault_replay, 1)
+    try:
+        env = cli_env(db_url, sim, write_settings(tmp_path))
+        with InProcessDaemon(db_url, sim) as first:
+            wait_for(lambda: heartbeat(db_url), 20, "the first daemon's heartbeat")
+            code, out, err = run_cli(["ingest"], env, tmp_path, "second")
+            assert code == 2, err
+            errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
+            assert len(errors) == 1 and errors[0].startswith("projectx ingest: error: "), err
+            assert MES in errors[0] and "already running" in errors[0]
+            assert "Traceback" not in err
+            assert first.thread.is_alive()
+            assert heartbeat(db_url)["instance"] == first.daemon.instance_id
+        # once the first one is gone, the lock is free again
+        again = Cli(["ingest"], env, tmp_path, "third")
+        try:
+            wait_for(lambda: heartbeat(db_url)["instance"].endswith(f":{again.proc.pid}"), 30, "the next daemon to start")
+            again.signal(signal.SIGTERM)
+            assert again.wait(10) == 0
+        finally:
+            again.kill()
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(90)
+def test_logs_never_contain_the_api_key(db_url, fault_replay, tmp_path):
+    """The CLI daemon with real-style credentials and DEBUG logs, through two logins (tokens
+    expired in between): the API key appears nowhere in its stdout or stderr."""
+    secret = "sEcReT-4pi-KEY-0123456789"
+    sim, ctl = start_sim(fault_replay, FAST, username="u", api_key=secret)
+    daemon = None
+    try:
+        env = cli_env(db_url, sim, write_settings(tmp_path), PROJECTX_USERNAME="u", PROJECTX_API_KEY=secret,
+                      PROJECTX_LOG_LEVEL="DEBUG")
+        daemon = Cli(["ingest"], env, tmp_path, "ingest")
+        wait_for(lambda: count_bars(db_url) >= 10, 60, "live 5m bars")
+        ctl.expire_tokens()  # forces a second login (the key is sent again) and 401s in the logs
+        wait_for(lambda: (h := heartbeat(db_url)) and h["counters"]["reconnects"] >= 1, 60, "a reconnect after the expiry")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+        out, err = daemon.stdout, daemon.stderr
+        assert err.count("event=token_obtained") >= 2  # it did log in with the key, twice
+        assert "level=debug" in err
+        assert secret not in out and secret not in err
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        sim.stop()
