@@ -16,9 +16,15 @@ import threading
 from datetime import datetime, timezone
 
 _SECRET_ENV = ("PROJECTX_API_KEY", "DATABASE_URL", "DAGSTER_PG_URL")
-_PATTERNS = [
-    (re.compile(r"(access_token=)[^&\s'\"]+"), r"\1***"),
-    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+# Token-shaped secrets, wherever they appear (a hub URL, an Authorization header, a JWT).
+_TOKEN_PATTERNS = [
+    (re.compile(r"(access_token=)[^&\s'\"]*", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(Bearer\s+)[^\s'\",]+", re.IGNORECASE), r"\1***"),
+    # signalrcore logs the raw token it obtained from the token factory under this phrase
+    (re.compile(r"(auth function result\s+)\S+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"), "***"),
+]
+_PATTERNS = _TOKEN_PATTERNS + [
     (re.compile(r"(://[^:/@\s]+):[^@\s]+@"), r"\1:***@"),
     (re.compile(r"(\"?(?:apiKey|api_key|token|newToken|password)\"?\s*[:=]\s*\"?)[^\"\s,}&]+"), r"\1***"),
 ]
@@ -42,6 +48,14 @@ def register_env_secrets(environ=os.environ) -> None:
             m = re.search(r"://[^:/@]+:([^@]+)@", value)
             if m:
                 register_secret(m.group(1))
+
+
+def redact_tokens(text: object) -> str:
+    """`text` as a string with every token-like secret replaced by `***`."""
+    out = str(text)
+    for pattern, repl in _TOKEN_PATTERNS:
+        out = pattern.sub(repl, out)
+    return out
 
 
 def redact(text: str) -> str:

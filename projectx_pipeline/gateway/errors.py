@@ -7,7 +7,7 @@ text that reaches an exception or a log line.
 
 from __future__ import annotations
 
-import re
+from ..logs import redact_tokens
 
 # Error-code meanings per endpoint, from the gateway documentation (docs/projectx-gateway-api.md).
 ERROR_MEANINGS: dict[str, dict[int, str]] = {
@@ -40,20 +40,8 @@ ERROR_MEANINGS: dict[str, dict[int, str]] = {
     },
 }
 
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
-_QUERY_TOKEN_RE = re.compile(r"(access_token=)[^&\s'\"]*", re.IGNORECASE)
-_BEARER_RE = re.compile(r"(Bearer\s+)[^\s'\",]+", re.IGNORECASE)
-# signalrcore logs the raw token it obtained from the token factory under this phrase.
-_AUTH_RESULT_RE = re.compile(r"(auth function result\s+)\S+", re.IGNORECASE)
-
-
-def redact(text: object) -> str:
-    """`text` as a string with every token-like secret replaced by `***`."""
-    out = str(text)
-    out = _QUERY_TOKEN_RE.sub(r"\1***", out)
-    out = _BEARER_RE.sub(r"\1***", out)
-    out = _AUTH_RESULT_RE.sub(r"\1***", out)
-    return _JWT_RE.sub("***", out)
+# one set of token patterns for the whole platform (the log filter uses the same)
+redact = redact_tokens
 
 
 def kv(event: str, **fields: object) -> str:
