@@ -863,3 +863,66 @@ def test_logs_never_contain_the_api_key(db_url, fault_replay, tmp_path):
         if daemon is not None:
             daemon.kill()
         sim.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bars_committed_asynchronously_survive_a_server_crash(sample_dir):
+    """Live bars commit asynchronously (for latency); a crashed server may lose the last of them.
+    The writer keeps what it wrote in the last seconds and writes it again after reconnecting."""
+    import select
+    import shutil
+    import tempfile
+
+    from projectx_pipeline.ingest.counters import Counters
+    from projectx_pipeline.ingest.writer import StoreWriter
+    from projectx_pipeline.storage.db import connect as db_connect
+    from projectx_pipeline.storage.local_db import LocalCluster
+    from projectx_pipeline.storage.migrate import migrate
+
+    base = tempfile.mkdtemp(prefix="projectx-crash-")  # a server of its own: it is crashed on purpose
+    os.chmod(base, 0o755)
+    cluster = LocalCluster(base)
+    url = cluster.start().url()
+    c = db_connect(url)
+    migrate(c)
+    c.close()
+    bars = read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv").iloc[:400]
+    writer = StoreWriter(url, [MES], {MES: Counters()}, instance_id="crash-test", outage_buffer_bars=10_000,
+                         trade_flush_seconds=1.0, trade_batch_size=5000, heartbeat_seconds=0.5, repair_delay_seconds=1.0,
+                         heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}})
+    try:
+        writer.acquire_locks()
+        writer.start()
+        listener = db_connect(url)
+        listener.autocommit = True
+        listener.cursor().execute("LISTEN ohlc_update")
+        announced = 0
+        for i in range(len(bars)):
+            writer.submit_bars(bars.iloc[i:i + 1])
+        deadline = time.monotonic() + 60
+        while announced < len(bars) and time.monotonic() < deadline:  # every bar committed (asynchronously)
+            select.select([listener], [], [], 1)
+            listener.poll()
+            announced += sum(len(json.loads(n.payload)) for n in listener.notifies)
+            listener.notifies.clear()
+        assert announced == len(bars)
+        listener.close()
+        cluster.stop(mode="immediate")  # a crash: no shutdown checkpoint
+        cluster.start()
+        check = db_connect(url)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                stored = read_bars(check, MES, parse_timeframe("5m"))
+                if len(stored) == len(bars) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            pd.testing.assert_frame_equal(stored, bars.reset_index(drop=True))
+        finally:
+            check.close()
+        assert writer.counters[MES].db_errors >= 1  # the crash was noticed and counted
+    finally:
+        writer.stop(5)
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

@@ -82,8 +82,6 @@ class IngestDaemon:
             config.database_url, gateway, config.contracts, config.timeframes, self.clock, self.counters,
             initial_lookback=config.initial_lookback,
         )
-        # bars committed asynchronously just before a database crash are re-fetched from history
-        self.writer.on_reconnect = lambda: self.repairer.request_gap_repair(feed_restarted=False)
 
     # ------------------------------------------------------------------ lifecycle
     def _migrate_with_retry(self) -> None:
@@ -218,7 +216,7 @@ class IngestDaemon:
             if not valid.all():
                 bad = np.flatnonzero(~valid)
                 self.counters[cid].rejected_trades += bad.size
-                log.warning("event=trades_rejected contract=%s count=%d first_reason=%r", cid, bad.size, reasons[0] if len(reasons) else "")
+                log.warning("event=trades_rejected contract=%s count=%d first_reason=%r", cid, bad.size, reasons[bad[0]])
                 keep = np.flatnonzero(valid)
                 batch = [batch[i] for i in keep]
                 ts, px, sz = ts[valid], px[valid], sz[valid]

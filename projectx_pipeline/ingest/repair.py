@@ -55,18 +55,16 @@ class Repairer(threading.Thread):
         self.gap_repairs_done = 0
         self.idle = threading.Event()
 
-    def request_gap_repair(self, *, feed_restarted: bool = True) -> None:
-        """Repair from the newest bar stored before the feed resumed to the feed's now.
-        `feed_restarted`: the feed (re)connected (the repair then waits for its first trade);
-        False for other reasons (the database came back) while the feed runs on."""
+    def request_gap_repair(self) -> None:
+        """The feed (re)connected: once its first trade arrived, repair from the newest bar stored
+        before it resumed to the feed's now."""
         with self._lock:
             if self._gap_requested_at is None:
                 self._resume_floor = {}
             # else the gap of an earlier reconnect is not repaired yet (history down, repairer
             # busy): keep its resume point, or the live bars stored since would hide that gap
             self._gap_requested_at = time.monotonic()
-            if feed_restarted:
-                self._awaiting_resume = True
+            self._awaiting_resume = True
         self.idle.clear()
 
     def feed_resumed(self, contract_id: str, first_trade_ns: int) -> None:

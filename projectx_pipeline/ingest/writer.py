@@ -9,6 +9,7 @@ are dropped, counted and turned into repair requests, so history fills them in l
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import psycopg2.extras
 
 from ..domain.timeframes import Timeframe, bar_end, from_ns
 from ..storage.bars import upsert_bars
-from ..storage.db import connect, is_connection_error, redact_url
+from ..storage.db import connect, is_connection_error, is_transient_error, redact_url
 from .counters import Counters
 
 log = logging.getLogger("projectx.ingest.writer")
@@ -34,7 +35,11 @@ TICK_CHANNEL = "tick_data_channel"
 TICK_PAYLOAD_LIMIT = 7900  # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more
 _COPY_NULL = "\\N"
 LOCK_NAMESPACE = 0x50584947
-MAX_BARS_PER_STATEMENT = 50_000  # advisory-lock namespace for "one daemon per contract"
+MAX_BARS_PER_STATEMENT = 50_000
+# Bars commit asynchronously (see _ensure_connection); a server crash can lose at most the last
+# 3 × wal_writer_delay (600 ms by default) of them. Bars written this recently are kept and
+# written again (keep-existing: survivors are untouched) after the connection comes back.
+ASYNC_COMMIT_RISK_SECONDS = 5.0  # advisory-lock namespace for "one daemon per contract"
 
 
 class AnotherDaemonRunning(RuntimeError):
@@ -109,8 +114,9 @@ class StoreWriter(threading.Thread):
         self.fatal: BaseException | None = None
         self._stop_event = threading.Event()
         self._final_heartbeat = False
-        self._was_connected = False
-        self.on_reconnect = None  # called after the database came back (the daemon repairs gaps then)
+        self._recent_bars: collections.deque = collections.deque()  # (monotonic time, frame) written lately
+        self._rewrite_bars: list[pd.DataFrame] = []  # written just before a lost connection: write again
+        self._pause_until = 0.0  # after a transient server error (disk full, timeout): retry then
         self._next_connect = 0.0
         self._backoff = 0.5
         self._last_trade_flush = time.monotonic()
@@ -228,18 +234,14 @@ class StoreWriter(threading.Thread):
                 raise
             log.warning("event=db_unavailable error=%r retry_in_s=%.1f", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._backoff)
             return False
-        # Live bars and ticks commit asynchronously: a durable commit waits for a WAL flush (~5 ms
-        # here), which alone is more than the bar-close → NOTIFY budget. A server crash can then lose
-        # the last fraction of a second of bars — which is why every reconnect below triggers a gap
-        # repair from history. Repair requests and raw trades (not re-fetchable) commit durably.
+        # Live bars and ticks commit asynchronously and one statement at a time (autocommit): a
+        # durable commit waits for a WAL flush (~5 ms here) and every extra round trip costs more,
+        # together beyond the bar-close → NOTIFY budget. What a server crash can lose is written
+        # again from _recent_bars. Repair requests and raw trades (not re-fetchable) commit durably.
         with self.conn.cursor() as cur:
             cur.execute("SET synchronous_commit TO off")
-        self.conn.commit()
         if not self.db_up:
             log.info("event=db_connected url=%s", redact_url(self.url))
-            if self._was_connected and self.on_reconnect is not None:
-                self.on_reconnect()
-        self._was_connected = True
         self.db_up = True
         self._backoff = 0.5
         return True
@@ -254,7 +256,25 @@ class StoreWriter(threading.Thread):
                     row = cur.fetchone()
                     holder = f" (instance {row[0]}, last heartbeat {row[1].isoformat()})" if row else ""
                     raise AnotherDaemonRunning(f"another ingestion daemon is already running for {cid}{holder}: refusing to start a second one")
+
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = False):
+        """Several statements, or a durable commit, on the autocommit connection."""
         self.conn.autocommit = False
+        try:
+            if durable:
+                with self.conn.cursor() as cur:
+                    cur.execute("SET LOCAL synchronous_commit TO on")
+            yield
+            self.conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+            raise
+        finally:
+            if self.conn is not None and not self.conn.closed:
+                with contextlib.suppress(Exception):
+                    self.conn.autocommit = True
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -273,6 +293,13 @@ class StoreWriter(threading.Thread):
                 log.error("event=db_lost during=%s error=%r", what, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             self._close()
             self._next_connect = time.monotonic() + self._backoff
+            self._rewrite_recent_bars()
+        elif is_transient_error(exc):
+            # disk full, statement timeout...: the data is fine, the server is not; keep everything
+            # buffered (the outage buffer bounds it) and retry on the same connection later
+            log.error("event=db_error_transient during=%s error=%r retry_in_s=%.1f", what, str(exc).strip().splitlines()[0], self._backoff)
+            self._pause_until = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 5.0)
         else:
             log.error("event=db_error during=%s error=%r", what, str(exc).strip())
             try:
@@ -280,13 +307,38 @@ class StoreWriter(threading.Thread):
             except Exception:
                 self._close()
 
+    def _rewrite_recent_bars(self) -> None:
+        """After losing the connection: bars committed asynchronously just before may be lost with
+        a crashed server. They are written again first thing after reconnecting — kept apart from
+        the outage buffer (they are few, and already counted as written)."""
+        self._rewrite_bars.extend(f for _, f in self._recent_bars)
+        self._recent_bars.clear()
+
+    def _remember_written(self, df: pd.DataFrame) -> None:
+        now = time.monotonic()
+        self._recent_bars.append((now, df))
+        while self._recent_bars and now - self._recent_bars[0][0] > ASYNC_COMMIT_RISK_SECONDS:
+            self._recent_bars.popleft()
+
     def _flush(self, force: bool = False) -> None:
         p = self.pending
-        if not p.bars and not p.ticks and not p.repairs and not self._trades_due(force) and not self._heartbeat_due(force):
+        if not (p.bars or p.ticks or p.repairs or self._rewrite_bars or self._trades_due(force) or self._heartbeat_due(force)):
+            return
+        if time.monotonic() < self._pause_until and not force:
+            self._forget_ticks()
             return
         if not self._ensure_connection():
             self._forget_ticks()
             return
+        if self._rewrite_bars:
+            try:
+                upsert_bars(self.conn, pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
+                    ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep="last"), mode="keep", source="live")
+            except psycopg2.Error as exc:
+                self._on_db_error(exc, "bars")
+                self._forget_ticks()
+                return
+            self._rewrite_bars = []
         # bars first and in order: the newest bar must never overtake an older one. Everything
         # waiting goes in one statement, so a backlog costs one round trip, not one per batch.
         while p.bars:
@@ -297,7 +349,7 @@ class StoreWriter(threading.Thread):
             try:
                 result = upsert_bars(self.conn, df, mode="keep", source="live")
             except psycopg2.Error as exc:
-                if is_connection_error(exc):
+                if is_connection_error(exc) or is_transient_error(exc):
                     p.bars.extendleft(reversed(frames))
                     self._on_db_error(exc, "bars")
                     self._forget_ticks()
@@ -309,6 +361,7 @@ class StoreWriter(threading.Thread):
                 self._repair_rejected(df, str(exc))
                 continue
             p.bar_count -= len(df)
+            self._remember_written(df)
             for cid, n in df.groupby("contract_id").size().items():
                 c = self.counters[cid]
                 c.bars_written += int(n)
@@ -339,15 +392,13 @@ class StoreWriter(threading.Thread):
     def _write_repairs(self) -> bool:
         rows = self.pending.repairs
         try:
-            with self.conn.cursor() as cur:
-                cur.execute("SET LOCAL synchronous_commit TO on")
+            with self._transaction(durable=True), self.conn.cursor() as cur:
                 psycopg2.extras.execute_values(
                     cur,
                     "INSERT INTO bar_repairs (contract_id, timeframe_unit, timeframe_value, window_start, due_at, reason) VALUES %s "
                     "ON CONFLICT (contract_id, timeframe_unit, timeframe_value, window_start) DO UPDATE SET due_at = GREATEST(bar_repairs.due_at, EXCLUDED.due_at)",
                     [(r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start, r.due_at, r.reason) for r in _dedupe(rows)],
                 )
-            self.conn.commit()
         except psycopg2.Error as exc:
             self._on_db_error(exc, "repairs")
             return False
@@ -370,13 +421,11 @@ class StoreWriter(threading.Thread):
                 buf.write(f"{b.contract_id}\t{from_ns(ts).isoformat()}\t{px!r}\t{sz}\t{side_text}\t{rec}\n")
         buf.seek(0)
         try:
-            with self.conn.cursor() as cur:
-                cur.execute("SET LOCAL synchronous_commit TO on")
+            with self._transaction(durable=True), self.conn.cursor() as cur:
                 cur.copy_expert('COPY trades (contract_id, "timestamp", price, size, side, received_at) FROM STDIN', buf)
-            self.conn.commit()
         except psycopg2.Error as exc:
             self._on_db_error(exc, "trades")
-            if not is_connection_error(exc):
+            if not (is_connection_error(exc) or is_transient_error(exc)):
                 # unstorable rows (cannot come from the parser); drop them, loudly
                 log.error("event=trades_rejected count=%d", p.trade_count)
                 p.trades.clear()
@@ -399,7 +448,6 @@ class StoreWriter(threading.Thread):
             with self.conn.cursor() as cur:
                 cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
                             (TICK_CHANNEL, [p for b in batches for p in tick_payloads(b)]))
-            self.conn.commit()
         except psycopg2.Error as exc:
             self.pending.ticks = batches
             self._forget_ticks()
@@ -411,7 +459,7 @@ class StoreWriter(threading.Thread):
     def _write_heartbeats(self, final: bool = False) -> None:
         state = self.heartbeat_state()
         try:
-            with self.conn.cursor() as cur:
+            with self._transaction(), self.conn.cursor() as cur:
                 for cid in self.contracts:
                     s = state[cid]
                     cur.execute(
@@ -424,7 +472,6 @@ class StoreWriter(threading.Thread):
                         (cid, self.instance_id, "stopped" if final else s["connection_state"], s["last_event_at"], s["last_trade_at"],
                          self.counters[cid].last_bar_at, self.started_at, json.dumps(self.counters[cid].as_dict())),
                     )
-            self.conn.commit()
             self._last_heartbeat = time.monotonic()
         except psycopg2.Error as exc:
             self._on_db_error(exc, "heartbeat")
