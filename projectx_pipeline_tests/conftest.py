@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.testing import TestDatabaseServer
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO.parent / "shared" / "data" / "mes"
+# ../shared/data/mes beside the checkout (as CI lays it out), or PROJECTX_SAMPLE_DIR, as the simulator
+SAMPLE_DIR = Path(os.environ.get("PROJECTX_SAMPLE_DIR") or REPO.parent / "shared" / "data" / "mes")
 MES = "CON.F.US.MES.M25"
 
 
@@ -37,5 +39,5 @@ def conn(db_url):
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    assert SAMPLE_DIR.is_dir(), f"sample data not found at {SAMPLE_DIR}"
+    assert SAMPLE_DIR.is_dir(), f"sample data not found at {SAMPLE_DIR}: check out next to shared/ or set PROJECTX_SAMPLE_DIR"
     return SAMPLE_DIR

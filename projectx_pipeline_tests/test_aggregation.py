@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from .conftest import SAMPLE_DIR
 from projectx_pipeline.domain.aggregation import (
     REPAIR_COLUMNS,
     BarAggregator,
@@ -32,7 +33,7 @@ from projectx_pipeline.domain.timeframes import (
 )
 
 CONTRACT = "CON.F.US.MES.M25"
-SAMPLE_5M = Path("/work/shared/data/mes/CON.F.US.MES.M25_5m.csv")
+SAMPLE_5M = SAMPLE_DIR / "CON.F.US.MES.M25_5m.csv"
 S = NS_PER_SECOND
 TF = {t.label: t for t in DEFAULT_TIMEFRAMES}
 

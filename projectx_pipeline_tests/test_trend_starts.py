@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from .conftest import SAMPLE_DIR
 from projectx_pipeline.cli import UsageError
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.trend_starts import (
@@ -31,7 +32,7 @@ from projectx_pipeline.domain.trend_starts import (
 )
 from projectx_pipeline.signals import commands
 
-DATA = Path("/work/shared/data/mes")
+DATA = SAMPLE_DIR
 SAMPLES = ("4h", "1h", "5m")
 
 
