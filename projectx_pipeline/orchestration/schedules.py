@@ -7,12 +7,11 @@ from zoneinfo import ZoneInfo
 from dagster import AssetSelection, DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
 
 from .assets import historical_bars, settings
-from .partitions import bars_partitions, partition_key
+from .partitions import partition_key
 
 backfill_job = define_asset_job(
     "backfill_job",
-    selection=AssetSelection.assets(historical_bars),  # its checks come with it
-    partitions_def=bars_partitions,
+    selection=AssetSelection.assets(historical_bars),  # its checks come with it; partitions inferred
     tags={"projectx/gateway": "history"},
     description="Gateway history for trade dates × contracts, validated, gap-checked and reconciled.",
 )
