@@ -233,8 +233,10 @@ class IngestDaemon:
             last = int(ts.max())
             if self._last_trade_ns[cid] is None or last > self._last_trade_ns[cid]:
                 self._last_trade_ns[cid] = last
-            self.writer.submit_trades(TradeBatch(cid, ts.tolist(), px.tolist(), sz.tolist(), [t.side for t in batch], received_at))
+            # the bars a trade closes go to the writer before the trade itself, so the bar's write
+            # and NOTIFY never wait behind the raw-trade and tick work of the same batch
             self._handle_output(cid, agg.add_trades(ts, px, sz))
+            self.writer.submit_trades(TradeBatch(cid, ts.tolist(), px.tolist(), sz.tolist(), [t.side for t in batch], received_at))
 
     def _advance_clocks(self) -> None:
         now_ns = self.clock.now_ns()
@@ -254,7 +256,9 @@ class IngestDaemon:
         if out.n_closed:
             closed = out.closed
             complete = closed["complete"].to_numpy()
-            if complete.any():
+            if complete.all():
+                self.writer.submit_bars(closed.drop(columns="complete"))
+            elif complete.any():
                 self.writer.submit_bars(closed.loc[complete].drop(columns="complete"))
             if not complete.all():
                 partial = closed.loc[~complete]
