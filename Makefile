@@ -5,14 +5,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-quick bench install postgres-binaries clean
+.PHONY: dev test test-quick bench install lock postgres-binaries clean
 
-# Editable install with the dev extra; redone when setup.py changes.
-$(STAMP): setup.py
+# Editable install with the dev extra, every package at the version in constraints.txt; redone
+# when setup.py or the constraints change.
+$(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# Re-resolve setup.py's requirements in a scratch venv and pin the result in constraints.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ echo "# Every package of a working install, exact versions: make, the Dockerfile and CI install with"; \
+	  echo "# \`pip install -c constraints.txt\`. Refresh after changing setup.py's requirements: \`make lock\`."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^projectx'; } > constraints.txt
+	rm -rf .lock-venv build *.egg-info
 
 install: $(STAMP) postgres-binaries
 

@@ -7,6 +7,8 @@ setup(
     packages=find_packages(exclude=["projectx_pipeline_tests*"]),
     package_data={
         "projectx_pipeline": ["default_settings.yaml"],
+        # Real gateway bars: the simulator's default replay and the test/bench fixtures.
+        "projectx_pipeline.sample_data": ["*.csv"],
         "projectx_pipeline.storage": ["migrations/*.sql"],
     },
     python_requires=">=3.10",
@@ -21,7 +23,8 @@ setup(
         "psycopg2-binary>=2.9",
         "signalrcore==1.0.2",
         "pandas>=2.1",
-        "pandera>=0.20",
+        # pandera.pandas exists from 0.24, pandas 3 support from 0.30 (pandas 3 is allowed above)
+        "pandera>=0.30",
         "pandas_market_calendars>=4.4",
         "numpy>=1.26",
         "numba>=0.60",
@@ -33,7 +36,8 @@ setup(
         "tzdata",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        # wheel: the read-only-install test builds the package without build isolation
+        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "wheel>=0.42"],
     },
     entry_points={"console_scripts": ["projectx=projectx_pipeline.cli:main"]},
 )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from projectx_pipeline.sample_data import SAMPLE_DIR as PACKAGED_SAMPLE_DIR
 from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.testing import TestDatabaseServer
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/data/mes beside the checkout (as CI lays it out), or PROJECTX_SAMPLE_DIR, as the simulator
-SAMPLE_DIR = Path(os.environ.get("PROJECTX_SAMPLE_DIR") or REPO.parent / "shared" / "data" / "mes")
+# The package's own copy of the gateway's MES bars: the tests need nothing outside the repository.
+SAMPLE_DIR = PACKAGED_SAMPLE_DIR
 MES = "CON.F.US.MES.M25"
 
 
@@ -39,5 +39,4 @@ def conn(db_url):
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    assert SAMPLE_DIR.is_dir(), f"sample data not found at {SAMPLE_DIR}: check out next to shared/ or set PROJECTX_SAMPLE_DIR"
     return SAMPLE_DIR

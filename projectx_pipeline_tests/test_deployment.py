@@ -81,7 +81,9 @@ OPTIONAL_ENV = {"PROJECTX_SHARD", "PROJECTX_USERNAME", "PROJECTX_API_KEY", "PROJ
 # Read by the code for tests / local development only; no container needs them.
 DEV_ONLY_ENV = {
     "PROJECTX_TEST_DATABASE_URL": "the test suite's throw-away database",
-    "PROJECTX_SAMPLE_DIR": "the replay sample lives outside the repository; Docker runs the simulator with --synthetic",
+    "PROJECTX_SAMPLE_DIR": "relocates the packaged replay sample for local experiments; Docker runs the simulator with --synthetic",
+    "PROJECTX_PG_BINDIR": "the server binaries of the local/ephemeral PostgreSQL (e.g. a TimescaleDB build); the image uses the compose database",
+    "PROJECTX_EXPECT_TIMESCALEDB": "CI's TimescaleDB pass: the suite fails unless its server really runs TimescaleDB",
     "PROJECTX_HOME": "where `projectx db start` keeps its local PostgreSQL; unused when DATABASE_URL is set",
     "PROJECTX_DB_PORT": "port of the local PostgreSQL of `projectx db start`; unused when DATABASE_URL is set",
     "PROJECTX_DEV_SPEED": "replay speed of `projectx dev` (local development only)",
@@ -96,6 +98,7 @@ CREDENTIAL_SERVICES = {
 SECRET_NAME = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN|WEBHOOK", re.I)
 
 # Executables that exist only in third-party images (cannot be checked here).
+TESTED_TIMESCALEDB_IMAGE = "timescale/timescaledb:2.28.3-pg15"
 EXTERNAL_IMAGE_TOOLS = {"timescale/timescaledb": {"pg_isready", "psql"}}
 DAGSTER_EXECUTABLES = {"dagster", "dagster-webserver", "dagster-daemon"}
 
@@ -810,8 +813,9 @@ def test_dependencies_and_profiles_are_consistent():
 def test_database_service():
     db = _services()["timescaledb"]
     problems = []
-    if db.get("image") != "timescale/timescaledb:latest-pg16":
-        problems.append(f"timescaledb: image {db.get('image')!r}, expected timescale/timescaledb:latest-pg16")
+    # an exact tag, the PostgreSQL major and TimescaleDB release that CI's second pass tests
+    if db.get("image") != TESTED_TIMESCALEDB_IMAGE:
+        problems.append(f"timescaledb: image {db.get('image')!r}, expected {TESTED_TIMESCALEDB_IMAGE}")
     argv = _healthcheck_argv(db) or []
     if not argv or argv[0] != "pg_isready":
         problems.append("timescaledb: healthcheck should be pg_isready")

@@ -810,6 +810,53 @@ def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_
         sim.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_then_database_restart_then_a_new_daemon_stores_every_daily_bar(db_server, db_url, tmp_path):
+    """The whole MES replay with 5m, 1h, 4h and 1d; the daemon SIGKILLed after a few hundred 5m
+    bars, the database server restarted, a new daemon started: every bar of every timeframe is
+    stored, the 36 daily bars included (on TimescaleDB only the first two once were)."""
+    timeframes = parse_timeframes("5m,1h,4h,1d")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\n"
+        "timeframes: [5m, 1h, 4h, 1d]\n"
+        "ingest:\n  repair_delay_seconds: 0.5\n  heartbeat_seconds: 1.0\n  trade_flush_seconds: 0.5\n"
+    )
+    sim, ctl = start_sim(None, 20_000)
+    procs: list[Cli] = []
+    url = db_url
+    try:
+        first = Cli(["ingest"], cli_env(url, sim, settings), tmp_path, "ingest-1")
+        procs.append(first)
+        wait_for(lambda: count_bars(url) >= 300, 120, "300 live 5m bars")
+        first.signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+        ctl.pause()
+        if db_server.cluster is not None:  # an external server cannot be restarted from here
+            db_server.cluster.stop()
+            state = db_server.cluster.start()
+            db_server.admin_url = state.url("postgres")  # for the fixtures' teardown
+            url = _with_port(db_url, state.port)
+        second = Cli(["ingest"], cli_env(url, sim, settings), tmp_path, "ingest-2")
+        procs.append(second)
+        wait_for(lambda: sim_subscribed(ctl), 60, "the new daemon to subscribe")
+        ctl.speed("max")
+        ctl.resume()
+        wait_store_matches(url, sim, timeout=200, timeframes=timeframes)
+        second.signal(signal.SIGTERM)
+        assert second.wait(10) == 0, second.stderr[-3000:]
+        assert store_vs_sim(url, sim, timeframes) == ""
+        assert count_bars(url, parse_timeframe("1d")) == len(expected_bars(sim, parse_timeframe("1d"))) == 36
+        assert count_bars(url) == 10_000
+        assert_no_duplicates(url)
+        assert_no_repair_left_behind(url, sim)
+    finally:
+        for p in procs:
+            p.kill()
+        sim.stop()
+
+
 @pytest.mark.timeout(90)
 def test_a_second_daemon_for_the_same_contract_refuses_to_start(db_url, fault_replay, tmp_path):
     """While a daemon holds the contract's lock, `projectx ingest` for it exits 2 with one line

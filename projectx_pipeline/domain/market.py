@@ -56,5 +56,5 @@ def normalize_bars(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_bars_csv(path) -> pd.DataFrame:
-    """Read a CSV in the sample layout (`../shared/data/mes/`)."""
+    """Read a CSV in the gateway-bar layout of the packaged samples (`projectx_pipeline/sample_data/`)."""
     return normalize_bars(pd.read_csv(path))

@@ -1,6 +1,6 @@
 """Trend starts (analyzer `cus_cds_trend_finder`): confirmed uptrend and downtrend starts.
 
-The rules are defined exactly in `docs/trend-starts.md` (shared docs; "§" below refers to it).
+The rules are defined exactly in `docs/trend-starts.md` ("§" below refers to it).
 Pure domain code, no I/O. Three forms give identical results (the tests compare them on the
 samples and on random bars):
 
@@ -23,11 +23,14 @@ Malformed bars are rejected before detection (§7.8): `validate_bars_for_detecti
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from numba import njit
+from numba.core import config as numba_config
 
 ANALYZER_ID = "cus_cds_trend_finder"
 
@@ -363,7 +366,26 @@ def detect_trend_starts_reference(
 
 # --------------------------------------------------------------------------- batch form
 
-@njit(cache=True)
+def _compiled(fn):
+    """`njit` with numba's on-disk cache, which saves the compile on every later start, when a
+    cache can be written. A read-only install with no writable home (the image's non-root user
+    over a root-owned venv) offers numba no cache location, and `cache=True` would then raise at
+    import; a per-user directory under the system temp dir is used instead, and with no writable
+    place at all the kernel is compiled in memory only."""
+    try:
+        return njit(cache=True)(fn)
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        pass
+    if not numba_config.CACHE_DIR:
+        numba_config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"projectx-numba-cache-{os.getuid()}")
+        try:
+            return njit(cache=True)(fn)
+        except RuntimeError:
+            pass
+    return njit(fn)
+
+
+@_compiled
 def _emissions_kernel(o, h, l, c, exhaustion_window, containment_grace):  # pragma: no cover - compiled
     """§5 over 1-based price arrays (index 0 unused). Returns (type, start, confirm, rule code)
     arrays in emission order. Bar number 0 means "none"."""

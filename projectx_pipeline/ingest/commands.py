@@ -47,6 +47,8 @@ def build_daemon(args: argparse.Namespace):
         trade_batch_size=ing.trade_batch_size, outage_buffer_bars=ing.outage_buffer_bars,
         initial_lookback=timedelta(days=ing.initial_lookback_days), repair_delay_seconds=ing.repair_delay_seconds,
         stale_after_seconds=ing.stale_after_seconds,
+        trades_retention_days=settings.file.storage.trades_retention_days,
+        bars_compress_after_days=settings.file.storage.bars_compress_after_days,
     )
     daemon = IngestDaemon(config, client, lambda out: client.market_hub(contracts, out, stale_after=ing.stale_after_seconds))
     log.info("event=ingest_config gateway=%s api_url=%s rtc_url=%s", "simulator" if gateway_config.use_simulator else "projectx",

@@ -25,6 +25,7 @@ from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end, from_ns, to_n
 from ..gateway.events import HubEvent
 from ..storage.db import connect
 from ..storage.migrate import migrate
+from ..storage.policies import apply_policies
 from .clock import FeedClock
 from .counters import Counters
 from .repair import Repairer
@@ -51,6 +52,10 @@ class IngestConfig:
     repair_delay_seconds: float = 5.0
     stale_after_seconds: float = 45.0
     db_wait_seconds: float = 60.0
+    # storage policies applied at start (TimescaleDB) and trade retention run hourly (plain
+    # PostgreSQL); None leaves both alone (tests that own their database)
+    trades_retention_days: int | None = None
+    bars_compress_after_days: int | None = None
 
 
 class IngestDaemon:
@@ -80,7 +85,7 @@ class IngestDaemon:
         )
         self.repairer = Repairer(
             config.database_url, gateway, config.contracts, config.timeframes, self.clock, self.counters,
-            initial_lookback=config.initial_lookback,
+            initial_lookback=config.initial_lookback, trades_retention_days=config.trades_retention_days,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -92,6 +97,9 @@ class IngestDaemon:
                 conn = connect(self.config.database_url)
                 try:
                     migrate(conn)
+                    if self.config.trades_retention_days is not None and self.config.bars_compress_after_days is not None:
+                        apply_policies(conn, trades_retention_days=self.config.trades_retention_days,
+                                       bars_compress_after_days=self.config.bars_compress_after_days)
                 finally:
                     conn.close()
                 return

@@ -22,6 +22,7 @@ import pandas as pd
 from ..domain.timeframes import Timeframe, bar_end, bar_start, from_ns
 from ..storage.bars import last_bar_times, upsert_bars
 from ..storage.db import connect, is_connection_error
+from ..storage.policies import enforce_trade_retention
 from .clock import FeedClock
 from .counters import Counters
 
@@ -31,11 +32,13 @@ log = logging.getLogger("projectx.ingest.repair")
 # falling back to the machine's clock for the end of a gap repair.
 FEED_TIME_WAIT_SECONDS = 5.0
 REPAIR_BATCH = 500
+RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 class Repairer(threading.Thread):
     def __init__(self, database_url: str, gateway, contracts: list[str], timeframes: list[Timeframe], clock: FeedClock,
-                 counters: dict[str, Counters], *, initial_lookback: timedelta, poll_seconds: float = 0.5):
+                 counters: dict[str, Counters], *, initial_lookback: timedelta, poll_seconds: float = 0.5,
+                 trades_retention_days: int | None = None):
         super().__init__(name="projectx-repair", daemon=True)
         self.url = database_url
         self.gateway = gateway
@@ -45,6 +48,8 @@ class Repairer(threading.Thread):
         self.counters = counters
         self.initial_lookback = initial_lookback
         self.poll_seconds = poll_seconds
+        self.trades_retention_days = trades_retention_days
+        self._next_retention = 0.0  # monotonic time of the next plain-PostgreSQL trade retention
         self.conn = None
         self._stop_event = threading.Event()
         self._gap_requested_at: float | None = None
@@ -83,6 +88,7 @@ class Repairer(threading.Thread):
             try:
                 did_gap = self._maybe_gap_repair()
                 did_due = self._repair_due_windows()
+                self._maybe_enforce_retention()
                 if not did_gap and not did_due and self._gap_requested_at is None:
                     self.idle.set()
             except Exception as exc:  # noqa: BLE001 — logged, retried; the feed must go on
@@ -97,6 +103,14 @@ class Repairer(threading.Thread):
                 continue
             self._stop_event.wait(self.poll_seconds)
         self._close()
+
+    def _maybe_enforce_retention(self) -> None:
+        """Plain PostgreSQL has no retention job: delete expired raw trades hourly (a no-op on
+        TimescaleDB, whose retention policy drops the chunks)."""
+        if self.trades_retention_days is None or time.monotonic() < self._next_retention:
+            return
+        enforce_trade_retention(self._connection(), trades_retention_days=self.trades_retention_days)
+        self._next_retention = time.monotonic() + RETENTION_INTERVAL_SECONDS
 
     def _connection(self):
         if self.conn is None or self.conn.closed:

@@ -28,7 +28,8 @@ SUPERUSER = "projectx"
 SERVER_OS_USER = "postgres"
 
 NO_BINARIES_HELP = (
-    "no PostgreSQL server binaries found (looked at `pg_config --bindir`, PATH and /usr/lib/postgresql/*/bin): "
+    "no PostgreSQL server binaries found (looked at PROJECTX_PG_BINDIR, `pg_config --bindir`, PATH and "
+    "/usr/lib/postgresql/*/bin): "
     "install them (Debian/Ubuntu: `apt-get install postgresql`) or set DATABASE_URL to an existing server"
 )
 
@@ -37,7 +38,25 @@ class LocalDatabaseError(RuntimeError):
     pass
 
 
+SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+
+
+def _has_server_programs(path: Path) -> bool:
+    return all((path / name).is_file() for name in SERVER_PROGRAMS)
+
+
 def find_server_bindir() -> Path:
+    """The server bin dir: `PROJECTX_PG_BINDIR` when set (e.g. a TimescaleDB-enabled build),
+    else `pg_config --bindir`, PATH, then the newest /usr/lib/postgresql/*/bin."""
+    chosen = os.environ.get("PROJECTX_PG_BINDIR")
+    if chosen:
+        path = Path(chosen)
+        if not _has_server_programs(path):
+            raise LocalDatabaseError(
+                f"PROJECTX_PG_BINDIR={chosen!r} is not a PostgreSQL server bin dir: expected "
+                f"{', '.join(SERVER_PROGRAMS)} in it"
+            )
+        return path
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -58,7 +77,7 @@ def find_server_bindir() -> Path:
 
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True)]
     for c in candidates:
-        if (c / "initdb").is_file() and (c / "pg_ctl").is_file() and (c / "postgres").is_file():
+        if _has_server_programs(c):
             return c
     raise LocalDatabaseError(NO_BINARIES_HELP)
 

@@ -13,6 +13,12 @@ log = logging.getLogger("projectx.storage")
 
 # Any constant works as long as every migrator uses the same one: it serialises them.
 MIGRATION_LOCK_KEY = 0x70726F6A78  # "projx"
+# Earlier texts of a migration that may be recorded as applied and mean the same schema: 0002
+# moved its TimescaleDB branch from the deprecated compression API to the columnstore API
+# (same segment-by and order-by), and on plain PostgreSQL it does nothing either way.
+EQUIVALENT_CHECKSUMS = {
+    2: {"646b9be4bd558a8f75bb096b82aeddf62eec867ce96a36e3e9e893283dea3b75"},
+}
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -59,7 +65,7 @@ def migrate(conn) -> list[int]:
         conn.commit()
         for mig in available_migrations():
             if mig.version in done:
-                if done[mig.version] != mig.checksum:
+                if done[mig.version] != mig.checksum and done[mig.version] not in EQUIVALENT_CHECKSUMS.get(mig.version, ()):
                     log.warning("event=migration_changed version=%d name=%s: applied migrations must not be edited", mig.version, mig.name)
                 continue
             with conn.cursor() as cur:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,7 +53,7 @@ class TestDatabaseServer:
         conn = self._admin()
         try:
             with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+                cur.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
                 cur.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
         finally:
             conn.close()
@@ -61,6 +62,22 @@ class TestDatabaseServer:
             migrate(tconn)
         finally:
             tconn.close()
+        # CREATE DATABASE … TEMPLATE fails while anyone is connected to the template, and
+        # TimescaleDB's background-job scheduler connects to every database that allows it:
+        # closed to connections (like template0), the template stays usable.
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'ALTER DATABASE "{TEMPLATE_DB}" ALLOW_CONNECTIONS false')
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (TEMPLATE_DB,))
+                deadline = time.monotonic() + 10
+                while True:  # termination is asynchronous
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (TEMPLATE_DB,))
+                    if cur.fetchone()[0] == 0 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+        finally:
+            conn.close()
 
     def create_database(self, prefix: str = "t", *, migrated: bool = True) -> str:
         """A new database, with every migration applied unless `migrated=False`; returns its URL."""

@@ -41,11 +41,12 @@ from projectx_pipeline.domain.timeframes import (
     trade_date_session,
     validate_contract_id,
 )
+from projectx_pipeline.sample_data import sample_path
 
 NS_PER_MS = 1_000_000
 NS_PER_MINUTE = 60 * NS_PER_SECOND
 
-DEFAULT_SAMPLE = "CON.F.US.MES.M25_5m.csv"
+DEFAULT_SAMPLE = sample_path("5m").name
 
 _MONTHS = {"F": 1, "G": 2, "H": 3, "J": 4, "K": 5, "M": 6, "N": 7, "Q": 8, "U": 9, "V": 10, "X": 11, "Z": 12}
 _MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -260,10 +261,9 @@ def history_bars(
 # --------------------------------------------------------------------------- replay
 
 def default_replay_path() -> Path:
-    """The MES 5m sample: `$PROJECTX_SAMPLE_DIR` or `<repo parent>/shared/data/mes/`."""
+    """The packaged MES 5m sample, or the same file name under `$PROJECTX_SAMPLE_DIR` if set."""
     override = os.environ.get("PROJECTX_SAMPLE_DIR")
-    directory = Path(override) if override else Path(__file__).resolve().parents[3].parent / "shared/data/mes"
-    path = directory / DEFAULT_SAMPLE
+    path = Path(override) / DEFAULT_SAMPLE if override else sample_path("5m")
     if not path.is_file():
         raise FileNotFoundError(
             f"default replay sample not found at {path}: pass a replay CSV or set PROJECTX_SAMPLE_DIR "

@@ -1,6 +1,6 @@
 """A local ProjectX Gateway: REST API, SignalR market hub and a fault-injection endpoint on one port.
 
-Faithful to `shared/docs/projectx-gateway-api.md`, including what the `signalrcore` 1.0.2 client
+Faithful to the protocol in `docs/projectx-gateway-api.md`, including what the `signalrcore` 1.0.2 client
 needs (no WebSocket-level pings or compression, handshake version 0 or 1, a completion for every
 invocation, events always with an `arguments` list, type-6 pings).
 
