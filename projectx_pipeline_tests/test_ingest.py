@@ -973,3 +973,34 @@ def test_bars_committed_asynchronously_survive_a_server_crash(sample_dir):
         writer.stop(5)
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_lost_while_announcing_ticks_never_kills_the_writer(db_url):
+    """The connection dies under the writer while it announces trades on tick_data_channel with a
+    heartbeat due: the writer counts the error, reconnects and goes on (it once went on to the
+    heartbeat with no connection, and its thread died with an AttributeError, silently)."""
+    from projectx_pipeline.ingest.counters import Counters
+    from projectx_pipeline.ingest.writer import StoreWriter, TradeBatch
+
+    writer = StoreWriter(db_url, [MES], {MES: Counters()}, instance_id="tick-loss-test", outage_buffer_bars=10_000,
+                         trade_flush_seconds=3600.0, trade_batch_size=1_000_000, heartbeat_seconds=0.0,
+                         repair_delay_seconds=1.0,
+                         heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}})
+    admin = connect(db_url)
+    admin.autocommit = True
+    try:
+        writer.acquire_locks()
+        # the writer's session is killed while idle; its next statement is the tick NOTIFY
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'projectx_ingest%%'"
+                        " AND pid <> pg_backend_pid()")
+            assert cur.fetchone() is not None
+        writer.submit_trades(TradeBatch(MES, [1_742_162_400_000_000_000], [5679.75], [1], [0], datetime.now().astimezone()))
+        writer.start()
+        wait_for(lambda: writer.counters[MES].db_errors >= 1, 20, "the lost connection to be noticed")
+        wait_for(lambda: heartbeat(db_url) is not None, 20, "a heartbeat after reconnecting")
+        assert writer.is_alive() and writer.fatal is None
+    finally:
+        writer.stop(5)
+        admin.close()

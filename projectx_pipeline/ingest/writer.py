@@ -164,8 +164,12 @@ class StoreWriter(threading.Thread):
                         self._accept(self.inbox.get_nowait())
                     except queue.Empty:
                         break
-            self._flush()
-            if self._stop_event.is_set() and self.inbox.empty():
+            try:
+                self._flush()
+            except Exception as exc:  # noqa: BLE001 — a bug, not a database state: stop loudly, never hang
+                log.exception("event=writer_failed error=%r", str(exc))
+                self.fatal = exc
+            if self._stop_event.is_set() and self.inbox.empty() and self.fatal is None:
                 # the last chance to write: try to connect now rather than wait out a reconnect
                 # backoff (the database may have just come back), or the buffered bars, the repair
                 # requests of dropped ones and the final heartbeat would be lost
@@ -342,6 +346,8 @@ class StoreWriter(threading.Thread):
         # bars first and in order: the newest bar must never overtake an older one. Everything
         # waiting goes in one statement, so a backlog costs one round trip, not one per batch.
         while p.bars:
+            if self.conn is None:  # lost while handling a refused batch: retry next round
+                return
             frames = []
             while p.bars and sum(len(f) for f in frames) < MAX_BARS_PER_STATEMENT:
                 frames.append(p.bars.popleft())
@@ -367,8 +373,8 @@ class StoreWriter(threading.Thread):
                 c.bars_written += int(n)
                 c.last_bar_at = max(c.last_bar_at or df["timestamp"].min(), df.loc[df.contract_id == cid, "timestamp"].max())
             log.debug("event=bars_written rows=%d inserted=%d notified=%d", result.rows, result.inserted, result.notified)
-        if p.ticks:
-            self._notify_ticks()
+        if p.ticks and not self._notify_ticks():
+            return
         if p.repairs and not self._write_repairs():
             return
         if self._trades_due(force) and not self._write_trades():
@@ -442,7 +448,8 @@ class StoreWriter(threading.Thread):
             self.counters[batch.contract_id].ticks_not_notified += len(batch.ts_ns)
         self.pending.ticks = []
 
-    def _notify_ticks(self) -> None:
+    def _notify_ticks(self) -> bool:
+        """False when the connection failed (it may be gone: nothing more this round)."""
         batches, self.pending.ticks = self.pending.ticks, []
         try:
             with self.conn.cursor() as cur:
@@ -452,6 +459,8 @@ class StoreWriter(threading.Thread):
             self.pending.ticks = batches
             self._forget_ticks()
             self._on_db_error(exc, "ticks")
+            return False
+        return True
 
     def _heartbeat_due(self, force: bool) -> bool:
         return force or time.monotonic() - self._last_heartbeat >= self.heartbeat_seconds
