@@ -32,20 +32,17 @@ def sample_5m(sample_dir):
     return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
 
 
-def _one(conn, sql, params=()):
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        row = cur.fetchone()
-    conn.rollback()
-    return row
-
-
 def _all(conn, sql, params=()):
     with conn.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
     conn.rollback()
     return rows
+
+
+def _one(conn, sql, params=()):
+    rows = _all(conn, sql, params)
+    return rows[0] if rows else None
 
 
 def _compressed_chunks(conn, table: str) -> tuple[int, int]:
