@@ -255,6 +255,9 @@ def write_settings(directory: Path) -> Path:
         "contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\n"
         "timeframes: [1m, 5m, 15m, 1h, 4h, 1d]\n"
         "ingest:\n  repair_delay_seconds: 0.5\n  heartbeat_seconds: 1.0\n  trade_flush_seconds: 0.5\n"
+        # the replay's trades are from 2025: a 30-day retention (TimescaleDB's job, applied at
+        # start) would rightly drop them while the tests count them
+        "storage:\n  trades_retention_days: 36500\n"
     )
     return path
 
