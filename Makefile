@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-quick bench install lock postgres-binaries clean
+.PHONY: dev test test-quick lint format bench install lock postgres-binaries clean
 
 # Editable install with the dev extra, every package at the version in constraints.txt; redone
 # when setup.py or the constraints change.
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
@@ -51,6 +51,17 @@ test-quick: install
 # ingestion daemon, Dagster webserver (127.0.0.1:3000) and daemon. Ctrl-C stops it all.
 dev: install
 	$(VENV)/bin/projectx dev
+
+# Lint and format check (ruff) and the type check (mypy); settings in pyproject.toml. CI runs it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Rewrite the code in ruff's format and apply its safe fixes.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Benchmarks (never part of the tests). QUICK=1 for the short version.
 bench: install

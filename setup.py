@@ -36,8 +36,9 @@ setup(
         "tzdata",
     ],
     extras_require={
-        # wheel: the read-only-install test builds the package without build isolation
-        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "wheel>=0.42"],
+        # wheel: the read-only-install test builds the package without build isolation;
+        # ruff and mypy: `make lint` (CI runs it before the tests)
+        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "wheel>=0.42", "ruff>=0.6", "mypy>=1.11"],
     },
     entry_points={"console_scripts": ["projectx=projectx_pipeline.cli:main"]},
 )
