@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import SAMPLE_DIR
+from .support.market import MES
+from .support.paths import SAMPLE_DIR
 from projectx_pipeline.domain.aggregation import (
     REPAIR_COLUMNS,
     BarAggregator,
@@ -32,8 +33,8 @@ from projectx_pipeline.domain.timeframes import (
     trade_date_session,
 )
 
-CONTRACT = "CON.F.US.MES.M25"
-SAMPLE_5M = SAMPLE_DIR / "CON.F.US.MES.M25_5m.csv"
+CONTRACT = MES
+SAMPLE_5M = SAMPLE_DIR / f"{MES}_5m.csv"
 S = NS_PER_SECOND
 TF = {t.label: t for t in DEFAULT_TIMEFRAMES}
 

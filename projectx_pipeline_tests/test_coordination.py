@@ -20,7 +20,9 @@ from projectx_pipeline.domain.coordination import (
 )
 from projectx_pipeline.domain.timeframes import DomainError, bar_end, bar_starts_ns, parse_timeframe
 
-MES, MNQ = "CON.F.US.MES.M25", "CON.F.US.MNQ.M25"
+from .support.market import MES
+
+MNQ = "CON.F.US.MNQ.M25"
 
 LONG = {
     "name": "long_1h_15m",

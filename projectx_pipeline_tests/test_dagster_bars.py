@@ -17,7 +17,7 @@ from projectx_pipeline.orchestration.partitions import partition_key
 from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
-from .conftest import MES
+from .support.market import MES
 
 CLEAN_DAY = date(2025, 3, 18)   # no hole in the sample
 HOLE_DAY = date(2025, 3, 21)    # the sample misses the 5m bar of 2025-03-20 22:40 UTC

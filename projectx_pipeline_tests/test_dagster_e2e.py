@@ -29,7 +29,8 @@ from projectx_pipeline.orchestration.partitions import partition_key
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 
-from .conftest import MES, REPO
+from .support.market import MES
+from .support.paths import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent

@@ -33,10 +33,11 @@ from projectx_pipeline.gateway.ratelimit import HISTORY_ENDPOINT
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
+from .support.market import MES
+
 pytestmark = pytest.mark.timeout(120)
 
 UTC = timezone.utc
-MES = "CON.F.US.MES.M25"
 SPAN_START = datetime(2025, 3, 1, tzinfo=UTC)
 SPAN_END = datetime(2025, 6, 1, tzinfo=UTC)
 

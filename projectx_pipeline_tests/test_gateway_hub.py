@@ -17,9 +17,10 @@ from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, Ma
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
 
+from .support.market import MES
+
 pytestmark = pytest.mark.timeout(60)
 
-MES = "CON.F.US.MES.M25"
 UNKNOWN = "CON.F.US.ZZZ.Z99"
 # Small timings so that every recovery happens within seconds.
 FAST = dict(stale_after=5.0, backoff_base=0.2, backoff_cap=1.0, stop_timeout=2.0, connect_timeout=3.0)

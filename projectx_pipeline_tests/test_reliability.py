@@ -47,7 +47,7 @@ from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 from projectx_pipeline.storage.db import connect, is_connection_error
 
-from .conftest import MES
+from .support.market import MES
 
 UTC = timezone.utc
 TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")

@@ -65,9 +65,9 @@ from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
-from .conftest import MES
+from .support.market import MES
+from .support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "projectx_pipeline"
 UTC = timezone.utc
 RS = "\x1e"

@@ -27,7 +27,7 @@ import pytest
 from projectx_pipeline.sample_data import SAMPLE_CONTRACT, SAMPLE_TIMEFRAMES, sample_path
 from projectx_pipeline.storage.db import connect
 
-from .conftest import REPO
+from .support.paths import REPO
 
 # Written in pieces so that this file does not match itself.
 OUTSIDE_REFERENCE = re.compile("|".join([

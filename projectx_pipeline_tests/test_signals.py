@@ -19,7 +19,7 @@ from projectx_pipeline.storage import signals as store
 from projectx_pipeline.storage.bars import upsert_bars
 from projectx_pipeline.storage.db import connect
 
-from .conftest import MES
+from .support.market import MES
 
 TF5, TF15, TF1H, TF4H = (parse_timeframe(t) for t in ("5m", "15m", "1h", "4h"))
 LONG = {

@@ -30,9 +30,10 @@ from projectx_pipeline.gateway.simulator.control import SimulatorControl, Simula
 from projectx_pipeline.gateway.simulator.market import SyntheticSource, default_replay_path
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, RS, SimulatorServer
 
+from .support.market import MES
+
 pytestmark = pytest.mark.timeout(60)
 
-MES = "CON.F.US.MES.M25"
 # A Tuesday in the New York cash session: the synthetic market is busy there.
 TUESDAY_CASH_SESSION = datetime(2025, 3, 18, 14, 0, tzinfo=timezone.utc)
 

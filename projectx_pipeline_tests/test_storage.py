@@ -18,7 +18,7 @@ from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.migrate import available_migrations, migrate, timescaledb_active
 from projectx_pipeline.storage.policies import apply_policies, enforce_trade_retention
 
-from .conftest import MES
+from .support.market import MES
 
 TF5 = parse_timeframe("5m")
 

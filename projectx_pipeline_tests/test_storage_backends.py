@@ -21,7 +21,7 @@ from projectx_pipeline.storage.bars import read_bars, upsert_bars
 from projectx_pipeline.storage.migrate import available_migrations, migrate, timescaledb_active
 from projectx_pipeline.storage.policies import apply_policies, enforce_trade_retention, has_columnstore_api
 
-from .conftest import MES
+from .support.market import MES
 
 TF5 = parse_timeframe("5m")
 VALUES = ["open", "high", "low", "close", "volume"]
