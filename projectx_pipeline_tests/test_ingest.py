@@ -40,7 +40,8 @@ from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 
-MES = "CON.F.US.MES.M25"
+from .support.market import MES, write_replay_slice
+
 TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
 TF_5M, TF_1H, TF_4H = parse_timeframe("5m"), parse_timeframe("1h"), parse_timeframe("4h")
 KEY = ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]
@@ -58,15 +59,9 @@ FAST = 3000  # × real time: one 5m bar every 0.1 s
 
 @pytest.fixture(scope="module")
 def fault_replay(tmp_path_factory, sample_dir) -> Path:
-    """The FAULT_SLICE rows of the 5m sample, copied verbatim into a replay file."""
-    src = sample_dir / f"{MES}_5m.csv"
-    lo, hi = (pd.Timestamp(t) for t in FAULT_SLICE)
-    lines = src.read_text().splitlines()
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    assert len(kept) - 1 == FAULT_SLICE_BARS, len(kept)
-    path = tmp_path_factory.mktemp("replay") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
+    """The FAULT_SLICE rows of the 5m sample, copied verbatim into a replay file (a shorter slice
+    than conftest's `replay_slice`: the fault scenarios' timings are sized for it)."""
+    return write_replay_slice(sample_dir, tmp_path_factory.mktemp("replay"), FAULT_SLICE, FAULT_SLICE_BARS)
 
 
 def complete_windows(bars: pd.DataFrame, tf: Timeframe, clock: datetime) -> pd.DataFrame:

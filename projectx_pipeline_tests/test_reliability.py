@@ -55,7 +55,6 @@ TF_1M, TF_5M = parse_timeframe("1m"), parse_timeframe("5m")
 KEY = ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]
 VALUES = ["open", "high", "low", "close", "volume"]
 FAST = 3000  # × real time: one 5m bar every 0.1 s
-SLICE = ("2025-03-17T16:00:00Z", "2025-03-18T04:00:00Z")  # 132 5m bars: a halt, a trade-date close
 
 # =========================================================================== comparisons
 
@@ -197,18 +196,6 @@ def figures(scenario: str, *, faults: int, compared: int, **extra) -> None:
 
 
 # =========================================================================== fixtures and processes
-
-
-@pytest.fixture(scope="module")
-def slice_replay(tmp_path_factory, sample_dir) -> Path:
-    """The SLICE rows of the MES 5m sample, verbatim, as a replay file."""
-    lines = (sample_dir / f"{MES}_5m.csv").read_text().splitlines()
-    lo, hi = (pd.Timestamp(t) for t in SLICE)
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    assert len(kept) - 1 == 132
-    path = tmp_path_factory.mktemp("replay") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -389,11 +376,11 @@ class DatabaseOutage:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", ["signalr_close", "gateway_logout"])
-def test_hub_fault_mid_ingestion_is_repaired_and_counted(db_url, slice_replay, fault):
+def test_hub_fault_mid_ingestion_is_repaired_and_counted(db_url, replay_slice, fault):
     """A SignalR close (type 7, reconnect allowed) or a GatewayLogout while bars stream in: the hub
     reconnects (after a logout with a fresh login), the gap is repaired from history, the store
     equals the simulator's history and the heartbeat counts the reconnect."""
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     try:
         with InProcessDaemon(db_url, sim) as d:
             wait_for(lambda: count_bars(db_url) >= 20, 30, "20 live 5m bars")
@@ -725,14 +712,14 @@ def test_disk_full_on_insert_fails_the_backfill_with_nothing_of_the_batch_stored
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_disk_full_while_the_daemon_writes_is_reported_and_everything_is_written_after(db_url, slice_replay, caplog):
+def test_disk_full_while_the_daemon_writes_is_reported_and_everything_is_written_after(db_url, replay_slice, caplog):
     """The daemon meets "disk full" on every bar insert for a while: each error is logged and
     counted, nothing of a refused batch is stored, the refused bars wait (in the writer's outage
     buffer: SQLSTATE class 53 is an OperationalError, which the writer treats like a lost
     connection and retries; or in the repair queue), the feed goes on; once the trigger is dropped
     every bar is written and the store equals the simulator's history."""
     caplog.set_level(logging.WARNING, logger="projectx")
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     try:
         with InProcessDaemon(db_url, sim) as d:
             wait_for(lambda: count_bars(db_url) >= 15, 30, "15 live 5m bars")
@@ -838,11 +825,11 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_backfill_while_the_daemon_writes_the_same_window(db_url, slice_replay):
+def test_backfill_while_the_daemon_writes_the_same_window(db_url, replay_slice):
     """Backfills of the trade dates being ingested, in a loop, while the daemon writes the same
     bars live: the table ends exact, nothing duplicated, and no bar was ever revised (history
     and live agree bar for bar, whichever wrote first)."""
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     days = [date(2025, 3, 17), date(2025, 3, 18)]
     runs, errors = [], []
     done = threading.Event()

@@ -800,17 +800,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
-@pytest.fixture(scope="module")
-def replay_slice(tmp_path_factory, sample_dir) -> Path:
-    """Twelve hours of the MES 5m sample (132 bars) as a replay file."""
-    lines = (sample_dir / f"{MES}_5m.csv").read_text().splitlines()
-    lo, hi = pd.Timestamp("2025-03-17T16:00:00Z"), pd.Timestamp("2025-03-18T04:00:00Z")
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    path = tmp_path_factory.mktemp("security") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
 def _count_bars(url: str) -> int:
     c = connect(url)
     try:
