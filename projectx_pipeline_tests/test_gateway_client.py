@@ -34,6 +34,7 @@ from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
 from .support.market import MES
+from .support.simulator import finished_simulator
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,17 +54,6 @@ class RequestLog:
 
     def endpoints(self) -> list[str]:
         return [endpoint for endpoint, _ in self.calls]
-
-
-def finished_simulator(**options) -> SimulatorServer:
-    """A replay simulator whose clock has run to the end of the sample, so all history exists."""
-    sim = SimulatorServer(speed="max", **options).start()
-    control = SimulatorControl(sim.control_url)
-    deadline = time.monotonic() + 60
-    while not control.status()["finished"]:
-        assert time.monotonic() < deadline, "the simulator did not finish its replay"
-        time.sleep(0.1)
-    return sim
 
 
 @pytest.fixture(scope="module")

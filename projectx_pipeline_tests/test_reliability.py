@@ -48,7 +48,7 @@ from .support.daemon import InProcessDaemon
 from .support.database import assert_no_duplicates, count_bars, heartbeat, repair_requests, scalar
 from .support.market import MES, TIMEFRAMES
 from .support.network import TcpProxy, with_port
-from .support.simulator import FAST, start_sim
+from .support.simulator import FAST, finished_simulator, start_sim
 from .support.waiting import wait_for
 
 UTC = timezone.utc
@@ -105,8 +105,7 @@ def figures(scenario: str, *, faults: int, compared: int, **extra) -> None:
 @pytest.fixture(scope="module")
 def history_sim():
     """The whole MES sample replayed to its end (history only: nobody subscribes)."""
-    sim = SimulatorServer(speed="max", rate_limits=False).start()
-    wait_for(lambda: SimulatorControl(sim.control_url).status()["finished"], 60, "the replay to finish", 0.1)
+    sim = finished_simulator(rate_limits=False)
     yield sim
     sim.stop()
 
