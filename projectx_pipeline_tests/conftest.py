@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.testing import TestDatabaseServer
 
-from .support.market import SLICE, SLICE_BARS, write_replay_slice
+from .support.market import MES, SLICE, SLICE_BARS, write_replay_slice
 from .support.paths import SAMPLE_DIR
 
 
@@ -44,3 +46,15 @@ def sample_dir() -> Path:
 def replay_slice(tmp_path_factory, sample_dir) -> Path:
     """The SLICE rows of the MES 5m sample (132 bars), verbatim, as a replay file."""
     return write_replay_slice(sample_dir, tmp_path_factory.mktemp("replay"), SLICE, SLICE_BARS)
+
+
+@pytest.fixture(scope="module")
+def sample_5m(sample_dir):
+    return read_bars_csv(sample_dir / f"{MES}_5m.csv")
+
+
+@pytest.fixture
+def control(sim):
+    """The control endpoint of the module's own `sim` fixture (each module starts its simulator
+    its own way)."""
+    return SimulatorControl(sim.control_url)

@@ -30,7 +30,6 @@ from projectx_pipeline.gateway import (
 from projectx_pipeline.gateway.client import jwt_expiry, retry_after_seconds
 from projectx_pipeline.gateway.errors import kv, redact
 from projectx_pipeline.gateway.ratelimit import HISTORY_ENDPOINT
-from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
 from .support.market import MES
@@ -61,11 +60,6 @@ def sim():
     server = finished_simulator()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def control(sim):
-    return SimulatorControl(sim.control_url)
 
 
 @pytest.fixture

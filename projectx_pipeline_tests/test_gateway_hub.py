@@ -14,7 +14,6 @@ import requests
 from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.domain.timeframes import DomainError
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
-from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
 
 from .support.market import MES
@@ -37,11 +36,6 @@ def sim():
     server = start_simulator()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def control(sim):
-    return SimulatorControl(sim.control_url)
 
 
 @pytest.fixture

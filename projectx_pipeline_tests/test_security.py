@@ -65,7 +65,7 @@ from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
-from .support.market import MES
+from .support.market import MES, TIMEFRAMES
 from .support.paths import REPO
 
 PACKAGE = REPO / "projectx_pipeline"
@@ -723,7 +723,6 @@ def test_the_database_refuses_malformed_bars_whole(conn):
 SECRET = "ZZ-recognisable-API-KEY-7f3a9c01-do-not-log"
 WRONG_SECRET = "ZZ-wrong-API-KEY-b52e77d4-do-not-log"
 USER = "svc-projectx"
-TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
 # Loggers that can see credentials or requests: the platform's, the HTTP and SignalR clients'.
 DEBUG_LOGGERS = ("projectx", "SignalRCoreClient", "urllib3", "requests", "aiohttp", "asyncio", "dagster", "fuzz.hub")
 

@@ -11,7 +11,6 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import DomainError, parse_timeframe
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, upsert_bars
 from projectx_pipeline.storage.db import connect
@@ -21,11 +20,6 @@ from projectx_pipeline.storage.policies import apply_policies, enforce_trade_ret
 from .support.market import MES
 
 TF5 = parse_timeframe("5m")
-
-
-@pytest.fixture(scope="module")
-def sample_5m(sample_dir):
-    return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
 
 
 def _listen(url: str, channel: str):
