@@ -3,8 +3,6 @@ against a real PostgreSQL database (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +15,8 @@ from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_star
 from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
 from projectx_pipeline.storage import signals as store
 from projectx_pipeline.storage.bars import upsert_bars
-from projectx_pipeline.storage.db import connect
 
+from .support.database import run_concurrently
 from .support.market import MES
 
 TF5, TF15, TF1H, TF4H = (parse_timeframe(t) for t in ("5m", "15m", "1h", "4h"))
@@ -265,24 +263,7 @@ def test_overlapping_analysis_runs_process_each_bar_and_signal_once(db_url, conn
     _load(conn, bars.iloc[:4000])
     run_trend_analysis(conn, MES, TF5)
     _load(conn, bars.iloc[4000:])
-    barrier = threading.Barrier(3)
-    results, errors = [], []
-
-    def worker():
-        c = connect(db_url)
-        try:
-            barrier.wait()
-            results.append(run_trend_analysis(c, MES, TF5))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(db_url, 3, lambda c: run_trend_analysis(c, MES, TF5))
     assert not errors
     assert sorted(r.bars_processed for r in results) == [0, 0, len(bars) - 4000]
     expected = _expected(bars)
@@ -409,24 +390,7 @@ def test_overlapping_coordination_runs_produce_each_output_once(db_url, conn, sa
     _load(conn, samples[TF15])
     run_trend_analysis(conn, MES, TF1H)
     run_trend_analysis(conn, MES, TF15)
-    barrier = threading.Barrier(3)
-    results, errors = [], []
-
-    def worker():
-        c = connect(db_url)
-        try:
-            barrier.wait()
-            results.append(run_coordination(c, MES, RULES))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(db_url, 3, lambda c: run_coordination(c, MES, RULES))
     assert not errors
     full = _full_coordination_keys(conn)
     assert sorted(r.new_outputs for r in results) == [0, 0, len(full)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.storage.db import connect
 
@@ -36,6 +38,15 @@ def assert_no_duplicates(url: str) -> None:
     assert rows == distinct, f"{rows - distinct} duplicate bars"
 
 
+def table_names(conn) -> set[str]:
+    """The tables of the public schema (the read is rolled back: `conn` is left idle)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        names = {r[0] for r in cur.fetchall()}
+    conn.rollback()
+    return names
+
+
 def repair_requests(url: str) -> list[tuple]:
     """The MES windows queued in `bar_repairs`: (timeframe unit, value, window start, reason)."""
     conn = connect(url)
@@ -58,3 +69,28 @@ def heartbeat(url: str) -> dict | None:
     if row is None:
         return None
     return {"instance": row[0], "state": row[1], "counters": row[2], "updated_at": row[3]}
+
+
+def run_concurrently(url: str, n: int, work) -> tuple[list, list[BaseException]]:
+    """`work(conn)` on `n` threads released at once by a barrier, each with its own connection
+    to `url`; returns (the results, the exceptions raised), for the caller to assert on."""
+    barrier = threading.Barrier(n)
+    results: list = []
+    errors: list[BaseException] = []
+
+    def worker():
+        c = connect(url)
+        try:
+            barrier.wait()
+            results.append(work(c))
+        except BaseException as exc:  # collected and asserted by the caller
+            errors.append(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
