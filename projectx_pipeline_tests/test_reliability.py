@@ -48,6 +48,7 @@ from .support.daemon import InProcessDaemon
 from .support.database import assert_no_duplicates, count_bars, heartbeat, repair_requests, scalar
 from .support.market import MES, TIMEFRAMES
 from .support.network import TcpProxy, with_port
+from .support.signals import canonical_signals
 from .support.simulator import FAST, finished_simulator, start_sim
 from .support.waiting import wait_for
 
@@ -738,8 +739,8 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
         run_coordination(conn, MES, rules)
         signals_compared = 0
         for tf in (tf15, tf1h):
-            want = _canonical(detect_trend_starts_frame(normalize_bars(bars[tf])), "start_price")
-            got = _canonical(store.read_detected_signals(conn, ANALYZER_ID, MES, tf), "price")
+            want = canonical_signals(detect_trend_starts_frame(normalize_bars(bars[tf])), "start_price")
+            got = canonical_signals(store.read_detected_signals(conn, ANALYZER_ID, MES, tf), "price")
             conn.rollback()
             pd.testing.assert_frame_equal(got, want)
             signals_compared += len(want)
@@ -773,11 +774,3 @@ def _resample(bars: pd.DataFrame, tf: Timeframe) -> pd.DataFrame:
                         "close": g["close"].last(), "volume": g["volume"].sum()}).reset_index(names="timestamp")
     out["contract_id"], out["timeframe_unit"], out["timeframe_value"] = MES, tf.unit, tf.value
     return normalize_bars(out)
-
-
-def _canonical(frame: pd.DataFrame, price: str) -> pd.DataFrame:
-    out = frame.loc[:, ["type", "start_ts", "confirm_ts", "rule", price]].rename(columns={price: "price"})
-    for c in ("start_ts", "confirm_ts"):
-        out[c] = pd.to_datetime(out[c], utc=True).astype("datetime64[ns, UTC]")
-    out["type"], out["rule"] = out["type"].astype(object), out["rule"].astype(object)
-    return out.sort_values(["start_ts", "type"]).reset_index(drop=True)

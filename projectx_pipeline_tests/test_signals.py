@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from projectx_pipeline.domain.coordination import coordinate, parse_rules
+from projectx_pipeline.domain.coordination import coordinate
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import DomainError, bar_end, parse_timeframe
 from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
@@ -16,20 +16,12 @@ from projectx_pipeline.signals.analysis import run_coordination, run_trend_analy
 from projectx_pipeline.storage import signals as store
 from projectx_pipeline.storage.bars import upsert_bars
 
+from .support.coordination import RULES
 from .support.database import run_concurrently
 from .support.market import MES
+from .support.signals import canonical_signals
 
 TF5, TF15, TF1H, TF4H = (parse_timeframe(t) for t in ("5m", "15m", "1h", "4h"))
-LONG = {
-    "name": "long_1h_15m",
-    "label": "long",
-    "anchor": {"timeframe": "1h", "type": "uptrend"},
-    "trigger": {"timeframe": "15m", "type": "uptrend"},
-    "within_minutes": 60,
-}
-SHORT = {**LONG, "name": "short_1h_15m", "label": "short",
-         "anchor": {"timeframe": "1h", "type": "downtrend"}, "trigger": {"timeframe": "15m", "type": "downtrend"}}
-RULES = parse_rules([LONG, SHORT])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -59,23 +51,14 @@ def _load(conn, bars: pd.DataFrame, mode: str = "keep") -> None:
         upsert_bars(conn, bars, mode=mode, source="history", notify=False)
 
 
-def _canonical(frame: pd.DataFrame, price: str) -> pd.DataFrame:
-    out = frame.loc[:, ["type", "start_ts", "confirm_ts", "rule", price]].rename(columns={price: "price"})
-    for c in ("start_ts", "confirm_ts"):
-        out[c] = pd.to_datetime(out[c], utc=True).astype("datetime64[ns, UTC]")
-    out["type"] = out["type"].astype(object)
-    out["rule"] = out["rule"].astype(object)
-    return out.sort_values(["start_ts", "type"]).reset_index(drop=True)
-
-
 def _stored(conn, tf) -> pd.DataFrame:
     df = store.read_detected_signals(conn, ANALYZER_ID, MES, tf)
     conn.rollback()
-    return _canonical(df, "price")
+    return canonical_signals(df, "price")
 
 
 def _expected(bars: pd.DataFrame) -> pd.DataFrame:
-    return _canonical(detect_trend_starts_frame(bars), "start_price")
+    return canonical_signals(detect_trend_starts_frame(bars), "start_price")
 
 
 def _assert_stored_equals_full(conn, tf, bars) -> None:
