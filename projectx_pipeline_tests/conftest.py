@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL server for the whole session, a fresh migrated database per test."""
+"""Shared fixtures: a real PostgreSQL server for the whole session, a fresh migrated database per
+test, the sample. Plain helpers live in `support/`: tests import them from there, never from here."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from projectx_pipeline.sample_data import SAMPLE_DIR as PACKAGED_SAMPLE_DIR
+from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.testing import TestDatabaseServer
 
-REPO = Path(__file__).resolve().parents[1]
-# The package's own copy of the gateway's MES bars: the tests need nothing outside the repository.
-SAMPLE_DIR = PACKAGED_SAMPLE_DIR
-MES = "CON.F.US.MES.M25"
+from .support.market import MES, SLICE, SLICE_BARS, write_replay_slice
+from .support.paths import SAMPLE_DIR
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +40,21 @@ def conn(db_url):
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def replay_slice(tmp_path_factory, sample_dir) -> Path:
+    """The SLICE rows of the MES 5m sample (132 bars), verbatim, as a replay file."""
+    return write_replay_slice(sample_dir, tmp_path_factory.mktemp("replay"), SLICE, SLICE_BARS)
+
+
+@pytest.fixture(scope="module")
+def sample_5m(sample_dir):
+    return read_bars_csv(sample_dir / f"{MES}_5m.csv")
+
+
+@pytest.fixture
+def control(sim):
+    """The control endpoint of the module's own `sim` fixture (each module starts its simulator
+    its own way)."""
+    return SimulatorControl(sim.control_url)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import SAMPLE_DIR
+from .support.market import MES
+from .support.paths import SAMPLE_DIR
 from projectx_pipeline.domain.aggregation import (
     REPAIR_COLUMNS,
     BarAggregator,
@@ -32,8 +33,8 @@ from projectx_pipeline.domain.timeframes import (
     trade_date_session,
 )
 
-CONTRACT = "CON.F.US.MES.M25"
-SAMPLE_5M = SAMPLE_DIR / "CON.F.US.MES.M25_5m.csv"
+CONTRACT = MES
+SAMPLE_5M = SAMPLE_DIR / f"{MES}_5m.csv"
 S = NS_PER_SECOND
 TF = {t.label: t for t in DEFAULT_TIMEFRAMES}
 
@@ -157,23 +158,23 @@ def test_live_bars_from_sample_equal_sample_and_batch():
     assert (c.trades, c.late_trades, c.bars_incomplete) == (ts.size, 0, 0)
 
 
+def _assert_live_equals_batch(ts, price, size, timeframes: str, seed: int) -> None:
+    tfs = parse_timeframes(timeframes)
+    agg = BarAggregator(CONTRACT, tfs)
+    closed = feed_in_random_batches(agg, ts, price, size, np.random.default_rng(seed))
+    for tf in tfs:
+        pd.testing.assert_frame_equal(bars_of(closed, tf), batch_bars(ts, price, size, tf), obj=tf.label)
+
+
 def test_non_nesting_timeframes_equal_batch():
     _, ts, price, size = sample_trades()
     ts, price, size = ts[:8000], price[:8000], size[:8000]
-    tfs = parse_timeframes("8m,45m,1h,4h")
-    agg = BarAggregator(CONTRACT, tfs)
-    closed = feed_in_random_batches(agg, ts, price, size, np.random.default_rng(3))
-    for tf in tfs:
-        pd.testing.assert_frame_equal(bars_of(closed, tf), batch_bars(ts, price, size, tf), obj=tf.label)
+    _assert_live_equals_batch(ts, price, size, "8m,45m,1h,4h", seed=3)
 
 
 def test_calendar_timeframes_equal_batch():
     _, ts, price, size = sample_trades()
-    tfs = parse_timeframes("1h,1d,1w,1mo")
-    agg = BarAggregator(CONTRACT, tfs)
-    closed = feed_in_random_batches(agg, ts, price, size, np.random.default_rng(5))
-    for tf in tfs:
-        pd.testing.assert_frame_equal(bars_of(closed, tf), batch_bars(ts, price, size, tf), obj=tf.label)
+    _assert_live_equals_batch(ts, price, size, "1h,1d,1w,1mo", seed=5)
 
 
 def test_one_batch_closing_many_bars_at_once():

@@ -20,23 +20,11 @@ from projectx_pipeline.domain.coordination import (
 )
 from projectx_pipeline.domain.timeframes import DomainError, bar_end, bar_starts_ns, parse_timeframe
 
-MES, MNQ = "CON.F.US.MES.M25", "CON.F.US.MNQ.M25"
+from .support.coordination import LONG, RULES, SHORT
+from .support.market import MES
 
-LONG = {
-    "name": "long_1h_15m",
-    "label": "long",
-    "anchor": {"timeframe": "1h", "type": "uptrend"},
-    "trigger": {"timeframe": "15m", "type": "uptrend"},
-    "within_minutes": 60,
-}
-SHORT = {
-    "name": "short_1h_15m",
-    "label": "short",
-    "anchor": {"timeframe": "1h", "type": "downtrend"},
-    "trigger": {"timeframe": "15m", "type": "downtrend"},
-    "within_minutes": 60,
-}
-RULES = parse_rules([LONG, SHORT])
+MNQ = "CON.F.US.MNQ.M25"
+
 
 
 def T(text: str) -> pd.Timestamp:

@@ -9,15 +9,14 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
-from projectx_pipeline.gateway.simulator.control import SimulatorControl
-from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.orchestration.assets import historical_bars, settings
 from projectx_pipeline.orchestration.checks import bar_checks
 from projectx_pipeline.orchestration.partitions import partition_key
 from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
-from .conftest import MES
+from .support.market import MES
+from .support.simulator import finished_simulator
 
 CLEAN_DAY = date(2025, 3, 18)   # no hole in the sample
 HOLE_DAY = date(2025, 3, 21)    # the sample misses the 5m bar of 2025-03-20 22:40 UTC
@@ -26,14 +25,7 @@ TF5 = parse_timeframe("5m")
 
 @pytest.fixture(scope="module")
 def simulator():
-    sim = SimulatorServer(speed="max", rate_limits=False).start()
-    control = SimulatorControl(sim.control_url)
-    import time
-
-    deadline = time.monotonic() + 60
-    while not control.status().get("finished"):
-        assert time.monotonic() < deadline, "replay did not finish"
-        time.sleep(0.1)
+    sim = finished_simulator(rate_limits=False)
     yield sim
     sim.stop()
 

@@ -30,7 +30,7 @@ from projectx_pipeline.orchestration.schedules import after_session_close
 from projectx_pipeline.orchestration.sensors import new_bars_sensor, send_alert
 from projectx_pipeline.storage.bars import upsert_bars
 
-from .conftest import MES
+from .support.market import MES
 
 
 def test_definitions_load():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,17 +28,14 @@ from projectx_pipeline.orchestration.partitions import partition_key
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 
-from .conftest import MES, REPO
+from .support.market import MES
+from .support.network import free_port
+from .support.paths import REPO
+from .support.simulator import finished_simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent
 TRADE_DATES = [date(2025, 3, 18), date(2025, 3, 19), date(2025, 3, 20)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -77,8 +73,7 @@ class Platform:
 @pytest.fixture(scope="module")
 def simulator():
     """The gateway of the Dagster runs: the replay has already reached its end, so history is complete."""
-    sim = SimulatorServer(speed="max", rate_limits=False).start()
-    _wait(lambda: SimulatorControl(sim.control_url).status().get("finished"), 60, "the replay to finish")
+    sim = finished_simulator(rate_limits=False)
     yield sim
     sim.stop()
 
@@ -89,7 +84,7 @@ def platform(db_server, simulator, tmp_path_factory):
     dagster_url = db_server.create_database("dagster", migrated=False)
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_")},
         "DAGSTER_HOME": str(home), "DATABASE_URL": market_url, "DAGSTER_PG_URL": dagster_url,

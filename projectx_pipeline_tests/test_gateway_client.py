@@ -30,13 +30,14 @@ from projectx_pipeline.gateway import (
 from projectx_pipeline.gateway.client import jwt_expiry, retry_after_seconds
 from projectx_pipeline.gateway.errors import kv, redact
 from projectx_pipeline.gateway.ratelimit import HISTORY_ENDPOINT
-from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+
+from .support.market import MES
+from .support.simulator import finished_simulator
 
 pytestmark = pytest.mark.timeout(120)
 
 UTC = timezone.utc
-MES = "CON.F.US.MES.M25"
 SPAN_START = datetime(2025, 3, 1, tzinfo=UTC)
 SPAN_END = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -54,27 +55,11 @@ class RequestLog:
         return [endpoint for endpoint, _ in self.calls]
 
 
-def finished_simulator(**options) -> SimulatorServer:
-    """A replay simulator whose clock has run to the end of the sample, so all history exists."""
-    sim = SimulatorServer(speed="max", **options).start()
-    control = SimulatorControl(sim.control_url)
-    deadline = time.monotonic() + 60
-    while not control.status()["finished"]:
-        assert time.monotonic() < deadline, "the simulator did not finish its replay"
-        time.sleep(0.1)
-    return sim
-
-
 @pytest.fixture(scope="module")
 def sim():
     server = finished_simulator()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def control(sim):
-    return SimulatorControl(sim.control_url)
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ from projectx_pipeline.gateway.events import (
     payload_problem,
 )
 
+from .support.market import MES
+
 pytestmark = pytest.mark.timeout(120)
 
 UTC = timezone.utc
-MES = "CON.F.US.MES.M25"
 ES = "CON.F.US.EP.M25"
 NOW = datetime(2025, 3, 17, 15, 0, tzinfo=UTC)
 

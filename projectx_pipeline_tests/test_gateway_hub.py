@@ -14,12 +14,12 @@ import requests
 from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.domain.timeframes import DomainError
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
-from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
+
+from .support.market import MES
 
 pytestmark = pytest.mark.timeout(60)
 
-MES = "CON.F.US.MES.M25"
 UNKNOWN = "CON.F.US.ZZZ.Z99"
 # Small timings so that every recovery happens within seconds.
 FAST = dict(stale_after=5.0, backoff_base=0.2, backoff_cap=1.0, stop_timeout=2.0, connect_timeout=3.0)
@@ -36,11 +36,6 @@ def sim():
     server = start_simulator()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def control(sim):
-    return SimulatorControl(sim.control_url)
 
 
 @pytest.fixture

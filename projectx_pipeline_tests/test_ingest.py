@@ -17,40 +17,38 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from projectx_pipeline.domain.market import normalize_bars, read_bars_csv
+from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, parse_timeframe, parse_timeframes
-from projectx_pipeline.gateway.client import GatewayClient
-from projectx_pipeline.gateway.config import GatewayConfig
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
-from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 
-MES = "CON.F.US.MES.M25"
-TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
-TF_5M, TF_1H, TF_4H = parse_timeframe("5m"), parse_timeframe("1h"), parse_timeframe("4h")
-KEY = ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]
-VALUES = ["open", "high", "low", "close", "volume"]
+from .support.bars import bar_diff, complete_windows, expected_bars, stored_bars
+from .support.daemon import InProcessDaemon
+from .support.database import assert_no_duplicates, count_bars, heartbeat, repair_requests
+from .support.market import MES, TF_5M, TIMEFRAMES, VALUES, write_replay_slice
+from .support.network import TcpProxy, with_port
+from .support.simulator import FAST, start_sim
+from .support.waiting import wait_for
+
+TF_1H, TF_4H = parse_timeframe("1h"), parse_timeframe("4h")
 
 # The slice of the MES 5m sample the fault scenarios replay: 8 hours (84 bars) that hold the
 # close of a trade date (a complete 1d bar), the short 18:00 4h bar and a daily halt.
 FAULT_SLICE = ("2025-03-17T18:00:00Z", "2025-03-18T02:00:00Z")
 FAULT_SLICE_BARS = 84
-FAST = 3000  # × real time: one 5m bar every 0.1 s
 
 
 # =========================================================================== helpers: data
@@ -58,135 +56,26 @@ FAST = 3000  # × real time: one 5m bar every 0.1 s
 
 @pytest.fixture(scope="module")
 def fault_replay(tmp_path_factory, sample_dir) -> Path:
-    """The FAULT_SLICE rows of the 5m sample, copied verbatim into a replay file."""
-    src = sample_dir / f"{MES}_5m.csv"
-    lo, hi = (pd.Timestamp(t) for t in FAULT_SLICE)
-    lines = src.read_text().splitlines()
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    assert len(kept) - 1 == FAULT_SLICE_BARS, len(kept)
-    path = tmp_path_factory.mktemp("replay") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
-def complete_windows(bars: pd.DataFrame, tf: Timeframe, clock: datetime) -> pd.DataFrame:
-    """The bars whose window has ended by `clock` (the one still in progress is left out)."""
-    if bars.empty:
-        return bars
-    ends = [bar_end(ts.to_pydatetime(), tf) for ts in bars["timestamp"]]
-    return bars[np.array([e <= clock for e in ends], dtype=bool)].reset_index(drop=True)
-
-
-def expected_bars(sim: SimulatorServer, tf: Timeframe) -> pd.DataFrame:
-    """The simulator's history of `tf` for the whole replay, without the bar in progress."""
-    return normalize_bars(complete_windows(sim.history_bars(MES, tf), tf, sim.clock()))
-
-
-def stored_bars(url: str, tf: Timeframe) -> pd.DataFrame:
-    conn = connect(url)
-    try:
-        return read_bars(conn, MES, tf)
-    finally:
-        conn.close()
-
-
-def bar_diff(expected: pd.DataFrame, got: pd.DataFrame, label: str) -> str:
-    """'' when equal, else a short description of the first differences."""
-    m = expected.merge(got, on=KEY, how="outer", suffixes=("_want", "_got"), indicator=True)
-    missing = m[m["_merge"] == "left_only"]
-    extra = m[m["_merge"] == "right_only"]
-    both = m[m["_merge"] == "both"]
-    differ = both[np.logical_or.reduce([both[f"{c}_want"] != both[f"{c}_got"] for c in VALUES])]
-    if missing.empty and extra.empty and differ.empty:
-        return ""
-    show = lambda df: ", ".join(str(t) for t in df["timestamp"].head(5))  # noqa: E731
-    parts = [f"{label}: {len(expected)} expected, {len(got)} stored"]
-    if len(missing):
-        parts.append(f"{len(missing)} missing ({show(missing)})")
-    if len(extra):
-        parts.append(f"{len(extra)} unexpected ({show(extra)})")
-    if len(differ):
-        row = differ.iloc[0]
-        parts.append(f"{len(differ)} differ ({show(differ)}; first: want "
-                     f"{[row[c + '_want'] for c in VALUES]} got {[row[c + '_got'] for c in VALUES]})")
-    return "; ".join(parts)
+    """The FAULT_SLICE rows of the 5m sample, copied verbatim into a replay file (a shorter slice
+    than conftest's `replay_slice`: the fault scenarios' timings are sized for it)."""
+    return write_replay_slice(sample_dir, tmp_path_factory.mktemp("replay"), FAULT_SLICE, FAULT_SLICE_BARS)
 
 
 def store_vs_sim(url: str, sim: SimulatorServer, timeframes=TIMEFRAMES) -> str:
     return "\n".join(d for d in (bar_diff(expected_bars(sim, tf), stored_bars(url, tf), tf.label) for tf in timeframes) if d)
 
 
-def assert_no_duplicates(url: str) -> None:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute('SELECT count(*), count(DISTINCT (contract_id, timeframe_unit, timeframe_value, "timestamp")) FROM ohlc_bars')
-            rows, distinct = cur.fetchone()
-    finally:
-        conn.close()
-    assert rows == distinct, f"{rows - distinct} duplicate bars"
-
-
 def repairs_left_behind(url: str, sim: SimulatorServer) -> str:
     """'' when every repair request queued in `bar_repairs` has been served, except for the
     windows that end with the replay (the daemon flushes the bars it has open when it stops and
     queues them, and a window ending at the replay's last instant closes only after the grace)."""
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT timeframe_unit, timeframe_value, window_start, reason FROM bar_repairs WHERE contract_id = %s", (MES,))
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    left = [r for r in rows if bar_end(r[2], Timeframe(r[0], r[1])) < sim.clock()]
+    left = [r for r in repair_requests(url) if bar_end(r[2], Timeframe(r[0], r[1])) < sim.clock()]
     return f"repair requests left for windows that ended before the replay did: {left[:5]}" if left else ""
 
 
 def assert_no_repair_left_behind(url: str, sim: SimulatorServer) -> None:
     left = repairs_left_behind(url, sim)
     assert not left, left
-
-
-def count_bars(url: str, tf: Timeframe = TF_5M) -> int:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
-                        (MES, tf.unit, tf.value))
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def heartbeat(url: str) -> dict | None:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT instance_id, connection_state, counters, updated_at FROM ingestion_heartbeats WHERE contract_id = %s", (MES,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    if row is None:
-        return None
-    return {"instance": row[0], "state": row[1], "counters": row[2], "updated_at": row[3]}
-
-
-def wait_for(condition, timeout: float, what, interval: float = 0.2):
-    """Poll `condition` until it returns something truthy; fail naming `what` (a string, or a
-    callable giving one at the time of the failure) after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 — e.g. the database being restarted; retried
-            last_error = exc
-        if time.monotonic() > deadline:
-            what = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
-        time.sleep(interval)
 
 
 def wait_store_matches(url: str, sim: SimulatorServer, timeout: float, timeframes=TIMEFRAMES) -> None:
@@ -207,46 +96,6 @@ def wait_store_matches(url: str, sim: SimulatorServer, timeout: float, timeframe
 
 
 # =========================================================================== helpers: processes
-
-
-class InProcessDaemon:
-    """`IngestDaemon` on a thread, wired like `projectx ingest` but with test-sized timings."""
-
-    def __init__(self, url: str, sim: SimulatorServer, *, stale_after: float = 5.0, **config):
-        self.client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "tester", "key", True), rate_limits=False)
-        options = dict(repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5)
-        options.update(config)
-        self.daemon = IngestDaemon(
-            IngestConfig([MES], TIMEFRAMES, url, **options), self.client,
-            lambda out: self.client.market_hub([MES], out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
-        )
-        self.result: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.result.append(self.daemon.run()), name="test-ingest", daemon=True)
-
-    @property
-    def counters(self):
-        return self.daemon.counters[MES]
-
-    def __enter__(self) -> "InProcessDaemon":
-        self.daemon.start()
-        self.thread.start()
-        return self
-
-    def stop(self) -> int:
-        if self.thread.is_alive():
-            self.daemon.request_stop()
-            self.thread.join(15)
-            assert not self.thread.is_alive(), "the daemon did not stop within 15 s"
-        self.client.close()
-        return self.result[0] if self.result else -1
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def start_sim(replay: Path | None, speed, **options) -> tuple[SimulatorServer, SimulatorControl]:
-    sim = SimulatorServer(replay=replay, speed=speed, wait_for_subscriber=True, rate_limits=False, **options).start()
-    return sim, SimulatorControl(sim.control_url)
 
 
 def write_settings(directory: Path) -> Path:
@@ -528,82 +377,7 @@ def test_malformed_events_interleaved_with_good_ones(db_url, fault_replay):
 # =========================================================================== database outage
 
 
-class TcpProxy:
-    """A TCP relay that can be cut (open connections reset, new ones closed at once) and restored:
-    a real network outage between the daemon and an external database server."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._cut = threading.Event()
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self._cut.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._cut.is_set():  # cut while connecting upstream
-                    client.close()
-                    upstream.close()
-                    continue
-                self._sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self._lock:
-            self._cut.set()
-            sockets, self._sockets = self._sockets, set()
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def restore(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.cut()
-        self.listener.close()
-
-
 OUTAGE_BUFFER = 40  # closed bars held in memory (1m..1d) — 20 s at 150× closes about 65
-
-
-def _with_port(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
 
 
 class DatabaseOutage:
@@ -622,7 +396,7 @@ class DatabaseOutage:
         self.cluster = None if network else db_server.cluster
         self.parts = urlsplit(db_url)
         self.proxy = TcpProxy(self.parts.hostname, self.parts.port or 5432)
-        self.daemon_url = _with_port(db_url, self.proxy.port)
+        self.daemon_url = with_port(db_url, self.proxy.port)
         self.url = db_url
 
     def begin(self) -> None:
@@ -639,7 +413,7 @@ class DatabaseOutage:
         if state.port != self.parts.port:
             self.proxy.target = ("127.0.0.1", state.port)
             self.db_server.admin_url = state.url("postgres")  # for the fixtures' teardown
-            self.url = _with_port(self.db_url, state.port)
+            self.url = with_port(self.db_url, state.port)
 
     def close(self) -> None:
         self.proxy.close()
@@ -840,7 +614,7 @@ def test_sigkill_then_database_restart_then_a_new_daemon_stores_every_daily_bar(
             db_server.cluster.stop()
             state = db_server.cluster.start()
             db_server.admin_url = state.url("postgres")  # for the fixtures' teardown
-            url = _with_port(db_url, state.port)
+            url = with_port(db_url, state.port)
         second = Cli(["ingest"], cli_env(url, sim, settings), tmp_path, "ingest-2")
         procs.append(second)
         wait_for(lambda: sim_subscribed(ctl), 60, "the new daemon to subscribe")

@@ -23,74 +23,39 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from datetime import date, timedelta, timezone
+from urllib.parse import urlsplit
 
-import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
 
 from projectx_pipeline.backfill import backfill_trade_date
 from projectx_pipeline.domain.market import normalize_bars
-from projectx_pipeline.domain.timeframes import Timeframe, bar_end, parse_timeframe, parse_timeframes, to_ns, trade_date_session
+from projectx_pipeline.domain.timeframes import Timeframe, bar_end, parse_timeframe, to_ns, trade_date_session
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
 from projectx_pipeline.gateway.errors import GatewayRetriesExhausted
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
-from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 from projectx_pipeline.storage.db import connect, is_connection_error
 
-from .conftest import MES
+from .support.bars import bar_diff, complete_windows, expected_bars, stored_bars
+from .support.daemon import InProcessDaemon
+from .support.database import assert_no_duplicates, count_bars, heartbeat, repair_requests, scalar
+from .support.market import MES, TIMEFRAMES
+from .support.network import TcpProxy, with_port
+from .support.signals import canonical_signals
+from .support.simulator import FAST, finished_simulator, start_sim
+from .support.waiting import wait_for
 
 UTC = timezone.utc
-TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
-TF_1M, TF_5M = parse_timeframe("1m"), parse_timeframe("5m")
-KEY = ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"]
-VALUES = ["open", "high", "low", "close", "volume"]
-FAST = 3000  # × real time: one 5m bar every 0.1 s
-SLICE = ("2025-03-17T16:00:00Z", "2025-03-18T04:00:00Z")  # 132 5m bars: a halt, a trade-date close
+TF_1M = parse_timeframe("1m")
 
 # =========================================================================== comparisons
-
-
-def complete_windows(bars: pd.DataFrame, tf: Timeframe, clock: datetime) -> pd.DataFrame:
-    if bars.empty:
-        return bars
-    ends = np.array([bar_end(ts.to_pydatetime(), tf) <= clock for ts in bars["timestamp"]], dtype=bool)
-    return bars[ends].reset_index(drop=True)
-
-
-def expected_bars(sim: SimulatorServer, tf: Timeframe, start=None, end=None) -> pd.DataFrame:
-    """The simulator's history of `tf` (bars labelled in [start, end)), the bar in progress left out."""
-    return normalize_bars(complete_windows(sim.history_bars(MES, tf, start, end), tf, sim.clock()))
-
-
-def stored_bars(url: str, tf: Timeframe, start=None, end=None) -> pd.DataFrame:
-    conn = connect(url)
-    try:
-        return read_bars(conn, MES, tf, start, end)
-    finally:
-        conn.close()
-
-
-def bar_diff(expected: pd.DataFrame, got: pd.DataFrame, label: str) -> str:
-    """'' when equal, else a short description of the differences."""
-    m = expected.merge(got, on=KEY, how="outer", suffixes=("_want", "_got"), indicator=True)
-    missing, extra = m[m["_merge"] == "left_only"], m[m["_merge"] == "right_only"]
-    both = m[m["_merge"] == "both"]
-    differ = both[np.logical_or.reduce([both[f"{c}_want"] != both[f"{c}_got"] for c in VALUES])] if len(both) else both
-    if missing.empty and extra.empty and differ.empty:
-        return ""
-    show = lambda df: ", ".join(str(t) for t in df["timestamp"].head(4))  # noqa: E731
-    return (f"{label}: {len(expected)} expected, {len(got)} stored; {len(missing)} missing ({show(missing)}); "
-            f"{len(extra)} unexpected ({show(extra)}); {len(differ)} differ ({show(differ)})")
 
 
 def compare_store(url: str, sim: SimulatorServer, start=None, end=None, timeframes=TIMEFRAMES) -> tuple[str, int]:
@@ -105,72 +70,11 @@ def compare_store(url: str, sim: SimulatorServer, start=None, end=None, timefram
     return "\n".join(diffs), compared
 
 
-def assert_no_duplicates(url: str) -> None:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute('SELECT count(*), count(DISTINCT (contract_id, timeframe_unit, timeframe_value, "timestamp")) FROM ohlc_bars')
-            rows, distinct = cur.fetchone()
-    finally:
-        conn.close()
-    assert rows == distinct, f"{rows - distinct} duplicate bars"
-
-
-def scalar(url: str, sql: str, params=()):
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def count_bars(url: str, tf: Timeframe | None = TF_5M) -> int:
-    if tf is None:
-        return scalar(url, "SELECT count(*) FROM ohlc_bars")
-    return scalar(url, "SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
-                  (MES, tf.unit, tf.value))
-
-
 def assert_no_repair_left_behind(url: str, sim: SimulatorServer) -> None:
     """Every window still queued in bar_repairs is one the replay left unfinished (the daemon
     queues the bars it flushes open at shutdown): every other repair request was served."""
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT timeframe_unit, timeframe_value, window_start FROM bar_repairs WHERE contract_id = %s", (MES,))
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    left = [r for r in rows if bar_end(r[2], Timeframe(r[0], r[1])) <= sim.clock()]
+    left = [r for r in repair_requests(url) if bar_end(r[2], Timeframe(r[0], r[1])) <= sim.clock()]
     assert not left, f"repair requests left for complete windows: {left[:5]}"
-
-
-def heartbeat(url: str) -> dict:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT connection_state, counters FROM ingestion_heartbeats WHERE contract_id = %s", (MES,))
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    return {"state": row[0], "counters": row[1]}
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 — e.g. the database being restarted; retried
-            last_error = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" ({last_error!r})" if last_error else ""))
-        time.sleep(interval)
 
 
 def wait_store_matches(url: str, sim: SimulatorServer, timeout: float, **kw) -> int:
@@ -200,22 +104,9 @@ def figures(scenario: str, *, faults: int, compared: int, **extra) -> None:
 
 
 @pytest.fixture(scope="module")
-def slice_replay(tmp_path_factory, sample_dir) -> Path:
-    """The SLICE rows of the MES 5m sample, verbatim, as a replay file."""
-    lines = (sample_dir / f"{MES}_5m.csv").read_text().splitlines()
-    lo, hi = (pd.Timestamp(t) for t in SLICE)
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    assert len(kept) - 1 == 132
-    path = tmp_path_factory.mktemp("replay") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
 def history_sim():
     """The whole MES sample replayed to its end (history only: nobody subscribes)."""
-    sim = SimulatorServer(speed="max", rate_limits=False).start()
-    wait_for(lambda: SimulatorControl(sim.control_url).status()["finished"], 60, "the replay to finish", 0.1)
+    sim = finished_simulator(rate_limits=False)
     yield sim
     sim.stop()
 
@@ -225,41 +116,6 @@ def fault_client(sim: SimulatorServer, **options) -> GatewayClient:
     settings = dict(rate_limits=False, backoff_base=0.05, backoff_cap=0.5, timeout=5.0, max_retries=6)
     settings.update(options)
     return GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "tester", "key", True), **settings)
-
-
-class InProcessDaemon:
-    """`IngestDaemon` on a thread, wired like `projectx ingest` with test-sized timings."""
-
-    def __init__(self, url: str, sim: SimulatorServer, *, client: GatewayClient | None = None, stale_after: float = 5.0, **config):
-        self.client = client or GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "tester", "key", True), rate_limits=False)
-        options = dict(repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5)
-        options.update(config)
-        self.daemon = IngestDaemon(
-            IngestConfig([MES], TIMEFRAMES, url, **options), self.client,
-            lambda out: self.client.market_hub([MES], out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
-        )
-        self.result: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.result.append(self.daemon.run()), name="test-ingest", daemon=True)
-
-    @property
-    def counters(self):
-        return self.daemon.counters[MES]
-
-    def __enter__(self) -> "InProcessDaemon":
-        self.daemon.start()
-        self.thread.start()
-        return self
-
-    def stop(self) -> int:
-        if self.thread.is_alive():
-            self.daemon.request_stop()
-            self.thread.join(15)
-            assert not self.thread.is_alive(), "the daemon did not stop within 15 s"
-        self.client.close()
-        return self.result[0] if self.result else -1
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def wait_daemon_closed_its_bars(d: InProcessDaemon, sim: SimulatorServer) -> None:
@@ -277,82 +133,6 @@ def wait_daemon_closed_its_bars(d: InProcessDaemon, sim: SimulatorServer) -> Non
     wait_for(closed, 10, "the daemon to close the complete bars")
 
 
-def start_sim(replay: Path, speed, **options) -> tuple[SimulatorServer, SimulatorControl]:
-    sim = SimulatorServer(replay=replay, speed=speed, wait_for_subscriber=True, rate_limits=False, **options).start()
-    return sim, SimulatorControl(sim.control_url)
-
-
-class TcpProxy:
-    """A TCP relay in front of the database: it follows the server to a new port after a restart,
-    or is itself cut (open connections reset, new ones closed) for an external server."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._cut = threading.Event()
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self._cut.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        self._cut.set()
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def restore(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.cut()
-        self.listener.close()
-
-
-def _with_port(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
-
-
 class DatabaseOutage:
     """Stop and restart the real test server (its LocalCluster), or cut a relay to an external one.
     Clients go through `url` (the relay), which stays valid across the restart."""
@@ -361,7 +141,7 @@ class DatabaseOutage:
         parts = urlsplit(db_url)
         self.db_server = db_server
         self.proxy = TcpProxy(parts.hostname, parts.port or 5432)
-        self.url = _with_port(db_url, self.proxy.port)
+        self.url = with_port(db_url, self.proxy.port)
         self.direct_port = parts.port
 
     def stop(self) -> None:
@@ -389,11 +169,11 @@ class DatabaseOutage:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", ["signalr_close", "gateway_logout"])
-def test_hub_fault_mid_ingestion_is_repaired_and_counted(db_url, slice_replay, fault):
+def test_hub_fault_mid_ingestion_is_repaired_and_counted(db_url, replay_slice, fault):
     """A SignalR close (type 7, reconnect allowed) or a GatewayLogout while bars stream in: the hub
     reconnects (after a logout with a fresh login), the gap is repaired from history, the store
     equals the simulator's history and the heartbeat counts the reconnect."""
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     try:
         with InProcessDaemon(db_url, sim) as d:
             wait_for(lambda: count_bars(db_url) >= 20, 30, "20 live 5m bars")
@@ -725,14 +505,14 @@ def test_disk_full_on_insert_fails_the_backfill_with_nothing_of_the_batch_stored
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_disk_full_while_the_daemon_writes_is_reported_and_everything_is_written_after(db_url, slice_replay, caplog):
+def test_disk_full_while_the_daemon_writes_is_reported_and_everything_is_written_after(db_url, replay_slice, caplog):
     """The daemon meets "disk full" on every bar insert for a while: each error is logged and
     counted, nothing of a refused batch is stored, the refused bars wait (in the writer's outage
     buffer: SQLSTATE class 53 is an OperationalError, which the writer treats like a lost
     connection and retries; or in the repair queue), the feed goes on; once the trigger is dropped
     every bar is written and the store equals the simulator's history."""
     caplog.set_level(logging.WARNING, logger="projectx")
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     try:
         with InProcessDaemon(db_url, sim) as d:
             wait_for(lambda: count_bars(db_url) >= 15, 30, "15 live 5m bars")
@@ -838,11 +618,11 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_backfill_while_the_daemon_writes_the_same_window(db_url, slice_replay):
+def test_backfill_while_the_daemon_writes_the_same_window(db_url, replay_slice):
     """Backfills of the trade dates being ingested, in a loop, while the daemon writes the same
     bars live: the table ends exact, nothing duplicated, and no bar was ever revised (history
     and live agree bar for bar, whichever wrote first)."""
-    sim, ctl = start_sim(slice_replay, FAST)
+    sim, ctl = start_sim(replay_slice, FAST)
     days = [date(2025, 3, 17), date(2025, 3, 18)]
     runs, errors = [], []
     done = threading.Event()
@@ -959,8 +739,8 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
         run_coordination(conn, MES, rules)
         signals_compared = 0
         for tf in (tf15, tf1h):
-            want = _canonical(detect_trend_starts_frame(normalize_bars(bars[tf])), "start_price")
-            got = _canonical(store.read_detected_signals(conn, ANALYZER_ID, MES, tf), "price")
+            want = canonical_signals(detect_trend_starts_frame(normalize_bars(bars[tf])), "start_price")
+            got = canonical_signals(store.read_detected_signals(conn, ANALYZER_ID, MES, tf), "price")
             conn.rollback()
             pd.testing.assert_frame_equal(got, want)
             signals_compared += len(want)
@@ -994,11 +774,3 @@ def _resample(bars: pd.DataFrame, tf: Timeframe) -> pd.DataFrame:
                         "close": g["close"].last(), "volume": g["volume"].sum()}).reset_index(names="timestamp")
     out["contract_id"], out["timeframe_unit"], out["timeframe_value"] = MES, tf.unit, tf.value
     return normalize_bars(out)
-
-
-def _canonical(frame: pd.DataFrame, price: str) -> pd.DataFrame:
-    out = frame.loc[:, ["type", "start_ts", "confirm_ts", "rule", price]].rename(columns={price: "price"})
-    for c in ("start_ts", "confirm_ts"):
-        out[c] = pd.to_datetime(out[c], utc=True).astype("datetime64[ns, UTC]")
-    out["type"], out["rule"] = out["type"].astype(object), out["rule"].astype(object)
-    return out.sort_values(["start_ts", "type"]).reset_index(drop=True)

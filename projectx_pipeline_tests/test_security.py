@@ -65,9 +65,10 @@ from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
-from .conftest import MES
+from .support.database import table_names
+from .support.market import MES, TIMEFRAMES
+from .support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "projectx_pipeline"
 UTC = timezone.utc
 RS = "\x1e"
@@ -723,7 +724,6 @@ def test_the_database_refuses_malformed_bars_whole(conn):
 SECRET = "ZZ-recognisable-API-KEY-7f3a9c01-do-not-log"
 WRONG_SECRET = "ZZ-wrong-API-KEY-b52e77d4-do-not-log"
 USER = "svc-projectx"
-TIMEFRAMES = parse_timeframes("1m,5m,15m,1h,4h,1d")
 # Loggers that can see credentials or requests: the platform's, the HTTP and SignalR clients'.
 DEBUG_LOGGERS = ("projectx", "SignalRCoreClient", "urllib3", "requests", "aiohttp", "asyncio", "dagster", "fuzz.hub")
 
@@ -798,17 +798,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-@pytest.fixture(scope="module")
-def replay_slice(tmp_path_factory, sample_dir) -> Path:
-    """Twelve hours of the MES 5m sample (132 bars) as a replay file."""
-    lines = (sample_dir / f"{MES}_5m.csv").read_text().splitlines()
-    lo, hi = pd.Timestamp("2025-03-17T16:00:00Z"), pd.Timestamp("2025-03-18T04:00:00Z")
-    kept = [lines[0]] + [ln for ln in lines[1:] if lo <= pd.Timestamp(ln.split(",")[1]) < hi]
-    path = tmp_path_factory.mktemp("security") / "mes_slice_5m.csv"
-    path.write_text("\n".join(kept) + "\n")
-    return path
 
 
 def _count_bars(url: str) -> int:
@@ -1168,14 +1157,6 @@ INJECTION_IDS = [
 INJECTION_TIMEFRAMES = ["5m'; DROP TABLE ohlc_bars; --", "5m OR 1=1", "1m,5m; DROP", "5 m", "5mm", "0m", "-5m", "99999m", "1e3m", "5M"]
 
 
-def _tables(conn) -> set[str]:
-    with conn.cursor() as cur:
-        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        names = {r[0] for r in cur.fetchall()}
-    conn.rollback()
-    return names
-
-
 def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(conn, db_url):
     from projectx_pipeline.backfill import backfill_trade_date
     from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
@@ -1183,7 +1164,7 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
 
     good = _bars()
     upsert_bars(conn, good, mode="keep", source="history")
-    tables_before = _tables(conn)
+    tables_before = table_names(conn)
     requests_made: list[str] = []
     # an unreachable gateway: anything that got past validation would fail differently (no retries)
     client = GatewayClient(GatewayConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "u", "k", True),
@@ -1249,7 +1230,7 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
         conn.rollback()
         refused += 1
     assert requests_made == []  # nothing reached the network
-    assert _tables(conn) == tables_before
+    assert table_names(conn) == tables_before
     assert len(read_bars(conn, MES, tf5)) == len(good)
     assert refused > 150
 
@@ -1320,7 +1301,7 @@ def yaml_dump(obj) -> str:
 @pytest.mark.timeout(120)
 def test_injection_shaped_cli_input_is_one_line_exit_2_and_touches_nothing(db_url, conn, tmp_path):
     upsert_bars(conn, _bars(), mode="keep", source="history")
-    tables_before = _tables(conn)
+    tables_before = table_names(conn)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_") and k not in ("DAGSTER_PG_URL",)}
     env.update(DATABASE_URL=db_url, PROJECTX_HOME=str(tmp_path), PROJECTX_API_URL="http://127.0.0.1:9", PROJECTX_RTC_URL="http://127.0.0.1:9")
     cases = [
@@ -1339,7 +1320,7 @@ def test_injection_shaped_cli_input_is_one_line_exit_2_and_touches_nothing(db_ur
         assert proc.returncode == 2, (args, err)
         assert len(lines) == 1 and needle in lines[0], (args, err)
         assert "Traceback" not in err
-    assert _tables(conn) == tables_before
+    assert table_names(conn) == tables_before
     assert _count_bars(db_url) == len(_bars())
 
 

@@ -15,7 +15,6 @@ import pwd
 import re
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ import pytest
 from projectx_pipeline.sample_data import SAMPLE_CONTRACT, SAMPLE_TIMEFRAMES, sample_path
 from projectx_pipeline.storage.db import connect
 
-from .conftest import REPO
+from .support.network import free_port
+from .support.paths import REPO
 
 # Written in pieces so that this file does not match itself.
 OUTSIDE_REFERENCE = re.compile("|".join([
@@ -75,12 +75,6 @@ def test_the_samples_are_package_data_and_unchanged_gateway_bars():
 
 
 # =========================================================================== unprivileged user
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _runs_as(as_user: dict, python: str) -> bool:
@@ -177,7 +171,7 @@ def test_an_unprivileged_user_runs_everything_over_a_read_only_install(read_only
     assert rows[0].startswith("type,start_ts") and len(rows) > 10, proc.stdout[:500]
 
     # 3. the simulator (default replay: the packaged sample) and the daemon, storing bars
-    port = _free_port()
+    port = free_port()
     sim = subprocess.Popen([python, "-m", "projectx_pipeline", "simulate", "--port", str(port), "--speed", "3000",
                             "--wait-for-subscriber", "--no-rate-limit"], env=env, cwd="/",
                            stdout=open(tmp_path / "sim.out", "wb"), stderr=open(tmp_path / "sim.err", "wb"), **as_user)

@@ -3,35 +3,25 @@ against a real PostgreSQL database (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from projectx_pipeline.domain.coordination import coordinate, parse_rules
+from projectx_pipeline.domain.coordination import coordinate
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import DomainError, bar_end, parse_timeframe
 from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
 from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
 from projectx_pipeline.storage import signals as store
 from projectx_pipeline.storage.bars import upsert_bars
-from projectx_pipeline.storage.db import connect
 
-from .conftest import MES
+from .support.coordination import RULES
+from .support.database import run_concurrently
+from .support.market import MES
+from .support.signals import canonical_signals
 
 TF5, TF15, TF1H, TF4H = (parse_timeframe(t) for t in ("5m", "15m", "1h", "4h"))
-LONG = {
-    "name": "long_1h_15m",
-    "label": "long",
-    "anchor": {"timeframe": "1h", "type": "uptrend"},
-    "trigger": {"timeframe": "15m", "type": "uptrend"},
-    "within_minutes": 60,
-}
-SHORT = {**LONG, "name": "short_1h_15m", "label": "short",
-         "anchor": {"timeframe": "1h", "type": "downtrend"}, "trigger": {"timeframe": "15m", "type": "downtrend"}}
-RULES = parse_rules([LONG, SHORT])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -61,23 +51,14 @@ def _load(conn, bars: pd.DataFrame, mode: str = "keep") -> None:
         upsert_bars(conn, bars, mode=mode, source="history", notify=False)
 
 
-def _canonical(frame: pd.DataFrame, price: str) -> pd.DataFrame:
-    out = frame.loc[:, ["type", "start_ts", "confirm_ts", "rule", price]].rename(columns={price: "price"})
-    for c in ("start_ts", "confirm_ts"):
-        out[c] = pd.to_datetime(out[c], utc=True).astype("datetime64[ns, UTC]")
-    out["type"] = out["type"].astype(object)
-    out["rule"] = out["rule"].astype(object)
-    return out.sort_values(["start_ts", "type"]).reset_index(drop=True)
-
-
 def _stored(conn, tf) -> pd.DataFrame:
     df = store.read_detected_signals(conn, ANALYZER_ID, MES, tf)
     conn.rollback()
-    return _canonical(df, "price")
+    return canonical_signals(df, "price")
 
 
 def _expected(bars: pd.DataFrame) -> pd.DataFrame:
-    return _canonical(detect_trend_starts_frame(bars), "start_price")
+    return canonical_signals(detect_trend_starts_frame(bars), "start_price")
 
 
 def _assert_stored_equals_full(conn, tf, bars) -> None:
@@ -265,24 +246,7 @@ def test_overlapping_analysis_runs_process_each_bar_and_signal_once(db_url, conn
     _load(conn, bars.iloc[:4000])
     run_trend_analysis(conn, MES, TF5)
     _load(conn, bars.iloc[4000:])
-    barrier = threading.Barrier(3)
-    results, errors = [], []
-
-    def worker():
-        c = connect(db_url)
-        try:
-            barrier.wait()
-            results.append(run_trend_analysis(c, MES, TF5))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(db_url, 3, lambda c: run_trend_analysis(c, MES, TF5))
     assert not errors
     assert sorted(r.bars_processed for r in results) == [0, 0, len(bars) - 4000]
     expected = _expected(bars)
@@ -409,24 +373,7 @@ def test_overlapping_coordination_runs_produce_each_output_once(db_url, conn, sa
     _load(conn, samples[TF15])
     run_trend_analysis(conn, MES, TF1H)
     run_trend_analysis(conn, MES, TF15)
-    barrier = threading.Barrier(3)
-    results, errors = [], []
-
-    def worker():
-        c = connect(db_url)
-        try:
-            barrier.wait()
-            results.append(run_coordination(c, MES, RULES))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(db_url, 3, lambda c: run_coordination(c, MES, RULES))
     assert not errors
     full = _full_coordination_keys(conn)
     assert sorted(r.new_outputs for r in results) == [0, 0, len(full)]

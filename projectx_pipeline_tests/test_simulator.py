@@ -30,9 +30,11 @@ from projectx_pipeline.gateway.simulator.control import SimulatorControl, Simula
 from projectx_pipeline.gateway.simulator.market import SyntheticSource, default_replay_path
 from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, RS, SimulatorServer
 
+from .support.market import MES
+from .support.simulator import finished_simulator
+
 pytestmark = pytest.mark.timeout(60)
 
-MES = "CON.F.US.MES.M25"
 # A Tuesday in the New York cash session: the synthetic market is busy there.
 TUESDAY_CASH_SESSION = datetime(2025, 3, 18, 14, 0, tzinfo=timezone.utc)
 
@@ -161,9 +163,7 @@ def sample() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def finished_replay():
     """The MES 5m sample replayed at max speed to its end, rate limits off."""
-    sim = SimulatorServer(speed="max", rate_limits=False).start()
-    control = SimulatorControl(sim.control_url)
-    wait_until(lambda: control.status()["finished"], what="the replay to finish")
+    sim = finished_simulator(rate_limits=False)
     yield sim
     sim.stop()
 

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import json
 import select
-import threading
 
 import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
 
-from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import DomainError, parse_timeframe
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, upsert_bars
 from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.migrate import available_migrations, migrate, timescaledb_active
 from projectx_pipeline.storage.policies import apply_policies, enforce_trade_retention
 
-from .conftest import MES
+from .support.database import run_concurrently, table_names
+from .support.market import MES
 
 TF5 = parse_timeframe("5m")
-
-
-@pytest.fixture(scope="module")
-def sample_5m(sample_dir):
-    return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
 
 
 def _listen(url: str, channel: str):
@@ -46,33 +40,30 @@ def _drain(lconn, timeout: float = 2.0) -> list[str]:
     return payloads
 
 
-def _table_names(conn) -> set[str]:
-    with conn.cursor() as cur:
-        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        names = {r[0] for r in cur.fetchall()}
-    conn.rollback()
-    return names
+def _empty_database(db_server, name: str) -> str:
+    """The URL of database `name`, dropped if it was there and created empty (no migration)."""
+    url = db_server.admin_url.rsplit("/", 1)[0] + "/postgres"
+    admin = connect(url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return url.rsplit("/", 1)[0] + f"/{name}"
 
 
 # --------------------------------------------------------------------------- migrations
 
 def test_migrations_from_empty_and_rerun(db_server):
-    url = db_server.admin_url.rsplit("/", 1)[0] + "/postgres"
-    admin = connect(url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS mig_empty WITH (FORCE)")
-        cur.execute("CREATE DATABASE mig_empty")
-    admin.close()
-    conn = connect(url.rsplit("/", 1)[0] + "/mig_empty")
+    conn = connect(_empty_database(db_server, "mig_empty"))
     try:
-        assert _table_names(conn) == set()
+        assert table_names(conn) == set()
         applied = migrate(conn)
         assert applied == [m.version for m in available_migrations()]
         assert {
             "ohlc_bars", "trades", "detected_signals", "analyzer_watermarks", "coordinator_watermarks",
             "coordinated_signals", "ingestion_heartbeats", "schema_migrations", "bar_repairs", "bar_revisions",
-        } <= _table_names(conn)
+        } <= table_names(conn)
         assert migrate(conn) == []  # re-run: nothing to do
         with conn.cursor() as cur:
             cur.execute("SELECT version FROM schema_migrations ORDER BY version")
@@ -82,33 +73,8 @@ def test_migrations_from_empty_and_rerun(db_server):
 
 
 def test_concurrent_migrators_apply_each_migration_once(db_server):
-    url = db_server.admin_url.rsplit("/", 1)[0] + "/postgres"
-    admin = connect(url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS mig_race WITH (FORCE)")
-        cur.execute("CREATE DATABASE mig_race")
-    admin.close()
-    target = url.rsplit("/", 1)[0] + "/mig_race"
-    results: list[list[int]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def worker():
-        c = connect(target)
-        try:
-            barrier.wait()
-            results.append(migrate(c))
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-        finally:
-            c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    target = _empty_database(db_server, "mig_race")
+    results, errors = run_concurrently(target, 4, migrate)
     assert errors == []
     all_versions = [m.version for m in available_migrations()]
     assert sorted(v for r in results for v in r) == all_versions  # each applied exactly once
@@ -205,7 +171,7 @@ def test_injection_shaped_contract_ids_are_rejected(conn, sample_5m, bad_id):
         upsert_bars(conn, batch, mode="keep", source="live")
     with pytest.raises(DomainError):
         read_bars(conn, bad_id, TF5)
-    assert "ohlc_bars" in _table_names(conn)
+    assert "ohlc_bars" in table_names(conn)
 
 
 def test_bad_mode_and_duplicate_keys_are_rejected(conn, sample_5m):

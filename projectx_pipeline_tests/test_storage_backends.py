@@ -13,23 +13,15 @@ import os
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
-import pytest
 
-from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 from projectx_pipeline.storage.migrate import available_migrations, migrate, timescaledb_active
 from projectx_pipeline.storage.policies import apply_policies, enforce_trade_retention, has_columnstore_api
 
-from .conftest import MES
+from .support.market import MES, VALUES
 
 TF5 = parse_timeframe("5m")
-VALUES = ["open", "high", "low", "close", "volume"]
-
-
-@pytest.fixture(scope="module")
-def sample_5m(sample_dir):
-    return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
 
 
 def _all(conn, sql, params=()):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import SAMPLE_DIR
+from .support.paths import SAMPLE_DIR
 from projectx_pipeline.cli import UsageError
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.trend_starts import (
