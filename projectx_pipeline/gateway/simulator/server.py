@@ -51,20 +51,39 @@ from projectx_pipeline.domain.timeframes import (
     to_ns,
 )
 
+from ..protocol import (
+    API_ROOT,
+    DEFAULT_BUDGET,
+    DEPTH_EVENT,
+    HISTORY_BUDGET,
+    HISTORY_ENDPOINT,
+    ISO_SECONDS_FORMAT,
+    LOGIN_ENDPOINT,
+    LOGOUT_EVENT,
+    MARKET_HUB_PATH,
+    MAX_BARS_PER_REQUEST,
+    QUOTE_EVENT,
+    RECORD_SEPARATOR as RS,
+    SEARCH_BY_ID_ENDPOINT,
+    SEARCH_ENDPOINT,
+    SUBSCRIBE_DEPTH,
+    SUBSCRIBE_QUOTES,
+    SUBSCRIBE_TRADES,
+    TRADE_EVENT,
+    UNSUBSCRIBE_DEPTH,
+    UNSUBSCRIBE_QUOTES,
+    UNSUBSCRIBE_TRADES,
+    VALIDATE_ENDPOINT,
+)
 from . import market
 from .market import Contract, MarketSource, ReplaySource, SyntheticSource, Trades
 
 log = logging.getLogger(__name__)
 
-RS = "\x1e"  # SignalR record separator
 MAX_SPEED = "max"
-MAX_BARS_PER_REQUEST = 20_000
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 TICK_SECONDS = 0.05  # how often the clock advances at a numeric speed
 _FAR_FUTURE_NS = 2**62
-
-HISTORY_LIMIT = (50, 30.0)  # requests, seconds
-OTHER_LIMIT = (200, 60.0)
 
 MALFORMED_KINDS = (
     "bad_json",
@@ -83,12 +102,12 @@ MALFORMED_KINDS = (
 _DOM_ASK, _DOM_BID, _DOM_RESET = 1, 2, 6
 
 _SUBSCRIPTION_METHODS = {
-    "SubscribeContractTrades": ("trades", True),
-    "UnsubscribeContractTrades": ("trades", False),
-    "SubscribeContractQuotes": ("quotes", True),
-    "UnsubscribeContractQuotes": ("quotes", False),
-    "SubscribeContractMarketDepth": ("depth", True),
-    "UnsubscribeContractMarketDepth": ("depth", False),
+    SUBSCRIBE_TRADES: ("trades", True),
+    UNSUBSCRIBE_TRADES: ("trades", False),
+    SUBSCRIBE_QUOTES: ("quotes", True),
+    UNSUBSCRIBE_QUOTES: ("quotes", False),
+    SUBSCRIBE_DEPTH: ("depth", True),
+    UNSUBSCRIBE_DEPTH: ("depth", False),
 }
 
 
@@ -108,7 +127,7 @@ def parse_speed(value: object) -> float | str:
 def format_timestamp(ts_ns: int, style: int) -> str:
     """An ISO-8601 UTC timestamp in one of the four forms the gateway is seen to use (ms resolution)."""
     seconds, rem_ns = divmod(int(ts_ns), NS_PER_SECOND)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    base = time.strftime(ISO_SECONDS_FORMAT, time.gmtime(seconds))
     millis = rem_ns // 1_000_000
     style %= 4
     if style == 0:
@@ -264,7 +283,7 @@ def _parse_time_field(body: dict, name: str) -> int:
 
 
 def _iso_bar_time(ts: pd.Timestamp) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return ts.strftime(ISO_SECONDS_FORMAT + "+00:00")
 
 
 class SimulatorServer:
@@ -318,7 +337,7 @@ class SimulatorServer:
             self.mode = "replay"
         self.host, self._requested_port = host, port
         self._username, self._api_key = username, api_key
-        self._limiter = _SlidingWindowLimiter({"history": HISTORY_LIMIT, "other": OTHER_LIMIT}) if rate_limits else None
+        self._limiter = _SlidingWindowLimiter({"history": HISTORY_BUDGET, "other": DEFAULT_BUDGET}) if rate_limits else None
         self._token_ttl = float(token_ttl_seconds)
         self._ping_interval, self._quote_interval = float(ping_interval), float(quote_interval)
         self._client_timeout = float(client_timeout)
@@ -424,12 +443,12 @@ class SimulatorServer:
         self._stopping = asyncio.Event()
         app = web.Application()
         app.add_routes([
-            web.post("/api/Auth/loginKey", self._rest(self._login_key, bucket="other", authenticated=False)),
-            web.post("/api/Auth/validate", self._rest(self._validate, bucket="other", body_required=False)),
-            web.post("/api/Contract/search", self._rest(self._contract_search, bucket="other")),
-            web.post("/api/Contract/searchById", self._rest(self._contract_by_id, bucket="other")),
-            web.post("/api/History/retrieveBars", self._rest(self._retrieve_bars, bucket="history")),
-            web.get("/hubs/market", self._hub),
+            web.post(f"{API_ROOT}/{LOGIN_ENDPOINT}", self._rest(self._login_key, bucket="other", authenticated=False)),
+            web.post(f"{API_ROOT}/{VALIDATE_ENDPOINT}", self._rest(self._validate, bucket="other", body_required=False)),
+            web.post(f"{API_ROOT}/{SEARCH_ENDPOINT}", self._rest(self._contract_search, bucket="other")),
+            web.post(f"{API_ROOT}/{SEARCH_BY_ID_ENDPOINT}", self._rest(self._contract_by_id, bucket="other")),
+            web.post(f"{API_ROOT}/{HISTORY_ENDPOINT}", self._rest(self._retrieve_bars, bucket="history")),
+            web.get(MARKET_HUB_PATH, self._hub),
             web.get("/control/status", self._control_status),
             web.post("/control/{action}", self._control),
         ])
@@ -679,7 +698,7 @@ class SimulatorServer:
         else:
             reset = {"timestamp": format_timestamp(self._clock_ns, 0), "type": _DOM_RESET, "price": 0.0,
                      "volume": 0, "currentVolume": 0}
-            await self._send(client, _event("GatewayDepth", contract_id, [reset]))
+            await self._send(client, _event(DEPTH_EVENT, contract_id, [reset]))
 
     async def _send(self, client: _HubClient, text: str) -> bool:
         if time.monotonic() < self._stall_until or client.ws.closed:
@@ -770,9 +789,9 @@ class SimulatorServer:
             {"symbolId": symbol_id, "price": price, "timestamp": format_timestamp(ts, _style_of(ts)), "type": side, "volume": size}
             for ts, price, size, side in zip(trades.ts_ns.tolist(), trades.price.tolist(), trades.size.tolist(), trades.side.tolist())
         ]
-        records = [_event("GatewayTrade", contract_id, objects[0])]
+        records = [_event(TRADE_EVENT, contract_id, objects[0])]
         if len(objects) > 1:
-            records.append(_event("GatewayTrade", contract_id, objects[1:]))
+            records.append(_event(TRADE_EVENT, contract_id, objects[1:]))
         delivered = await self._broadcast(subscribers, records)
         self.trades_sent += len(objects) * sum(delivered)
 
@@ -797,7 +816,7 @@ class SimulatorServer:
             "lastUpdated": format_timestamp(stats.last_trade_ns, _style_of(stats.last_trade_ns)),
             "timestamp": format_timestamp(self._clock_ns, _style_of(self._clock_ns)),
         }
-        return _event("GatewayQuote", contract_id, quote)
+        return _event(QUOTE_EVENT, contract_id, quote)
 
     async def _publish_quotes(self) -> None:
         self._last_quote_clock_ns, self._last_quote_wall = self._clock_ns, time.monotonic()
@@ -816,7 +835,7 @@ class SimulatorServer:
                     {"timestamp": stamp, "type": _DOM_ASK, "price": round(stats.last + contract.tick_size, 10),
                      "volume": size + 3, "currentVolume": size + 3},
                 ]
-                await self._broadcast(depth_subscribers, [_event("GatewayDepth", cid, levels)])
+                await self._broadcast(depth_subscribers, [_event(DEPTH_EVENT, cid, levels)])
 
     async def _inject_malformed(self) -> None:
         targets = [c for c in self._clients if c.trades]
@@ -833,7 +852,7 @@ class SimulatorServer:
         trade = {"symbolId": contract.symbol_id, "price": price,
                  "timestamp": format_timestamp(self._clock_ns, 0), "type": 0, "volume": 1}
         if kind == "bad_json":
-            return '{"type":1,"target":"GatewayTrade","arguments":["' + contract_id + '",{"price":' + RS
+            return '{"type":1,"target":"' + TRADE_EVENT + '","arguments":["' + contract_id + '",{"price":' + RS
         if kind == "missing_fields":
             trade = {"symbolId": contract.symbol_id, "type": 0}
         elif kind == "nan_price":
@@ -845,14 +864,14 @@ class SimulatorServer:
         elif kind == "negative_size":
             trade["volume"] = -3
         elif kind == "unknown_contract":
-            return _event("GatewayTrade", "CON.F.US.ZZZ.Z99", {**trade, "symbolId": "F.US.ZZZ"})
+            return _event(TRADE_EVENT, "CON.F.US.ZZZ.Z99", {**trade, "symbolId": "F.US.ZZZ"})
         elif kind == "bad_timestamp":
             trade["timestamp"] = "2025-13-45T25:61:00Z"
         elif kind == "wrong_types":
             trade.update(price=f"{price}x", volume="three", type="buy", timestamp=12345)
         elif kind == "wrong_arity":
-            return _record({"type": 1, "target": "GatewayTrade", "arguments": [trade]})
-        return _event("GatewayTrade", contract_id, trade)
+            return _record({"type": 1, "target": TRADE_EVENT, "arguments": [trade]})
+        return _event(TRADE_EVENT, contract_id, trade)
 
     # ------------------------------------------------------------------ fault injection
 
@@ -935,7 +954,7 @@ class SimulatorServer:
 
     async def _fault_logout(self) -> None:
         await self._broadcast([c for c in self._clients if c.handshaken],
-                              [_record({"type": 1, "target": "GatewayLogout", "arguments": []})])
+                              [_record({"type": 1, "target": LOGOUT_EVENT, "arguments": []})])
 
     async def _fault_rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0,
                                  delay: float = 0.0) -> None:
