@@ -386,6 +386,26 @@ def _compiled(fn):
 
 
 @_compiled
+def _extreme_between_kernel(prices, a, b, highest):  # pragma: no cover - compiled
+    """§4.4 over bars (a, b): the bar of the highest (or lowest) price, the earliest on ties; 0 for none."""
+    j = 0
+    for k in range(a + 1, b):
+        if j == 0 or (prices[k] > prices[j] if highest else prices[k] < prices[j]):
+            j = k
+    return j
+
+
+@_compiled
+def _emit_kernel(kinds, starts, confirms, rules, count, kind, start, confirm, rule):  # pragma: no cover - compiled
+    """Append one emission at `count`; returns the new count (the caller keeps the capacity)."""
+    kinds[count] = kind
+    starts[count] = start
+    confirms[count] = confirm
+    rules[count] = rule
+    return count + 1
+
+
+@_compiled
 def _emissions_kernel(o, h, l, c, exhaustion_window, containment_grace):  # pragma: no cover - compiled
     """§5 over 1-based price arrays (index 0 unused). Returns (type, start, confirm, rule code)
     arrays in emission order. Bar number 0 means "none"."""
@@ -492,21 +512,10 @@ def _emissions_kernel(o, h, l, c, exhaustion_window, containment_grace):  # prag
         # F. apply the CUS
         if cus >= 0:
             if last_type == 1 and u0 > last_bar:
-                j = 0
-                for k in range(last_bar + 1, u0):
-                    if j == 0 or h[k] > h[j]:
-                        j = k
+                j = _extreme_between_kernel(h, last_bar, u0, True)
                 if j != 0:
-                    kinds[count] = 0
-                    starts[count] = j
-                    confirms[count] = n
-                    rules[count] = _FORCED_BY_CUS_BASE + cus
-                    count += 1
-            kinds[count] = 1
-            starts[count] = u0
-            confirms[count] = n
-            rules[count] = cus
-            count += 1
+                    count = _emit_kernel(kinds, starts, confirms, rules, count, 0, j, n, _FORCED_BY_CUS_BASE + cus)
+            count = _emit_kernel(kinds, starts, confirms, rules, count, 1, u0, n, cus)
             last_type = 1
             last_bar = u0
             u = 0
@@ -524,21 +533,10 @@ def _emissions_kernel(o, h, l, c, exhaustion_window, containment_grace):  # prag
         # G. apply the CDS
         if cds >= 0:
             if last_type == 0 and d0 > last_bar:
-                j = 0
-                for k in range(last_bar + 1, d0):
-                    if j == 0 or l[k] < l[j]:
-                        j = k
+                j = _extreme_between_kernel(l, last_bar, d0, False)
                 if j != 0:
-                    kinds[count] = 1
-                    starts[count] = j
-                    confirms[count] = n
-                    rules[count] = _FORCED_BY_CDS_BASE + cds
-                    count += 1
-            kinds[count] = 0
-            starts[count] = d0
-            confirms[count] = n
-            rules[count] = _CDS_BASE + cds
-            count += 1
+                    count = _emit_kernel(kinds, starts, confirms, rules, count, 1, j, n, _FORCED_BY_CDS_BASE + cds)
+            count = _emit_kernel(kinds, starts, confirms, rules, count, 0, d0, n, _CDS_BASE + cds)
             last_type = 0
             last_bar = d0
             if u != 0 and u < d0:

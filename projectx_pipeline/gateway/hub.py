@@ -309,28 +309,24 @@ class _Connection:
         self.hub._log.warning(kv("hub_invocation_error", connection=self.number, error=preview(error, 300)))
 
     def _on_trade(self, args: object) -> None:
-        if not self._is_current():
-            return
-        hub = self.hub
-        try:
-            trades, rejected = parse_trade_event(args, subscribed=hub.contract_set, limits=hub._limits)
-            hub._deliver(trades, "trades")
-            for item in rejected:
-                hub._malformed(item.reason, item.raw)
-        except Exception as exc:  # defensive: an exception here would end the connection
-            hub._malformed(f"trade handler failed: {type(exc).__name__}: {exc}", preview(args))
+        self._on_market_event(args, parse_trade_event, "trades", "trade")
 
     def _on_quote(self, args: object) -> None:
+        self._on_market_event(args, parse_quote_event, "quotes", "quote")
+
+    def _on_market_event(self, args: object, parse, counter: str, noun: str) -> None:
+        """Parse a `[contractId, data]` event with `parse`, deliver what it accepts (counted under
+        `counter`) and report what it rejects."""
         if not self._is_current():
             return
         hub = self.hub
         try:
-            quotes, rejected = parse_quote_event(args, subscribed=hub.contract_set, limits=hub._limits)
-            hub._deliver(quotes, "quotes")
+            items, rejected = parse(args, subscribed=hub.contract_set, limits=hub._limits)
+            hub._deliver(items, counter)
             for item in rejected:
                 hub._malformed(item.reason, item.raw)
         except Exception as exc:  # defensive: an exception here would end the connection
-            hub._malformed(f"quote handler failed: {type(exc).__name__}: {exc}", preview(args))
+            hub._malformed(f"{noun} handler failed: {type(exc).__name__}: {exc}", preview(args))
 
     def _on_logout(self, args: object) -> None:
         if not self._is_current():
