@@ -20,6 +20,7 @@ import requests
 
 from projectx_pipeline.domain.market import empty_bars, normalize_bars
 from projectx_pipeline.domain.timeframes import DomainError, Timeframe, validate_contract_id
+from projectx_pipeline.domain.timestamps import utc
 
 from .config import GatewayConfig
 from .errors import (
@@ -92,9 +93,9 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 
 def _aware_utc(name: str, value: object) -> datetime:
-    if not isinstance(value, datetime) or value.tzinfo is None:
+    if not isinstance(value, datetime):
         raise DomainError(f"{name}={value!r}: expected a timezone-aware datetime")
-    return value.astimezone(timezone.utc)
+    return utc(value, name)
 
 
 def _iso_utc(ts: datetime) -> str:

@@ -46,10 +46,9 @@ from projectx_pipeline.domain.timeframes import (
     DomainError,
     NS_PER_SECOND,
     Timeframe,
-    from_ns,
     parse_timeframe,
-    to_ns,
 )
+from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
 from ..protocol import (
     API_ROOT,
@@ -279,6 +278,7 @@ def _parse_time_field(body: dict, name: str) -> int:
         ts = datetime.fromisoformat(text.strip())
     except ValueError:
         raise _BadRequest(name, f"The value '{text}' is not a valid date-time.") from None
+    # The wire's rule, not the domain's: a gateway timestamp without an offset is UTC.
     return to_ns(ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
 
 
