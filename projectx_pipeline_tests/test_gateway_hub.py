@@ -15,7 +15,8 @@ from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.domain.timeframes import DomainError
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
-from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
+from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
+from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.timeout(60)
 

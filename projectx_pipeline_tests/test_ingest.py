@@ -35,7 +35,8 @@ from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, p
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
-from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
+from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
+from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.ingest.daemon import IngestConfig, IngestDaemon
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
