@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from projectx_pipeline.domain.aggregation import BarAggregator
-from projectx_pipeline.domain.timeframes import DEFAULT_TIMEFRAMES, bar_start, bar_starts_ns, from_ns
+from projectx_pipeline.domain.timeframes import DEFAULT_TIMEFRAMES, bar_start, bar_starts_ns
+from projectx_pipeline.domain.timestamps import from_ns
 
 from . import MES, Context, compare, cprofile_top, synthetic_trades, write_text
 from .report import Row

@@ -95,7 +95,7 @@ def run(ctx: Context) -> list[Row]:
 
 def _child(url: str, n: int) -> dict:
     from projectx_pipeline.domain.market import Trade
-    from projectx_pipeline.domain.timeframes import from_ns
+    from projectx_pipeline.domain.timestamps import from_ns
 
     from . import DaemonHarness, StackSampler
 

@@ -27,11 +27,10 @@ from projectx_pipeline.domain.timeframes import (
     Timeframe,
     bar_end,
     bar_start,
-    from_ns,
     parse_timeframes,
-    to_ns,
     trade_date_session,
 )
+from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
 CONTRACT = MES
 SAMPLE_5M = SAMPLE_DIR / f"{MES}_5m.csv"

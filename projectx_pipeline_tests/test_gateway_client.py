@@ -29,7 +29,7 @@ from projectx_pipeline.gateway import (
 )
 from projectx_pipeline.gateway.client import jwt_expiry, retry_after_seconds
 from projectx_pipeline.gateway.errors import kv, redact
-from projectx_pipeline.gateway.ratelimit import HISTORY_ENDPOINT
+from projectx_pipeline.gateway.protocol import HISTORY_ENDPOINT
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
 from .support.market import MES

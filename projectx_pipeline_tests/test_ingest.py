@@ -31,7 +31,8 @@ import pytest
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, parse_timeframe, parse_timeframes
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
-from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, SimulatorServer
+from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
+from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 

@@ -49,7 +49,8 @@ from hypothesis import strategies as st
 from projectx_pipeline.domain.aggregation import BarAggregator, aggregate_trades, split_valid
 from projectx_pipeline.domain.market import Quote, Trade, normalize_bars
 from projectx_pipeline.domain.quality import validate_bars
-from projectx_pipeline.domain.timeframes import DomainError, Timeframe, parse_timeframe, parse_timeframes, to_ns
+from projectx_pipeline.domain.timeframes import DomainError, Timeframe, parse_timeframe, parse_timeframes
+from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.domain.trend_starts import (
     TrendStartDetector,
     detect_trend_starts_frame,

@@ -24,11 +24,14 @@ from websockets.sync.client import connect
 from projectx_pipeline.cli import UsageError
 from projectx_pipeline.domain.aggregation import aggregate_trades
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
-from projectx_pipeline.domain.timeframes import bar_starts_ns, parse_timeframe, to_ns
+from projectx_pipeline.domain.timeframes import bar_starts_ns, parse_timeframe
+from projectx_pipeline.domain.timestamps import to_ns
+from projectx_pipeline.gateway.protocol import RECORD_SEPARATOR as RS
 from projectx_pipeline.gateway.simulator import commands, market
 from projectx_pipeline.gateway.simulator.control import SimulatorControl, SimulatorControlError
+from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.market import SyntheticSource, default_replay_path
-from projectx_pipeline.gateway.simulator.server import MALFORMED_KINDS, RS, SimulatorServer
+from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
 from .support.market import MES
 from .support.simulator import finished_simulator

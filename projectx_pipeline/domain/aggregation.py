@@ -26,11 +26,10 @@ from .timeframes import (
     Timeframe,
     bar_end,
     bar_starts_ns,
-    from_ns,
     parse_timeframes,
-    to_ns,
     validate_contract_id,
 )
+from .timestamps import from_ns, to_ns
 
 
 def aggregate_trades(contract_id: str, ts_ns, price, size, tf: Timeframe) -> pd.DataFrame:

@@ -40,7 +40,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from .timeframes import DomainError, Timeframe, bar_end, bar_starts_ns, from_ns, parse_timeframe, to_ns
+from .timeframes import DomainError, Timeframe, bar_end, bar_starts_ns, parse_timeframe
+from .timestamps import from_ns, to_ns
 from .trend_starts import DOWNTREND, UPTREND
 
 SIGNAL_COLUMNS = ["signal_id", "contract_id", "timeframe", "type", "start_ts", "confirm_ts"]

@@ -11,7 +11,8 @@ import pandas as pd
 import pandera.pandas as pa
 
 from .market import BAR_COLUMNS
-from .timeframes import UNIT_DAY, Timeframe, bar_starts_ns, to_ns
+from .timeframes import UNIT_DAY, Timeframe, bar_starts_ns
+from .timestamps import to_ns
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from .errors import DomainError
+from .timestamps import from_ns, to_ns, utc
+
 NEW_YORK = ZoneInfo("America/New_York")
 SESSION_OPEN_LOCAL = time(18, 0)
 SESSION_CLOSE_LOCAL = time(17, 0)
@@ -43,10 +46,6 @@ NS_PER_DAY = 86_400 * NS_PER_SECOND
 # Contract ids look like CON.F.US.MES.M25 (inferred from examples, not documented): the
 # pattern is strict on purpose, because ids reach SQL, URLs and log lines.
 CONTRACT_ID_RE = re.compile(r"^CON\.F\.[A-Z]{2}\.[A-Z0-9]{1,8}\.[FGHJKMNQUVXZ][0-9]{2}$")
-
-
-class DomainError(ValueError):
-    """A value that the domain cannot accept; the message names the value and what was expected."""
 
 
 def validate_contract_id(contract_id: object) -> str:
@@ -128,15 +127,9 @@ DEFAULT_TIMEFRAMES = tuple(parse_timeframe(t) for t in ("1m", "5m", "15m", "1h",
 
 # --------------------------------------------------------------------------- sessions
 
-def _utc(ts: datetime) -> datetime:
-    if ts.tzinfo is None:
-        raise DomainError(f"naive timestamp {ts!r}: expected a timezone-aware UTC time")
-    return ts.astimezone(timezone.utc)
-
-
 def session_open_for(ts: datetime) -> datetime:
     """UTC start of the CME session containing `ts` (the latest 18:00 New York at or before it)."""
-    local = _utc(ts).astimezone(NEW_YORK)
+    local = utc(ts).astimezone(NEW_YORK)
     d = local.date() if local.time() >= SESSION_OPEN_LOCAL else local.date() - timedelta(days=1)
     return _session_open_of_calendar_date(d)
 
@@ -148,7 +141,7 @@ def _session_open_of_calendar_date(d: date) -> datetime:
 
 def trade_date_of(ts: datetime) -> date:
     """CME trade date of an instant: the session that opens at 18:00 New York on D-1 is trade date D."""
-    local = _utc(ts).astimezone(NEW_YORK)
+    local = utc(ts).astimezone(NEW_YORK)
     return local.date() + timedelta(days=1) if local.time() >= SESSION_OPEN_LOCAL else local.date()
 
 
@@ -173,10 +166,10 @@ def _calendar_label(trade_date: date, tf: Timeframe) -> date:
 
 def bar_start(ts: datetime, tf: Timeframe) -> datetime:
     """Start (the label) of the bar of timeframe `tf` that contains instant `ts`, in UTC."""
-    ts = _utc(ts)
+    ts = utc(ts)
     if tf.is_clock_aligned:
-        ns = _to_ns(ts)
-        return _from_ns(ns - ns % tf.step_ns)
+        ns = to_ns(ts)
+        return from_ns(ns - ns % tf.step_ns)
     if tf.unit == UNIT_HOUR:
         open_ = session_open_for(ts)
         step = timedelta(hours=tf.value)
@@ -189,7 +182,7 @@ def bar_end(start: datetime, tf: Timeframe) -> datetime:
 
     Session-anchored bars end at the session close at the latest (17:00 New York), so the last
     4h bar of a session and the daily bar close with the session, not at the next open."""
-    start = _utc(start)
+    start = utc(start)
     if tf.is_clock_aligned:
         return start + timedelta(seconds=tf.nominal_seconds)
     if tf.unit == UNIT_HOUR:
@@ -207,30 +200,12 @@ def bar_end(start: datetime, tf: Timeframe) -> datetime:
 
 # --------------------------------------------------------------------------- vectorized
 
-def _to_ns(ts: datetime) -> int:
-    delta = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
-
-
-def _from_ns(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000)
-
-
-def to_ns(ts: datetime) -> int:
-    """Nanoseconds since the epoch for an aware datetime (microsecond precision)."""
-    return _to_ns(_utc(ts))
-
-
-def from_ns(ns: int) -> datetime:
-    return _from_ns(int(ns))
-
-
 @lru_cache(maxsize=256)
 def _session_open_table(first_day: int, last_day: int) -> np.ndarray:
     """UTC ns of 18:00 New York for every calendar day (days since epoch) in [first_day, last_day]."""
     epoch = date(1970, 1, 1)
     return np.array(
-        [_to_ns(_session_open_of_calendar_date(epoch + timedelta(days=d))) for d in range(first_day, last_day + 1)],
+        [to_ns(_session_open_of_calendar_date(epoch + timedelta(days=d))) for d in range(first_day, last_day + 1)],
         dtype=np.int64,
     )
 

@@ -20,6 +20,7 @@ import requests
 
 from projectx_pipeline.domain.market import empty_bars, normalize_bars
 from projectx_pipeline.domain.timeframes import DomainError, Timeframe, validate_contract_id
+from projectx_pipeline.domain.timestamps import utc
 
 from .config import GatewayConfig
 from .errors import (
@@ -30,19 +31,23 @@ from .errors import (
     kv,
     meaning_of,
 )
-from .ratelimit import HISTORY_ENDPOINT, RateLimiter
+from .protocol import (
+    API_ROOT,
+    HISTORY_ENDPOINT,
+    ISO_SECONDS_FORMAT,
+    LOGIN_ENDPOINT,
+    MAX_BARS_PER_REQUEST,
+    SEARCH_BY_ID_ENDPOINT,
+    SEARCH_ENDPOINT,
+    VALIDATE_ENDPOINT,
+)
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .hub import MarketHub
 
 log = logging.getLogger("projectx.gateway")
 
-LOGIN_ENDPOINT = "Auth/loginKey"
-VALIDATE_ENDPOINT = "Auth/validate"
-SEARCH_ENDPOINT = "Contract/search"
-SEARCH_BY_ID_ENDPOINT = "Contract/searchById"
-
-MAX_BARS_PER_REQUEST = 20_000
 # Tokens are renewed this long before their `exp` at most; short-lived tokens are renewed
 # when a fifth of their life is left, so that a refresh never races the expiry.
 TOKEN_REFRESH_MARGIN = 300.0
@@ -88,13 +93,13 @@ def retry_after_seconds(header: str | None) -> float | None:
 
 
 def _aware_utc(name: str, value: object) -> datetime:
-    if not isinstance(value, datetime) or value.tzinfo is None:
+    if not isinstance(value, datetime):
         raise DomainError(f"{name}={value!r}: expected a timezone-aware datetime")
-    return value.astimezone(timezone.utc)
+    return utc(value, name)
 
 
 def _iso_utc(ts: datetime) -> str:
-    text = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    text = ts.strftime(ISO_SECONDS_FORMAT)
     return f"{text}.{ts.microsecond:06d}Z" if ts.microsecond else f"{text}Z"
 
 
@@ -222,7 +227,7 @@ class GatewayClient:
 
         `authenticate`: send the session token, logging in again once if it gets a 401.
         Otherwise `bearer` is sent as is (None: no token), for the auth endpoints themselves."""
-        url = f"{self.config.api_url}/api/{endpoint}"
+        url = f"{self.config.api_url}{API_ROOT}/{endpoint}"
         retries = 0
         relogged = False
         while True:

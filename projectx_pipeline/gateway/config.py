@@ -16,7 +16,7 @@ REAL_API_URL = "https://api.topstepx.com"
 REAL_RTC_URL = "https://rtc.topstepx.com"
 SIMULATOR_URL = "http://127.0.0.1:5080"
 SIMULATOR_CREDENTIAL = "simulator"
-MARKET_HUB_PATH = "/hubs/market"
+from .protocol import MARKET_HUB_PATH  # noqa: E402 - kept where the constant was defined
 
 
 def validate_url(name: str, value: object) -> str:

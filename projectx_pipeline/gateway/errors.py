@@ -8,10 +8,11 @@ text that reaches an exception or a log line.
 from __future__ import annotations
 
 from ..logs import redact_tokens
+from .protocol import HISTORY_ENDPOINT, LOGIN_ENDPOINT, SEARCH_BY_ID_ENDPOINT, VALIDATE_ENDPOINT
 
 # Error-code meanings per endpoint, from the gateway documentation (docs/projectx-gateway-api.md).
 ERROR_MEANINGS: dict[str, dict[int, str]] = {
-    "Auth/loginKey": {
+    LOGIN_ENDPOINT: {
         1: "user not found",
         2: "password verification failed",
         3: "invalid credentials",
@@ -23,16 +24,16 @@ ERROR_MEANINGS: dict[str, dict[int, str]] = {
         9: "API subscription not found",
         10: "API-key authentication disabled",
     },
-    "Auth/validate": {
+    VALIDATE_ENDPOINT: {
         1: "invalid session",
         2: "session not found",
         3: "expired token",
         4: "unknown error",
     },
-    "Contract/searchById": {
+    SEARCH_BY_ID_ENDPOINT: {
         1: "contract not found",
     },
-    "History/retrieveBars": {
+    HISTORY_ENDPOINT: {
         1: "contract not found",
         2: "unit invalid",
         3: "unit number invalid",

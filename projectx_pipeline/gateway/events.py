@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -272,6 +272,37 @@ def _items(data: object) -> list | None:
     return None
 
 
+def _parse_event(
+    args: object,
+    subscribed: Collection[str] | None,
+    now: datetime | None,
+    limits: EventLimits,
+    noun: str,
+    parse_item: Callable[[object, str, datetime, EventLimits], object],
+) -> tuple[list, list[Rejected]]:
+    """The envelope of every `[contractId, data]` event: (items `parse_item` accepted, rejected
+    items). `parse_item` returns the parsed item or a reason string; `noun` names the item in
+    reasons ("trade", "quote")."""
+    checked = _event_contract(args, subscribed, limits)
+    if type(checked) is Rejected:
+        return [], [checked]
+    contract_id, data = checked
+    items = _items(data)
+    if items is None:
+        return [], [Rejected(f"data: expected a {noun} object or a list, got {type(data).__name__}", preview(data))]
+    latest = (now or datetime.now(_UTC)) + limits.max_future
+    parsed: list = []
+    rejected: list[Rejected] = []
+    for index, item in enumerate(items):
+        result = parse_item(item, contract_id, latest, limits)
+        if type(result) is str:
+            where = f"{noun}[{index}] " if type(data) is list else f"{noun} "
+            rejected.append(Rejected(where + result, preview(item)))
+        else:
+            parsed.append(result)
+    return parsed, rejected
+
+
 # --------------------------------------------------------------------------- trades
 
 def _trade(item: object, contract_id: str, latest: datetime, limits: EventLimits) -> Trade | str:
@@ -307,24 +338,7 @@ def parse_trade_event(
 
     `data` is one trade object or a list of them. `subscribed`, when given, is the set of
     contract ids the feed asked for; events for any other contract are rejected."""
-    checked = _event_contract(args, subscribed, limits)
-    if type(checked) is Rejected:
-        return [], [checked]
-    contract_id, data = checked
-    items = _items(data)
-    if items is None:
-        return [], [Rejected(f"data: expected a trade object or a list, got {type(data).__name__}", preview(data))]
-    latest = (now or datetime.now(_UTC)) + limits.max_future
-    trades: list[Trade] = []
-    rejected: list[Rejected] = []
-    for index, item in enumerate(items):
-        result = _trade(item, contract_id, latest, limits)
-        if type(result) is str:
-            where = f"trade[{index}] " if type(data) is list else "trade "
-            rejected.append(Rejected(where + result, preview(item)))
-        else:
-            trades.append(result)
-    return trades, rejected
+    return _parse_event(args, subscribed, now, limits, "trade", _trade)
 
 
 # --------------------------------------------------------------------------- quotes
@@ -375,21 +389,4 @@ def parse_quote_event(
     limits: EventLimits = DEFAULT_LIMITS,
 ) -> tuple[list[Quote], list[Rejected]]:
     """A `GatewayQuote` event's arguments `[contractId, data]` → (quotes, rejected items)."""
-    checked = _event_contract(args, subscribed, limits)
-    if type(checked) is Rejected:
-        return [], [checked]
-    contract_id, data = checked
-    items = _items(data)
-    if items is None:
-        return [], [Rejected(f"data: expected a quote object or a list, got {type(data).__name__}", preview(data))]
-    latest = (now or datetime.now(_UTC)) + limits.max_future
-    quotes: list[Quote] = []
-    rejected: list[Rejected] = []
-    for index, item in enumerate(items):
-        result = _quote(item, contract_id, latest, limits)
-        if type(result) is str:
-            where = f"quote[{index}] " if type(data) is list else "quote "
-            rejected.append(Rejected(where + result, preview(item)))
-        else:
-            quotes.append(result)
-    return quotes, rejected
+    return _parse_event(args, subscribed, now, limits, "quote", _quote)

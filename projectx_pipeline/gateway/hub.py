@@ -35,11 +35,10 @@ from urllib.parse import quote
 from signalrcore.hub_connection_builder import HubConnectionBuilder
 from signalrcore.messages.handshake.response import HandshakeResponseMessage
 from signalrcore.protocol.json_hub_protocol import JsonHubProtocol
-from signalrcore.types import RECORD_SEPARATOR
 
 from projectx_pipeline.domain.timeframes import validate_contract_id
 
-from .config import MARKET_HUB_PATH, validate_url
+from .config import validate_url
 from .errors import kv, redact
 from .events import (
     DEFAULT_LIMITS,
@@ -49,6 +48,15 @@ from .events import (
     parse_quote_event,
     parse_trade_event,
     preview,
+)
+from .protocol import (
+    LOGOUT_EVENT,
+    MARKET_HUB_PATH,
+    QUOTE_EVENT,
+    RECORD_SEPARATOR,
+    SUBSCRIBE_QUOTES,
+    SUBSCRIBE_TRADES,
+    TRADE_EVENT,
 )
 
 log = logging.getLogger("projectx.gateway")
@@ -210,9 +218,9 @@ class _Connection:
         self.signalr.on_open(self._on_open)
         self.signalr.on_close(lambda: self.end("connection closed"))
         self.signalr.on_error(self._on_error)
-        self.signalr.on("GatewayTrade", self._on_trade)
-        self.signalr.on("GatewayQuote", self._on_quote)
-        self.signalr.on("GatewayLogout", self._on_logout)
+        self.signalr.on(TRADE_EVENT, self._on_trade)
+        self.signalr.on(QUOTE_EVENT, self._on_quote)
+        self.signalr.on(LOGOUT_EVENT, self._on_logout)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -288,9 +296,9 @@ class _Connection:
         hub._connected(self)
         try:
             for contract_id in hub.contracts:
-                self.signalr.invoke("SubscribeContractTrades", [contract_id])
+                self.signalr.invoke(SUBSCRIBE_TRADES, [contract_id])
                 if hub.subscribe_quotes:
-                    self.signalr.invoke("SubscribeContractQuotes", [contract_id])
+                    self.signalr.invoke(SUBSCRIBE_QUOTES, [contract_id])
         except Exception as exc:  # raising here would kill signalrcore's receive thread
             self.end(f"subscribe failed: {type(exc).__name__}: {exc}")
 
@@ -301,28 +309,24 @@ class _Connection:
         self.hub._log.warning(kv("hub_invocation_error", connection=self.number, error=preview(error, 300)))
 
     def _on_trade(self, args: object) -> None:
-        if not self._is_current():
-            return
-        hub = self.hub
-        try:
-            trades, rejected = parse_trade_event(args, subscribed=hub.contract_set, limits=hub._limits)
-            hub._deliver(trades, "trades")
-            for item in rejected:
-                hub._malformed(item.reason, item.raw)
-        except Exception as exc:  # defensive: an exception here would end the connection
-            hub._malformed(f"trade handler failed: {type(exc).__name__}: {exc}", preview(args))
+        self._on_market_event(args, parse_trade_event, "trades", "trade")
 
     def _on_quote(self, args: object) -> None:
+        self._on_market_event(args, parse_quote_event, "quotes", "quote")
+
+    def _on_market_event(self, args: object, parse, counter: str, noun: str) -> None:
+        """Parse a `[contractId, data]` event with `parse`, deliver what it accepts (counted under
+        `counter`) and report what it rejects."""
         if not self._is_current():
             return
         hub = self.hub
         try:
-            quotes, rejected = parse_quote_event(args, subscribed=hub.contract_set, limits=hub._limits)
-            hub._deliver(quotes, "quotes")
+            items, rejected = parse(args, subscribed=hub.contract_set, limits=hub._limits)
+            hub._deliver(items, counter)
             for item in rejected:
                 hub._malformed(item.reason, item.raw)
         except Exception as exc:  # defensive: an exception here would end the connection
-            hub._malformed(f"quote handler failed: {type(exc).__name__}: {exc}", preview(args))
+            hub._malformed(f"{noun} handler failed: {type(exc).__name__}: {exc}", preview(args))
 
     def _on_logout(self, args: object) -> None:
         if not self._is_current():

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .protocol import DEFAULT_BUDGET, HISTORY_BUDGET, HISTORY_ENDPOINT
+
 
 @dataclass(frozen=True)
 class RateBudget:
@@ -25,11 +27,10 @@ class RateBudget:
             raise ValueError(f"invalid rate budget {self.requests} per {self.per_seconds} s")
 
 
-HISTORY_ENDPOINT = "History/retrieveBars"
-GATEWAY_BUDGETS: Mapping[str, RateBudget] = {HISTORY_ENDPOINT: RateBudget(50, 30.0)}
+GATEWAY_BUDGETS: Mapping[str, RateBudget] = {HISTORY_ENDPOINT: RateBudget(*HISTORY_BUDGET)}
 # The documentation says "every other endpoint 200 per 60 s" without saying whether that budget
 # is per endpoint or shared; the other endpoints share one window here, the safe reading.
-GATEWAY_DEFAULT_BUDGET = RateBudget(200, 60.0)
+GATEWAY_DEFAULT_BUDGET = RateBudget(*DEFAULT_BUDGET)
 
 
 class _Window:

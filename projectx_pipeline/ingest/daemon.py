@@ -21,7 +21,8 @@ import numpy as np
 
 from ..domain.aggregation import BarAggregator, split_valid
 from ..domain.market import Quote, Trade
-from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end, from_ns, to_ns
+from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end
+from ..domain.timestamps import from_ns, to_ns
 from ..gateway.events import HubEvent
 from ..storage.db import connect
 from ..storage.migrate import migrate

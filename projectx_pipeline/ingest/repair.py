@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from ..domain.timeframes import Timeframe, bar_end, bar_start, from_ns
+from ..domain.timeframes import Timeframe, bar_end, bar_start
+from ..domain.timestamps import from_ns
 from ..storage.bars import last_bar_times, upsert_bars
 from ..storage.db import connect, is_connection_error
 from ..storage.policies import enforce_trade_retention

@@ -24,7 +24,8 @@ import pandas as pd
 import psycopg2
 import psycopg2.extras
 
-from ..domain.timeframes import Timeframe, bar_end, from_ns
+from ..domain.timeframes import Timeframe, bar_end
+from ..domain.timestamps import from_ns
 from ..storage.bars import upsert_bars
 from ..storage.db import connect, is_connection_error, is_transient_error, redact_url
 from .counters import Counters

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .server import SimulatorServer, parse_speed
+    from .clock import parse_speed
+    from .server import SimulatorServer
 
     try:
         speed = parse_speed(args.speed)

@@ -36,11 +36,10 @@ from projectx_pipeline.domain.timeframes import (
     Timeframe,
     bar_end,
     bar_starts_ns,
-    from_ns,
-    to_ns,
     trade_date_session,
     validate_contract_id,
 )
+from projectx_pipeline.domain.timestamps import from_ns, to_ns
 from projectx_pipeline.sample_data import sample_path
 
 NS_PER_MS = 1_000_000

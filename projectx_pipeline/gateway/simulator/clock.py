@@ -1,0 +1,79 @@
+"""The simulator's market clock: the replay position, and how fast it moves.
+
+The clock advances at `speed` × real time, or with "max" as fast as the slowest subscribed
+client reads (one source step at a time). History never holds a trade at or after it, and
+trades released before a client subscribed are lost to that client."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from projectx_pipeline.domain.timeframes import NS_PER_SECOND
+
+from .market import MarketSource
+
+MAX_SPEED = "max"
+TICK_SECONDS = 0.05  # how often the clock advances at a numeric speed
+
+
+def parse_speed(value: object) -> float | str:
+    """A replay speed: "max" or a positive finite multiple of real time."""
+    if isinstance(value, str) and value.strip().lower() == MAX_SPEED:
+        return MAX_SPEED
+    try:
+        speed = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid speed {value!r}: expected a positive number or 'max'") from None
+    if not math.isfinite(speed) or speed <= 0 or isinstance(value, bool):
+        raise ValueError(f"invalid speed {value!r}: expected a positive number or 'max'")
+    return speed
+
+
+class MarketClock:
+    """The replay position (`now_ns`): every trade before it has been released, none after.
+
+    `paused` and `waiting_for_subscriber` hold it; `run` moves it and hands every new position
+    to `advance`, and once a replay is over keeps calling `finished_tick` so that quotes go on."""
+
+    def __init__(self, source: MarketSource, speed: float | str, wait_for_subscriber: bool):
+        self._source = source
+        self.now_ns = source.start_ns
+        self.speed = speed
+        self.paused = False
+        self.waiting_for_subscriber = wait_for_subscriber
+
+    @property
+    def finished(self) -> bool:
+        return self._source.end_ns is not None and self.now_ns >= self._source.end_ns
+
+    def set_speed(self, speed: object) -> None:
+        speed = parse_speed(speed)
+        if speed == MAX_SPEED and self._source.end_ns is None:
+            raise ValueError("speed 'max' needs a replay")
+        self.speed = speed
+
+    async def run(self, advance: Callable[[int], Awaitable[None]], finished_tick: Callable[[float], Awaitable[None]]) -> None:
+        last_wall = time.monotonic()
+        while True:
+            now = time.monotonic()
+            elapsed, last_wall = now - last_wall, now
+            end_ns = self._source.end_ns
+            if self.paused or self.waiting_for_subscriber:
+                await asyncio.sleep(TICK_SECONDS)
+                continue
+            if end_ns is not None and self.now_ns >= end_ns:
+                # The replay is over: keep quoting the end clock so clients can close their last bar.
+                await finished_tick(now)
+                await asyncio.sleep(TICK_SECONDS)
+                continue
+            if self.speed == MAX_SPEED:
+                target = self._source.next_step_ns(self.now_ns) or end_ns
+            else:
+                target = self.now_ns + int(elapsed * self.speed * NS_PER_SECOND)
+            if end_ns is not None:
+                target = min(target, end_ns)
+            await advance(target)
+            await asyncio.sleep(0 if self.speed == MAX_SPEED else TICK_SECONDS)
