@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -30,7 +31,7 @@ from projectx_pipeline.orchestration.schedules import after_session_close
 from projectx_pipeline.orchestration.sensors import new_bars_sensor, send_alert
 from projectx_pipeline.storage.bars import upsert_bars
 
-from .conftest import MES
+from .conftest import MES, REPO
 
 
 def test_definitions_load():
@@ -56,6 +57,25 @@ def test_automation_starts_running():
     assert defs.resolve_schedule_def("after_session_close").default_status == DefaultScheduleStatus.RUNNING
     for name in ("new_bars_sensor", "run_failure_alert"):
         assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
+
+
+def test_instance_config_queues_runs_and_keeps_gateway_history_one_at_a_time(db_server, tmp_path, monkeypatch):
+    """The repository's dagster.yaml on a real instance: the default (queued) run coordinator, the
+    gateway-history tag and pool limited to one, and the platform's loggers in the run logs."""
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", db_server.create_database("dagster", migrated=False))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        concurrency = instance.get_concurrency_config()
+        tag_limits = concurrency.run_queue_config.tag_concurrency_limits
+        assert {"key": "projectx/gateway", "limit": 1} in tag_limits
+        assert defs.resolve_job_def("backfill_job").tags["projectx/gateway"] == "history"
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.pool_config.pool_granularity.value == "op"
+        assert defs.resolve_assets_def("historical_bars").op.pool == "projectx_gateway"
+        assert instance.managed_python_loggers == ["projectx"] and instance.python_log_level == "INFO"
 
 
 def test_after_close_schedule_backfills_the_trade_date_that_closed():
