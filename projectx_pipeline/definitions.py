@@ -5,12 +5,12 @@ import os
 
 from dagster import Definitions, EnvVar
 
-from .orchestration.assets import historical_bars, ohlc_bars, settings
+from .orchestration.bar_assets import historical_bars, ohlc_bars, settings
 from .orchestration.checks import bar_checks
 from .orchestration.resources import GatewayResource, StorageResource
 from .orchestration.schedules import after_session_close, backfill_job
 from .orchestration.sensors import new_bars_sensor, run_failure_alert
-from .orchestration.signals import analysis_job, coordinated_signals, signal_assets
+from .orchestration.analysis_assets import analysis_job, coordinated_signals, signal_assets
 
 
 def _env_or_none(name: str) -> EnvVar | None:

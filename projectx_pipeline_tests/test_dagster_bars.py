@@ -11,7 +11,7 @@ from dagster import DagsterInstance, materialize
 from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
-from projectx_pipeline.orchestration.assets import historical_bars, settings
+from projectx_pipeline.orchestration.bar_assets import historical_bars, settings
 from projectx_pipeline.orchestration.checks import bar_checks
 from projectx_pipeline.orchestration.partitions import partition_key
 from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource

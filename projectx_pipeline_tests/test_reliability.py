@@ -574,7 +574,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
     partition (as Dagster's historical_bars asset) completes exactly."""
     from dagster import DagsterInstance, materialize
 
-    from projectx_pipeline.orchestration.assets import historical_bars
+    from projectx_pipeline.orchestration.bar_assets import historical_bars
     from projectx_pipeline.orchestration.partitions import partition_key
     from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
 
@@ -771,7 +771,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
     none revised, the table exact."""
     from dagster import DagsterInstance, materialize
 
-    from projectx_pipeline.orchestration.assets import historical_bars
+    from projectx_pipeline.orchestration.bar_assets import historical_bars
     from projectx_pipeline.orchestration.partitions import partition_key
     from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
 

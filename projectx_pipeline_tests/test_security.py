@@ -934,7 +934,7 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     from dagster import DagsterInstance, EnvVar, materialize
     from dagster._serdes import serialize_value
 
-    from projectx_pipeline.orchestration.assets import historical_bars
+    from projectx_pipeline.orchestration.bar_assets import historical_bars
     from projectx_pipeline.orchestration.checks import bar_checks
     from projectx_pipeline.orchestration.partitions import partition_key
     from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource

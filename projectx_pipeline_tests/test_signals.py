@@ -445,7 +445,7 @@ def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, sampl
     from dagster import DagsterInstance, materialize
 
     from projectx_pipeline.orchestration.resources import StorageResource
-    from projectx_pipeline.orchestration.signals import (
+    from projectx_pipeline.orchestration.analysis_assets import (
         analysis_run_config,
         analyzed_timeframes,
         coordinated_signals,
@@ -502,7 +502,7 @@ def test_analysis_job_runs_with_the_sensors_run_config(db_url, conn, samples, mo
     """The job as the new-bar sensor launches it: the definitions' resources, run config for one contract."""
     monkeypatch.setenv("DATABASE_URL", db_url)
     from projectx_pipeline.definitions import defs
-    from projectx_pipeline.orchestration.signals import analysis_run_config
+    from projectx_pipeline.orchestration.analysis_assets import analysis_run_config
 
     _load(conn, samples[TF1H].iloc[:400])
     _load(conn, samples[TF4H])

@@ -8,7 +8,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 from ..domain.quality import find_gaps, reconcile, sessions_from_calendar, validate_bars
 from ..domain.timeframes import UNIT_DAY, trade_date_session
 from ..storage.bars import read_bars, read_live_versions
-from .assets import historical_bars, settings
+from .bar_assets import historical_bars, settings
 from .partitions import bars_partitions, split_partition_key
 from .resources import GatewayResource, StorageResource
 

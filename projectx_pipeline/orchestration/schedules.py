@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 from dagster import AssetSelection, DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
 
-from .assets import historical_bars, settings
+from .bar_assets import historical_bars, settings
 from .partitions import partition_key
 
 backfill_job = define_asset_job(

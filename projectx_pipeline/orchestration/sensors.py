@@ -21,10 +21,10 @@ from dagster import (
 )
 
 from ..domain.timeframes import Timeframe, trade_date_of
-from .assets import settings
+from .bar_assets import settings
 from .partitions import partition_key
 from .resources import StorageResource
-from .signals import analysis_job, analysis_run_config, analyzed_timeframes
+from .analysis_assets import analysis_job, analysis_run_config, analyzed_timeframes
 
 log = logging.getLogger("projectx.dagster")
 

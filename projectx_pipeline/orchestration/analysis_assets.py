@@ -1,4 +1,5 @@
-"""Signal assets: trend starts per analysed timeframe, and their multi-timeframe coordination.
+"""Analysis assets: trend starts per analysed timeframe, their multi-timeframe coordination, and
+the job that materializes them.
 
 * `trend_starts_<tf>` (one per timeframe of the `cus_cds_trend_finder` analyzer in the settings,
   e.g. `trend_starts_15m`) — the `detected_signals` rows of that timeframe, brought up to date by
@@ -43,7 +44,7 @@ from ..domain.coordination import parse_rules
 from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID
 from ..signals.analysis import AnalysisResult, CoordinationResult, run_coordination, run_trend_analysis
-from .assets import settings
+from .bar_assets import settings
 from .resources import StorageResource
 
 SIGNALS_GROUP = "signals"
