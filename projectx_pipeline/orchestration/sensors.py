@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from ..domain.timeframes import Timeframe, trade_date_of
+from ..storage.bar_activity import bars_ingested_since
 from .bar_assets import settings
 from .partitions import partition_key
 from .resources import StorageResource
@@ -50,13 +51,8 @@ def _load_cursor(raw: str | None) -> dict:
 def new_bars_sensor(context: SensorEvaluationContext, storage: StorageResource):
     cursor = _load_cursor(context.cursor)
     since = datetime.fromisoformat(cursor["since"]) - INGESTED_AT_OVERLAP if cursor["since"] else datetime(1970, 1, 1, tzinfo=timezone.utc)
-    with storage.connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            'SELECT contract_id, timeframe_unit, timeframe_value, max("timestamp"), count(*), max(ingested_at)'
-            " FROM ohlc_bars WHERE ingested_at > %s GROUP BY 1, 2, 3",
-            (since,),
-        )
-        rows = cur.fetchall()
+    with storage.connection() as conn:
+        rows = bars_ingested_since(conn, since)
     last: dict[str, str] = cursor["last"]
     new_by_contract: dict[str, dict[str, datetime]] = {}
     high_water = cursor["since"]
