@@ -45,6 +45,7 @@ from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID
 from ..signals.analysis import AnalysisResult, CoordinationResult, run_coordination, run_trend_analysis
 from .bar_assets import settings
+from .metadata import md_cell, md_table
 from .resources import StorageResource
 
 SIGNALS_GROUP = "signals"
@@ -77,24 +78,6 @@ def _contracts(context: AssetExecutionContext, config: AnalysisConfig) -> list[s
     if unconfigured:
         context.log.warning(f"contracts {unconfigured} are not in the settings; analysing them anyway")
     return out
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, float):
-        return repr(value)
-    return str(value).replace("|", "\\|")
-
-
-def _md_table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "_none_"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _fail_if_any(errors: dict[str, str], metadata: dict) -> None:
@@ -148,7 +131,7 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
             "total_signals": sum(r.total_signals for r in results),
             "recomputed": MetadataValue.json([r.contract_id for r in results if r.recomputed]),
             "per_contract": MetadataValue.md(
-                _md_table(
+                md_table(
                     [
                         {"contract_id": r.contract_id, "mode": r.mode, "bars_processed": r.bars_processed,
                          "new_signals": r.new_signals, "deleted_signals": r.deleted_signals,
@@ -158,7 +141,7 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
                     ["contract_id", "mode", "bars_processed", "new_signals", "deleted_signals", "total_signals", "last_bar_ts"],
                 )
             ),
-            "latest_signals": MetadataValue.md(_md_table(latest, _SIGNAL_TABLE_COLUMNS)),
+            "latest_signals": MetadataValue.md(md_table(latest, _SIGNAL_TABLE_COLUMNS)),
         }
         _fail_if_any(errors, metadata)
         return MaterializeResult(metadata=metadata)
@@ -208,9 +191,9 @@ def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, 
         "new_outputs": sum(r.new_outputs for r in results),
         "total_outputs": sum(r.total_outputs for r in results),
         "watermarks": MetadataValue.json(
-            {r.contract_id: {k: _cell(v) for k, v in r.watermarks.items()} for r in results}
+            {r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}
         ),
-        "latest_signals": MetadataValue.md(_md_table(latest, _COORDINATED_TABLE_COLUMNS)),
+        "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
     }
     _fail_if_any(errors, metadata)
     return MaterializeResult(metadata=metadata)

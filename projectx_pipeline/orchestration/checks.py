@@ -9,6 +9,7 @@ from ..domain.quality import find_gaps, reconcile, sessions_from_calendar, valid
 from ..domain.timeframes import UNIT_DAY, trade_date_session
 from ..storage.bars import read_bars, read_live_versions
 from .bar_assets import historical_bars, settings
+from .metadata import md_table
 from .partitions import bars_partitions, split_partition_key
 from .resources import GatewayResource, StorageResource
 
@@ -24,7 +25,7 @@ def _stored_bars(storage: StorageResource, contract_id: str, start, end) -> pd.D
 
 def _table(df: pd.DataFrame) -> MetadataValue:
     shown = df.head(MAX_LISTED)
-    return MetadataValue.md(shown.to_markdown(index=False) if not shown.empty else "none")
+    return MetadataValue.md(md_table(shown.to_dict("records"), list(shown.columns)))
 
 
 @asset_check(asset=historical_bars, partitions_def=bars_partitions, blocking=True,
