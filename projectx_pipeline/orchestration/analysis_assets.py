@@ -27,6 +27,9 @@ or by hand from the UI; automation conditions are deliberately not used.
 # No `from __future__ import annotations`: Dagster reads the Config and resource annotations at
 # definition time, and string annotations of the factory-made functions would not resolve.
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from dagster import (
     AssetExecutionContext,
     AssetSelection,
@@ -80,12 +83,44 @@ def _contracts(context: AssetExecutionContext, config: AnalysisConfig) -> list[s
     return out
 
 
-def _fail_if_any(errors: dict[str, str], metadata: dict) -> None:
+R = TypeVar("R", AnalysisResult, CoordinationResult)
+
+
+def _run_per_contract(
+    context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource, what: str,
+    run: Callable[[object, str], R], summary: Callable[[R], str],
+) -> tuple[list[R], dict[str, str]]:
+    """`run(conn, contract_id)` for each contract of the run, each in its own transaction: the
+    results, and the error of each contract that failed (one bad contract must not hold up the others)."""
+    results: list[R] = []
+    errors: dict[str, str] = {}
+    for cid in _contracts(context, config):
+        try:
+            with storage.connection() as conn:
+                r = run(conn, cid)
+        except Exception as exc:
+            context.log.error(f"{what} {cid} failed: {type(exc).__name__}: {exc}")
+            errors[cid] = f"{type(exc).__name__}: {exc}"
+            continue
+        results.append(r)
+        context.log.info(f"{what} {cid}: {summary(r)}")
+    return results, errors
+
+
+def _latest_rows(results: list[R], newest_first: Callable[[dict], object]) -> list[dict]:
+    """The LATEST_ROWS newest rows of every contract's `latest` frame together."""
+    rows = (row for r in results for row in r.latest.to_dict("records"))
+    return sorted(rows, key=newest_first, reverse=True)[:LATEST_ROWS]
+
+
+def _materialized(metadata: dict, errors: dict[str, str]) -> MaterializeResult:
+    """The materialization, or a Failure carrying the same metadata when any contract failed."""
     if errors:
         raise Failure(
             description="; ".join(f"{cid}: {msg}" for cid, msg in errors.items()),
             metadata={**metadata, "errors": MetadataValue.json(errors)},
         )
+    return MaterializeResult(metadata=metadata)
 
 
 _SIGNAL_TABLE_COLUMNS = ["contract_id", "timeframe", "type", "start_ts", "confirm_ts", "known_at", "price", "rule"]
@@ -103,26 +138,13 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
         "by watermark; recomputed when stored bars behind the watermark changed.",
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
-        results: list[AnalysisResult] = []
-        errors: dict[str, str] = {}
-        for cid in _contracts(context, config):
-            try:
-                with storage.connection() as conn:
-                    r = run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS)
-            except Exception as exc:  # one bad contract must not hold up the others
-                context.log.error(f"trend starts {tf.label} {cid} failed: {type(exc).__name__}: {exc}")
-                errors[cid] = f"{type(exc).__name__}: {exc}"
-                continue
-            results.append(r)
-            context.log.info(
-                f"trend starts {tf.label} {cid}: mode={r.mode} bars={r.bars_processed} new={r.new_signals} "
-                f"deleted={r.deleted_signals} total={r.total_signals} last_bar={r.last_bar_ts}"
-            )
-        latest = sorted(
-            (row for r in results for row in r.latest.to_dict("records")),
-            key=lambda row: (row["known_at"], row["start_ts"]),
-            reverse=True,
-        )[:LATEST_ROWS]
+        results, errors = _run_per_contract(
+            context, config, storage, f"trend starts {tf.label}",
+            lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
+            lambda r: f"mode={r.mode} bars={r.bars_processed} new={r.new_signals} "
+            f"deleted={r.deleted_signals} total={r.total_signals} last_bar={r.last_bar_ts}",
+        )
+        latest = _latest_rows(results, lambda row: (row["known_at"], row["start_ts"]))
         metadata = {
             "contracts": MetadataValue.json([r.contract_id for r in results]),
             "bars_processed": sum(r.bars_processed for r in results),
@@ -143,8 +165,7 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
             ),
             "latest_signals": MetadataValue.md(md_table(latest, _SIGNAL_TABLE_COLUMNS)),
         }
-        _fail_if_any(errors, metadata)
-        return MaterializeResult(metadata=metadata)
+        return _materialized(metadata, errors)
 
     return trend_starts
 
@@ -169,23 +190,12 @@ _COORDINATED_TABLE_COLUMNS = [
     "only; incremental by coordinator watermark per rule and contract.",
 )
 def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
-    results: list[CoordinationResult] = []
-    errors: dict[str, str] = {}
-    for cid in _contracts(context, config):
-        try:
-            with storage.connection() as conn:
-                r = run_coordination(conn, cid, COORDINATION_RULES, latest=LATEST_ROWS)
-        except Exception as exc:
-            context.log.error(f"coordination {cid} failed: {type(exc).__name__}: {exc}")
-            errors[cid] = f"{type(exc).__name__}: {exc}"
-            continue
-        results.append(r)
-        context.log.info(f"coordination {cid}: new={r.new_outputs} total={r.total_outputs} watermarks={r.watermarks}")
-    latest = sorted(
-        (row for r in results for row in r.latest.to_dict("records")),
-        key=lambda row: row["signal_ts"],
-        reverse=True,
-    )[:LATEST_ROWS]
+    results, errors = _run_per_contract(
+        context, config, storage, "coordination",
+        lambda conn, cid: run_coordination(conn, cid, COORDINATION_RULES, latest=LATEST_ROWS),
+        lambda r: f"new={r.new_outputs} total={r.total_outputs} watermarks={r.watermarks}",
+    )
+    latest = _latest_rows(results, lambda row: row["signal_ts"])
     metadata = {
         "contracts": MetadataValue.json([r.contract_id for r in results]),
         "new_outputs": sum(r.new_outputs for r in results),
@@ -195,8 +205,7 @@ def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, 
         ),
         "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
     }
-    _fail_if_any(errors, metadata)
-    return MaterializeResult(metadata=metadata)
+    return _materialized(metadata, errors)
 
 
 ANALYSIS_ASSETS: list[AssetsDefinition] = [*signal_assets, coordinated_signals]
