@@ -11,10 +11,11 @@ from dagster import DagsterInstance, materialize
 from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
-from projectx_pipeline.orchestration.bar_assets import historical_bars, settings
-from projectx_pipeline.orchestration.checks import bar_checks
-from projectx_pipeline.orchestration.partitions import partition_key
+from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+from projectx_pipeline.orchestration.checks import build_bar_checks
+from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
 from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
 from .conftest import MES
@@ -22,6 +23,10 @@ from .conftest import MES
 CLEAN_DAY = date(2025, 3, 18)   # no hole in the sample
 HOLE_DAY = date(2025, 3, 21)    # the sample misses the 5m bar of 2025-03-20 22:40 UTC
 TF5 = parse_timeframe("5m")
+settings = load_settings()
+_partitions = build_partitions(settings)
+historical_bars = build_bar_assets(settings, _partitions).historical_bars
+bar_checks = build_bar_checks(settings, historical_bars, _partitions)
 
 
 @pytest.fixture(scope="module")

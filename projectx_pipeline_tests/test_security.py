@@ -934,10 +934,16 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     from dagster import DagsterInstance, EnvVar, materialize
     from dagster._serdes import serialize_value
 
-    from projectx_pipeline.orchestration.bar_assets import historical_bars
-    from projectx_pipeline.orchestration.checks import bar_checks
-    from projectx_pipeline.orchestration.partitions import partition_key
+    from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+    from projectx_pipeline.orchestration.checks import build_bar_checks
+    from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
     from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.settings import load_settings
+
+    platform_settings = load_settings()
+    partitions = build_partitions(platform_settings)
+    historical_bars = build_bar_assets(platform_settings, partitions).historical_bars
+    bar_checks = build_bar_checks(platform_settings, historical_bars, partitions)
 
     sim = SimulatorServer(speed="max", rate_limits=False, username=USER, api_key=SECRET).start()
     db_password = re.search(r"://[^:/@]+:([^@]+)@", db_url)

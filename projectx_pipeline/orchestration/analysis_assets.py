@@ -20,15 +20,17 @@ timeframes. So a run takes any set of contracts in its config (`contracts: []` =
 configured contract) and advisory locks in the database keep overlapping runs from processing a
 bar or coordinating a signal twice.
 
-Materialized by `analysis_job` (launched by the new-bar sensor with `analysis_run_config([cid])`)
-or by hand from the UI; automation conditions are deliberately not used.
+Materialized by `analysis_job` (launched by the new-bar sensor with `AnalysisAssets.run_config([cid])`)
+or by hand from the UI; automation conditions are deliberately not used. `build_analysis_assets`
+makes all of them from the settings it is given.
 """
 
 # No `from __future__ import annotations`: Dagster reads the Config and resource annotations at
 # definition time, and string annotations of the factory-made functions would not resolve.
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from dagster import (
     AssetExecutionContext,
@@ -46,10 +48,13 @@ from dagster import (
 from ..domain.coordination import parse_rules
 from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID
+from ..settings import Settings
 from ..signals.analysis import AnalysisResult, CoordinationResult, run_coordination, run_trend_analysis
-from .bar_assets import settings
 from .metadata import md_cell, md_table
 from .resources import StorageResource
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 SIGNALS_GROUP = "signals"
 LATEST_ROWS = 10
@@ -61,7 +66,7 @@ class AnalysisConfig(Config):
     contracts: list[str] = []
 
 
-def analyzed_timeframes() -> list[Timeframe]:
+def analyzed_timeframes(settings: Settings) -> list[Timeframe]:
     """The timeframes of the `cus_cds_trend_finder` analyzer in the settings, shortest first."""
     unknown = [a.id for a in settings.file.analysis.analyzers if a.id != ANALYZER_ID]
     if unknown:
@@ -70,7 +75,7 @@ def analyzed_timeframes() -> list[Timeframe]:
     return sorted(tfs, key=lambda tf: tf.nominal_seconds)
 
 
-def _contracts(context: AssetExecutionContext, config: AnalysisConfig) -> list[str]:
+def _contracts(context: AssetExecutionContext, config: AnalysisConfig, settings: Settings) -> list[str]:
     requested = config.contracts or settings.contract_ids
     out: list[str] = []
     for cid in requested:
@@ -87,14 +92,14 @@ R = TypeVar("R", AnalysisResult, CoordinationResult)
 
 
 def _run_per_contract(
-    context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource, what: str,
+    context: AssetExecutionContext, contract_ids: list[str], storage: StorageResource, what: str,
     run: Callable[[object, str], R], summary: Callable[[R], str],
 ) -> tuple[list[R], dict[str, str]]:
-    """`run(conn, contract_id)` for each contract of the run, each in its own transaction: the
-    results, and the error of each contract that failed (one bad contract must not hold up the others)."""
+    """`run(conn, contract_id)` for each contract, each in its own transaction: the results, and
+    the error of each contract that failed (one bad contract must not hold up the others)."""
     results: list[R] = []
     errors: dict[str, str] = {}
-    for cid in _contracts(context, config):
+    for cid in contract_ids:
         try:
             with storage.connection() as conn:
                 r = run(conn, cid)
@@ -126,7 +131,7 @@ def _materialized(metadata: dict, errors: dict[str, str]) -> MaterializeResult:
 _SIGNAL_TABLE_COLUMNS = ["contract_id", "timeframe", "type", "start_ts", "confirm_ts", "known_at", "price", "rule"]
 
 
-def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
+def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
     @asset(
         name=f"trend_starts_{tf.label}",
         group_name=SIGNALS_GROUP,
@@ -139,7 +144,7 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
         results, errors = _run_per_contract(
-            context, config, storage, f"trend starts {tf.label}",
+            context, _contracts(context, config, settings), storage, f"trend starts {tf.label}",
             lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
             lambda r: f"mode={r.mode} bars={r.bars_processed} new={r.new_signals} "
             f"deleted={r.deleted_signals} total={r.total_signals} last_bar={r.last_bar_ts}",
@@ -170,57 +175,74 @@ def _trend_starts_asset(tf: Timeframe) -> AssetsDefinition:
     return trend_starts
 
 
-signal_assets: list[AssetsDefinition] = [_trend_starts_asset(tf) for tf in analyzed_timeframes()]
-COORDINATION_RULES = parse_rules(settings.file.coordination.rules)
-
 _COORDINATED_TABLE_COLUMNS = [
     "contract_id", "label", "rule", "signal_ts", "anchor_timeframe", "anchor_known_at",
     "trigger_timeframe", "trigger_known_at", "anchor_signal_id", "trigger_signal_id",
 ]
 
 
-@asset(
-    name="coordinated_signals",
-    group_name=SIGNALS_GROUP,
-    deps=[a.key for a in signal_assets],
-    kinds={"postgres"},
-    automation_condition=None,
-    metadata={"table": "coordinated_signals", "rules": MetadataValue.json([r.name for r in COORDINATION_RULES])},
-    description="Multi-timeframe coordinated signals (rules in the settings), from confirmation times "
-    "only; incremental by coordinator watermark per rule and contract.",
-)
-def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
-    results, errors = _run_per_contract(
-        context, config, storage, "coordination",
-        lambda conn, cid: run_coordination(conn, cid, COORDINATION_RULES, latest=LATEST_ROWS),
-        lambda r: f"new={r.new_outputs} total={r.total_outputs} watermarks={r.watermarks}",
+def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefinition]) -> AssetsDefinition:
+    rules = parse_rules(settings.file.coordination.rules)
+
+    @asset(
+        name="coordinated_signals",
+        group_name=SIGNALS_GROUP,
+        deps=[a.key for a in trend_starts],
+        kinds={"postgres"},
+        automation_condition=None,
+        metadata={"table": "coordinated_signals", "rules": MetadataValue.json([r.name for r in rules])},
+        description="Multi-timeframe coordinated signals (rules in the settings), from confirmation times "
+        "only; incremental by coordinator watermark per rule and contract.",
     )
-    latest = _latest_rows(results, lambda row: row["signal_ts"])
-    metadata = {
-        "contracts": MetadataValue.json([r.contract_id for r in results]),
-        "new_outputs": sum(r.new_outputs for r in results),
-        "total_outputs": sum(r.total_outputs for r in results),
-        "watermarks": MetadataValue.json(
-            {r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}
-        ),
-        "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
-    }
-    return _materialized(metadata, errors)
+    def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
+        results, errors = _run_per_contract(
+            context, _contracts(context, config, settings), storage, "coordination",
+            lambda conn, cid: run_coordination(conn, cid, rules, latest=LATEST_ROWS),
+            lambda r: f"new={r.new_outputs} total={r.total_outputs} watermarks={r.watermarks}",
+        )
+        latest = _latest_rows(results, lambda row: row["signal_ts"])
+        metadata = {
+            "contracts": MetadataValue.json([r.contract_id for r in results]),
+            "new_outputs": sum(r.new_outputs for r in results),
+            "total_outputs": sum(r.total_outputs for r in results),
+            "watermarks": MetadataValue.json(
+                {r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}
+            ),
+            "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
+        }
+        return _materialized(metadata, errors)
+
+    return coordinated_signals
 
 
-ANALYSIS_ASSETS: list[AssetsDefinition] = [*signal_assets, coordinated_signals]
+@dataclass(frozen=True)
+class AnalysisAssets:
+    """The trend-start assets (one per analysed timeframe, shortest first), the coordination asset
+    after them, and the job that runs them all."""
 
-analysis_job = define_asset_job(
-    "analysis_job",
-    selection=AssetSelection.groups(SIGNALS_GROUP),
-    # one process for the whole run: a process per step re-imports Dagster, pandas and numba for
-    # each of the five steps, which alone took longer than the 30 s new-bar → signal budget
-    executor_def=in_process_executor,
-    description="Trend starts for every analysed timeframe, then coordination, for the contracts in the run config.",
-)
+    trend_starts: list[AssetsDefinition]
+    coordinated_signals: AssetsDefinition
+    job: "UnresolvedAssetJobDefinition"
+
+    @property
+    def assets(self) -> list[AssetsDefinition]:
+        return [*self.trend_starts, self.coordinated_signals]
+
+    def run_config(self, contracts: list[str] | tuple[str, ...] = ()) -> dict:
+        """Run config of the analysis job for these contracts (empty: every configured contract)."""
+        ids = [validate_contract_id(c) for c in contracts]
+        return {"ops": {a.op.name: {"config": {"contracts": list(ids)}} for a in self.assets}}
 
 
-def analysis_run_config(contracts: list[str] | tuple[str, ...] = ()) -> dict:
-    """Run config of `analysis_job` for these contracts (empty: every configured contract)."""
-    ids = [validate_contract_id(c) for c in contracts]
-    return {"ops": {a.op.name: {"config": {"contracts": list(ids)}} for a in ANALYSIS_ASSETS}}
+def build_analysis_assets(settings: Settings) -> AnalysisAssets:
+    """The analysis assets and job for the analyzers, contracts and rules of `settings`."""
+    trend_starts = [_trend_starts_asset(settings, tf) for tf in analyzed_timeframes(settings)]
+    job = define_asset_job(
+        "analysis_job",
+        selection=AssetSelection.groups(SIGNALS_GROUP),
+        # one process for the whole run: a process per step re-imports Dagster, pandas and numba for
+        # each of the five steps, which alone took longer than the 30 s new-bar → signal budget
+        executor_def=in_process_executor,
+        description="Trend starts for every analysed timeframe, then coordination, for the contracts in the run config.",
+    )
+    return AnalysisAssets(trend_starts, _coordinated_signals_asset(settings, trend_starts), job)
