@@ -6,24 +6,16 @@ same Definitions from any settings with `build_definitions`.
 """
 
 
-import os
-
 from dagster import Definitions, EnvVar, definitions
 
 from .orchestration.analysis_assets import build_analysis_assets
 from .orchestration.bar_assets import build_bar_assets
 from .orchestration.checks import build_bar_checks
 from .orchestration.partitions import build_partitions
-from .orchestration.resources import GatewayResource, StorageResource
+from .orchestration.resources import StorageResource, gateway_resource
 from .orchestration.schedules import build_after_session_close, build_backfill_job
 from .orchestration.sensors import build_new_bars_sensor, run_failure_alert
 from .settings import Settings, load_settings
-
-
-def _env_or_none(name: str) -> EnvVar | None:
-    # EnvVar keeps the value out of the UI and resolves it at run time; an unset optional
-    # variable (no credentials: the simulator) stays None instead of failing to resolve.
-    return EnvVar(name) if os.environ.get(name) else None
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -39,14 +31,7 @@ def build_definitions(settings: Settings) -> Definitions:
         schedules=[build_after_session_close(settings, backfill_job)],
         sensors=[build_new_bars_sensor(settings, analysis), run_failure_alert],
         resources={
-            "gateway": GatewayResource(
-                api_url=_env_or_none("PROJECTX_API_URL"),
-                rtc_url=_env_or_none("PROJECTX_RTC_URL"),
-                username=_env_or_none("PROJECTX_USERNAME"),
-                api_key=_env_or_none("PROJECTX_API_KEY"),
-                rate_limits=settings.file.gateway.rate_limits,
-                max_retries=settings.file.gateway.max_retries,
-            ),
+            "gateway": gateway_resource(settings),  # the simulator or ProjectX, as settings.gateway says
             "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
         },
     )

@@ -14,7 +14,7 @@ from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.orchestration.bar_assets import build_bar_assets
 from projectx_pipeline.orchestration.checks import build_bar_checks
 from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
-from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
 from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
@@ -46,7 +46,7 @@ def simulator():
 @pytest.fixture
 def resources(simulator, db_url):
     return {
-        "gateway": GatewayResource(api_url=simulator.api_url, rtc_url=simulator.rtc_url, rate_limits=False),
+        "gateway": SimulatorGatewayResource(api_url=simulator.api_url, rtc_url=simulator.rtc_url, rate_limits=False),
         "storage": StorageResource(database_url=db_url),
     }
 

@@ -20,6 +20,7 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    EnvVar,
     SensorResult,
     SkipReason,
     build_schedule_context,
@@ -28,7 +29,11 @@ from dagster import (
 
 from projectx_pipeline.definitions import build_definitions, defs
 from projectx_pipeline.domain.market import read_bars_csv
-from projectx_pipeline.orchestration.resources import StorageResource
+from projectx_pipeline.orchestration.resources import (
+    ProjectXGatewayResource,
+    SimulatorGatewayResource,
+    StorageResource,
+)
 from projectx_pipeline.orchestration.sensors import send_alert
 from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import upsert_bars
@@ -98,6 +103,41 @@ def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
     context = build_schedule_context(scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny))
     requests = list(built.resolve_schedule_def("after_session_close")(context))
     assert [r.run_key for r in requests] == [f"2025-06-03:{MES}", f"2025-06-03:{MNQ}"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "resource_type"),
+    [
+        ({}, SimulatorGatewayResource),
+        ({"PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, ProjectXGatewayResource),
+        ({"PROJECTX_GATEWAY": "simulator", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, SimulatorGatewayResource),
+        ({"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value",
+          "PROJECTX_API_URL": "https://api.example.test"}, ProjectXGatewayResource),
+    ],
+)
+def test_gateway_resource_is_the_one_the_settings_chose(environ, resource_type):
+    gateway = build_definitions(load_settings(environ)).resources["gateway"]
+    assert type(gateway) is resource_type
+    if resource_type is ProjectXGatewayResource:
+        # secrets (and endpoints) stay environment variables, resolved at run time, never values in the UI
+        assert isinstance(gateway.username, EnvVar) and isinstance(gateway.api_key, EnvVar)
+        assert gateway.api_key.env_var_name == "PROJECTX_API_KEY"
+        if "PROJECTX_API_URL" in environ:
+            assert isinstance(gateway.api_url, EnvVar)
+        else:
+            assert gateway.api_url is None  # the implementation's default host
+        assert "k3y-value" not in repr(gateway)
+    else:
+        assert gateway.gateway_config().use_simulator
+
+
+def test_each_gateway_resource_defaults_to_its_own_hosts():
+    real = ProjectXGatewayResource(username="trader", api_key="k3y-value").gateway_config()
+    assert (real.api_url, real.rtc_url, real.username, real.use_simulator) == (
+        "https://api.topstepx.com", "https://rtc.topstepx.com", "trader", False)
+    sim = SimulatorGatewayResource(api_url="http://127.0.0.1:9000").gateway_config()
+    assert (sim.api_url, sim.rtc_url, sim.username, sim.api_key, sim.use_simulator) == (
+        "http://127.0.0.1:9000", "http://127.0.0.1:5080", "simulator", "simulator", True)
 
 
 # Run in a fresh interpreter: load_settings and Dagster's asset and partition builders are made to

@@ -576,7 +576,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
 
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
     from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
     from projectx_pipeline.settings import load_settings
 
     settings = load_settings()
@@ -612,7 +612,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
         assert all(done[tf] == 0 for tf in TIMEFRAMES[2:])  # nothing of the batch in flight
         result = materialize(
             [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-            resources={"gateway": GatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+            resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                        "storage": StorageResource(database_url=outage.url)},
         )
         assert result.success
@@ -777,7 +777,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
 
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
     from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
     from projectx_pipeline.settings import load_settings
 
     settings = load_settings()
@@ -793,7 +793,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
         try:
             results.append(materialize(
                 [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-                resources={"gateway": GatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+                resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                            "storage": StorageResource(database_url=db_url)},
             ))
         except Exception as exc:  # noqa: BLE001 — reported below

@@ -937,7 +937,7 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
     from projectx_pipeline.orchestration.checks import build_bar_checks
     from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.resources import ProjectXGatewayResource, StorageResource
     from projectx_pipeline.settings import load_settings
 
     platform_settings = load_settings()
@@ -957,14 +957,14 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
             if form == "env_var":
                 monkeypatch.setenv("PROJECTX_API_KEY", api_key)
                 return {
-                    "gateway": GatewayResource(api_url=EnvVar("PROJECTX_API_URL"), rtc_url=EnvVar("PROJECTX_RTC_URL"),
-                                               username=EnvVar("PROJECTX_USERNAME"), api_key=EnvVar("PROJECTX_API_KEY"),
-                                               rate_limits=False, max_retries=1),
+                    "gateway": ProjectXGatewayResource(api_url=EnvVar("PROJECTX_API_URL"), rtc_url=EnvVar("PROJECTX_RTC_URL"),
+                                                       username=EnvVar("PROJECTX_USERNAME"), api_key=EnvVar("PROJECTX_API_KEY"),
+                                                       rate_limits=False, max_retries=1),
                     "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
                 }
             return {
-                "gateway": GatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key,
-                                           rate_limits=False, max_retries=1),
+                "gateway": ProjectXGatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key,
+                                                   rate_limits=False, max_retries=1),
                 "storage": StorageResource(database_url=db_url),
             }
 
