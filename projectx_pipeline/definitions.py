@@ -1,39 +1,43 @@
-"""The one Dagster entry point (`workspace.yaml` loads `defs` from this module)."""
+"""The one Dagster entry point: `workspace.yaml` (and the code server's `-m`) loads `defs`.
+
+Nothing is built at import: `defs()` reads the settings once and hands them to the factories, so
+a bad setting fails the code location's load with its one-line message, and tests can build the
+same Definitions from any settings with `build_definitions`.
+"""
 
 
-import os
+from dagster import Definitions, EnvVar, definitions
 
-from dagster import Definitions, EnvVar
-
-from .orchestration.assets import historical_bars, ohlc_bars, settings
-from .orchestration.checks import bar_checks
-from .orchestration.resources import GatewayResource, StorageResource
-from .orchestration.schedules import after_session_close, backfill_job
-from .orchestration.sensors import new_bars_sensor, run_failure_alert
-from .orchestration.signals import analysis_job, coordinated_signals, signal_assets
-
-
-def _env_or_none(name: str) -> EnvVar | None:
-    # EnvVar keeps the value out of the UI and resolves it at run time; an unset optional
-    # variable (no credentials: the simulator) stays None instead of failing to resolve.
-    return EnvVar(name) if os.environ.get(name) else None
+from .orchestration.analysis_assets import build_analysis_assets
+from .orchestration.bar_assets import build_bar_assets
+from .orchestration.checks import build_bar_checks
+from .orchestration.partitions import build_partitions
+from .orchestration.resources import StorageResource, gateway_resource
+from .orchestration.schedules import build_after_session_close, build_backfill_job
+from .orchestration.sensors import build_new_bars_sensor, run_failure_alert
+from .settings import Settings, load_settings
 
 
-defs = Definitions(
-    assets=[ohlc_bars, historical_bars, *signal_assets, coordinated_signals],
-    asset_checks=bar_checks,
-    jobs=[backfill_job, analysis_job],
-    schedules=[after_session_close],
-    sensors=[new_bars_sensor, run_failure_alert],
-    resources={
-        "gateway": GatewayResource(
-            api_url=_env_or_none("PROJECTX_API_URL"),
-            rtc_url=_env_or_none("PROJECTX_RTC_URL"),
-            username=_env_or_none("PROJECTX_USERNAME"),
-            api_key=_env_or_none("PROJECTX_API_KEY"),
-            rate_limits=settings.file.gateway.rate_limits,
-            max_retries=settings.file.gateway.max_retries,
-        ),
-        "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
-    },
-)
+def build_definitions(settings: Settings) -> Definitions:
+    """Every asset, check, job, schedule, sensor and resource of the platform for `settings`."""
+    partitions = build_partitions(settings)
+    bars = build_bar_assets(settings, partitions)
+    analysis = build_analysis_assets(settings)
+    backfill_job = build_backfill_job(bars.historical_bars)
+    return Definitions(
+        assets=[bars.ohlc_bars, bars.historical_bars, *analysis.assets],
+        asset_checks=build_bar_checks(settings, bars.historical_bars, partitions),
+        jobs=[backfill_job, analysis.job],
+        schedules=[build_after_session_close(settings, backfill_job)],
+        sensors=[build_new_bars_sensor(settings, analysis), run_failure_alert],
+        resources={
+            "gateway": gateway_resource(settings),  # the simulator or ProjectX, as settings.gateway says
+            "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
+        },
+    )
+
+
+@definitions
+def defs() -> Definitions:
+    """What Dagster loads (webserver, daemon, code server, every run): the settings, read once."""
+    return build_definitions(load_settings())

@@ -1,9 +1,10 @@
 """`projectx dev` (what `make dev` runs): the whole platform on one machine.
 
 Local database (unless DATABASE_URL is set) → migrations → simulator replaying the MES sample
-(unless PROJECTX_USERNAME and PROJECTX_API_KEY are set: then the real gateway) → ingestion
-daemon → Dagster webserver (127.0.0.1:3000) and daemon. Ctrl-C (or SIGTERM) stops everything,
-children first, then the database this command started.
+(unless the settings choose the real gateway: PROJECTX_GATEWAY=projectx, or, with it unset,
+PROJECTX_USERNAME and PROJECTX_API_KEY both set) → ingestion daemon → Dagster webserver
+(127.0.0.1:3000) and daemon. Ctrl-C (or SIGTERM) stops everything, children first, then the
+database this command started.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class _Children:
 
 def run(args: argparse.Namespace) -> int:
     from .logs import register_env_secrets
-    from .settings import load_settings
+    from .settings import GATEWAY_PROJECTX, load_settings
     from .storage.db import connect, redact_url
     from .storage.local_db import LocalDatabaseError, default_cluster
     from .storage.migrate import migrate
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             conn.close()
         # 2. gateway
-        if settings.has_credentials:
+        if settings.gateway == GATEWAY_PROJECTX:
             lines.append(f"gateway      ProjectX {env.get('PROJECTX_API_URL', 'https://api.topstepx.com')} (credentials from the environment)")
         else:
             if _port_in_use("127.0.0.1", args.simulator_port):

@@ -7,6 +7,7 @@ Secrets are held as `Secret` so that printing the settings never shows them.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -20,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .domain.timeframes import DomainError, Timeframe, parse_timeframe, validate_contract_id
 
 ENV_SETTINGS = "PROJECTX_SETTINGS"
+ENV_GATEWAY = "PROJECTX_GATEWAY"
+GATEWAY_SIMULATOR = "simulator"  # the local simulator (`projectx simulate`)
+GATEWAY_PROJECTX = "projectx"    # the real ProjectX gateway, with PROJECTX_USERNAME and PROJECTX_API_KEY
+GATEWAYS = (GATEWAY_SIMULATOR, GATEWAY_PROJECTX)
+_CREDENTIALS = ("PROJECTX_USERNAME", "PROJECTX_API_KEY")
+
+log = logging.getLogger("projectx.gateway")
 
 
 class SettingsError(ValueError):
@@ -186,6 +194,7 @@ class Settings:
     projectx_username: str | None
     projectx_api_key: Secret | None
     shard: str | None
+    gateway: str  # GATEWAY_SIMULATOR or GATEWAY_PROJECTX, decided by choose_gateway
 
     # convenient views -------------------------------------------------------
     @property
@@ -256,6 +265,29 @@ def _url(environ: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str
     return value
 
 
+def choose_gateway(environ: Mapping[str, str]) -> str:
+    """Which gateway the platform talks to: the one place this is decided.
+
+    PROJECTX_GATEWAY when set (`projectx` then needs both credentials). Unset: `projectx` when
+    PROJECTX_USERNAME and PROJECTX_API_KEY are both set, else `simulator`."""
+    present = [name for name in _CREDENTIALS if _env(environ, name)]
+    missing = [name for name in _CREDENTIALS if name not in present]
+    choice = _env(environ, ENV_GATEWAY)
+    if choice is not None:
+        if choice not in GATEWAYS:
+            raise SettingsError(f"{ENV_GATEWAY} = {choice!r}: expected one of {list(GATEWAYS)}")
+        if choice == GATEWAY_PROJECTX and missing:
+            raise SettingsError(f"{ENV_GATEWAY} = {choice!r}: {' and '.join(missing)} not set: expected the gateway credentials in the environment")
+        return choice
+    if not missing:
+        return GATEWAY_PROJECTX
+    if present:
+        # Half a set of credentials is almost certainly a mistake: say so rather than
+        # silently talking to the simulator.
+        log.warning("event=config_incomplete_credentials missing=%s using=%s", missing[0], GATEWAY_SIMULATOR)
+    return GATEWAY_SIMULATOR
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     file_settings, source = load_file_settings(_env(environ, ENV_SETTINGS))
@@ -275,4 +307,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         projectx_username=_env(environ, "PROJECTX_USERNAME"),
         projectx_api_key=Secret(api_key) if api_key else None,
         shard=shard,
+        gateway=choose_gateway(environ),
     )

@@ -9,10 +9,11 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
-from projectx_pipeline.orchestration.assets import historical_bars, settings
-from projectx_pipeline.orchestration.checks import bar_checks
-from projectx_pipeline.orchestration.partitions import partition_key
-from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+from projectx_pipeline.orchestration.checks import build_bar_checks
+from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
+from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
+from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
 from .support.market import MES
@@ -21,6 +22,10 @@ from .support.simulator import finished_simulator
 CLEAN_DAY = date(2025, 3, 18)   # no hole in the sample
 HOLE_DAY = date(2025, 3, 21)    # the sample misses the 5m bar of 2025-03-20 22:40 UTC
 TF5 = parse_timeframe("5m")
+settings = load_settings()
+_partitions = build_partitions(settings)
+historical_bars = build_bar_assets(settings, _partitions).historical_bars
+bar_checks = build_bar_checks(settings, historical_bars, _partitions)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def simulator():
 @pytest.fixture
 def resources(simulator, db_url):
     return {
-        "gateway": GatewayResource(api_url=simulator.api_url, rtc_url=simulator.rtc_url, rate_limits=False),
+        "gateway": SimulatorGatewayResource(api_url=simulator.api_url, rtc_url=simulator.rtc_url, rate_limits=False),
         "storage": StorageResource(database_url=db_url),
     }
 

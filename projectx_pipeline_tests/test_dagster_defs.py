@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -17,28 +20,40 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    EnvVar,
     SensorResult,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
 )
 
-from projectx_pipeline.definitions import defs
+from projectx_pipeline.definitions import build_definitions, defs
 from projectx_pipeline.domain.market import read_bars_csv
-from projectx_pipeline.orchestration.resources import StorageResource
-from projectx_pipeline.orchestration.schedules import after_session_close
-from projectx_pipeline.orchestration.sensors import new_bars_sensor, send_alert
+from projectx_pipeline.orchestration.resources import (
+    ProjectXGatewayResource,
+    SimulatorGatewayResource,
+    StorageResource,
+)
+from projectx_pipeline.orchestration.sensors import send_alert
+from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import upsert_bars
 
 from .support.market import MES
+from .support.paths import REPO
 
 
-def test_definitions_load():
-    Definitions.validate_loadable(defs)
+@pytest.fixture(scope="module")
+def loaded() -> Definitions:
+    """The Definitions as Dagster loads them (the `@definitions` function, default settings)."""
+    return defs()
 
 
-def test_lineage_from_bars_to_coordinated_signals():
-    graph = defs.resolve_asset_graph()
+def test_definitions_load(loaded):
+    Definitions.validate_loadable(loaded)
+
+
+def test_lineage_from_bars_to_coordinated_signals(loaded):
+    graph = loaded.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"ohlc_bars", "historical_bars", "trend_starts_5m", "trend_starts_15m", "trend_starts_1h",
             "trend_starts_4h", "coordinated_signals"} <= keys
@@ -52,16 +67,139 @@ def test_lineage_from_bars_to_coordinated_signals():
     assert graph.get(AssetKey("ohlc_bars")).is_external
 
 
-def test_automation_starts_running():
-    assert defs.resolve_schedule_def("after_session_close").default_status == DefaultScheduleStatus.RUNNING
+MNQ = "CON.F.US.MNQ.M25"
+CUSTOM_SETTINGS = f"""
+contracts: [{{id: {MES}}}, {{id: {MNQ}, tick_size: 0.25}}]
+timeframes: [1m, 5m, 30m]
+dagster: {{partitions_start: 2025-06-02, sensor_interval_seconds: 7}}
+analysis: {{analyzers: [{{id: cus_cds_trend_finder, timeframes: [30m, 5m]}}]}}
+coordination:
+  rules:
+    - {{name: long_30m_5m, label: long, anchor: {{timeframe: 30m, type: uptrend}}, trigger: {{timeframe: 5m, type: uptrend}}, within_minutes: 30}}
+"""
+
+
+def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(CUSTOM_SETTINGS)
+    built = build_definitions(load_settings({"PROJECTX_SETTINGS": str(path)}))
+    Definitions.validate_loadable(built)
+    graph = built.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"ohlc_bars", "historical_bars", "trend_starts_5m", "trend_starts_30m", "coordinated_signals"}
+    parents = {p.to_user_string() for p in graph.get(AssetKey("coordinated_signals")).parent_keys}
+    assert parents == {"trend_starts_5m", "trend_starts_30m"}
+    assert built.resolve_assets_def("coordinated_signals").metadata_by_key[AssetKey("coordinated_signals")]["rules"].value == ["long_30m_5m"]
+    # both bar assets and the checks share the partitions of these settings
+    for key in ("ohlc_bars", "historical_bars"):
+        partitions = graph.get(AssetKey(key)).partitions_def
+        contract_dim, trade_date_dim = partitions.partitions_defs  # dimensions sorted by name
+        assert contract_dim.partitions_def.get_partition_keys() == [MES, MNQ]
+        assert trade_date_dim.partitions_def.start.date().isoformat() == "2025-06-02"
+    assert {c.name for c in graph.asset_check_keys} == {"bars_valid", "bars_gaps", "bars_reconciled"}
+    job = built.resolve_job_def("analysis_job")
+    assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_30m", "coordinated_signals"}
+    assert built.resolve_sensor_def("new_bars_sensor").minimum_interval_seconds == 7
+    ny = ZoneInfo("America/New_York")
+    context = build_schedule_context(scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny))
+    requests = list(built.resolve_schedule_def("after_session_close")(context))
+    assert [r.run_key for r in requests] == [f"2025-06-03:{MES}", f"2025-06-03:{MNQ}"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "resource_type"),
+    [
+        ({}, SimulatorGatewayResource),
+        ({"PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, ProjectXGatewayResource),
+        ({"PROJECTX_GATEWAY": "simulator", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, SimulatorGatewayResource),
+        ({"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value",
+          "PROJECTX_API_URL": "https://api.example.test"}, ProjectXGatewayResource),
+    ],
+)
+def test_gateway_resource_is_the_one_the_settings_chose(environ, resource_type):
+    gateway = build_definitions(load_settings(environ)).resources["gateway"]
+    assert type(gateway) is resource_type
+    if resource_type is ProjectXGatewayResource:
+        # secrets (and endpoints) stay environment variables, resolved at run time, never values in the UI
+        assert isinstance(gateway.username, EnvVar) and isinstance(gateway.api_key, EnvVar)
+        assert gateway.api_key.env_var_name == "PROJECTX_API_KEY"
+        if "PROJECTX_API_URL" in environ:
+            assert isinstance(gateway.api_url, EnvVar)
+        else:
+            assert gateway.api_url is None  # the implementation's default host
+        assert "k3y-value" not in repr(gateway)
+    else:
+        assert gateway.gateway_config().use_simulator
+
+
+def test_each_gateway_resource_defaults_to_its_own_hosts():
+    real = ProjectXGatewayResource(username="trader", api_key="k3y-value").gateway_config()
+    assert (real.api_url, real.rtc_url, real.username, real.use_simulator) == (
+        "https://api.topstepx.com", "https://rtc.topstepx.com", "trader", False)
+    sim = SimulatorGatewayResource(api_url="http://127.0.0.1:9000").gateway_config()
+    assert (sim.api_url, sim.rtc_url, sim.username, sim.api_key, sim.use_simulator) == (
+        "http://127.0.0.1:9000", "http://127.0.0.1:5080", "simulator", "simulator", True)
+
+
+# Run in a fresh interpreter: load_settings and Dagster's asset and partition builders are made to
+# raise, then every orchestration module and the entry point are imported.
+IMPORT_PROBE = """
+import importlib, pkgutil
+import dagster
+import projectx_pipeline.settings as settings
+import projectx_pipeline.orchestration as orchestration
+
+def refuse(name):
+    def refused(*args, **kwargs):
+        raise AssertionError(name + " called at import")
+    return refused
+
+settings.load_settings = refuse("load_settings")
+for name in ("asset", "multi_asset", "asset_check", "AssetSpec", "DailyPartitionsDefinition",
+             "StaticPartitionsDefinition", "MultiPartitionsDefinition", "define_asset_job"):
+    setattr(dagster, name, refuse(name))
+modules = [m.name for m in pkgutil.iter_modules(orchestration.__path__, orchestration.__name__ + ".")]
+for name in modules + ["projectx_pipeline.definitions"]:
+    importlib.import_module(name)
+print(len(modules))
+"""
+
+
+def test_importing_the_orchestration_modules_reads_no_settings_and_builds_nothing():
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) >= 7  # every module was imported
+
+
+def test_automation_starts_running(loaded):
+    assert loaded.resolve_schedule_def("after_session_close").default_status == DefaultScheduleStatus.RUNNING
     for name in ("new_bars_sensor", "run_failure_alert"):
-        assert defs.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
+        assert loaded.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
 
 
-def test_after_close_schedule_backfills_the_trade_date_that_closed():
+def test_instance_config_queues_runs_and_keeps_gateway_history_one_at_a_time(loaded, db_server, tmp_path, monkeypatch):
+    """The repository's dagster.yaml on a real instance: the default (queued) run coordinator, the
+    gateway-history tag and pool limited to one, and the platform's loggers in the run logs."""
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", db_server.create_database("dagster", migrated=False))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        concurrency = instance.get_concurrency_config()
+        tag_limits = concurrency.run_queue_config.tag_concurrency_limits
+        assert {"key": "projectx/gateway", "limit": 1} in tag_limits
+        assert loaded.resolve_job_def("backfill_job").tags["projectx/gateway"] == "history"
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.pool_config.pool_granularity.value == "op"
+        assert loaded.resolve_assets_def("historical_bars").op.pool == "projectx_gateway"
+        assert instance.managed_python_loggers == ["projectx"] and instance.python_log_level == "INFO"
+
+
+def test_after_close_schedule_backfills_the_trade_date_that_closed(loaded):
     ny = ZoneInfo("America/New_York")
     context = build_schedule_context(scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny))
-    requests = list(after_session_close(context))
+    requests = list(loaded.resolve_schedule_def("after_session_close")(context))
     assert [(r.partition_key, r.run_key) for r in requests] == [(f"{MES}|2025-03-18", f"2025-03-18:{MES}")]
 
 
@@ -70,20 +208,26 @@ def bars_5m(sample_dir):
     return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
 
 
-def _evaluate(db_url, cursor=None):
-    # the storage resource sets up a pool (a generator resource): use the context manager form
-    with build_sensor_context(
-        instance=DagsterInstance.ephemeral(), cursor=cursor, resources={"storage": StorageResource(database_url=db_url)}
-    ) as context:
-        return new_bars_sensor(context), context
+@pytest.fixture
+def evaluate(loaded, db_url):
+    sensor = loaded.resolve_sensor_def("new_bars_sensor")
+
+    def evaluate(cursor=None):
+        # the storage resource sets up a pool (a generator resource): use the context manager form
+        with build_sensor_context(
+            instance=DagsterInstance.ephemeral(), cursor=cursor, resources={"storage": StorageResource(database_url=db_url)}
+        ) as context:
+            return sensor(context), context
+
+    return evaluate
 
 
-def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(db_url, conn, bars_5m):
-    result, ctx = _evaluate(db_url)
+def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(evaluate, conn, bars_5m):
+    result, ctx = evaluate()
     assert isinstance(result, SkipReason)  # nothing stored yet
 
     upsert_bars(conn, bars_5m.iloc[:30], mode="keep", source="live")  # 2025-03-16 22:00 .. 2025-03-17 00:25
-    result, ctx = _evaluate(db_url, ctx.cursor)
+    result, ctx = evaluate(ctx.cursor)
     assert isinstance(result, SensorResult)
     [run] = result.run_requests
     assert run.run_key == f"{MES}:5m@2025-03-17T00:25:00+00:00"
@@ -95,19 +239,19 @@ def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(db_
     assert event.metadata["last_bar_time"].value == "2025-03-17T00:25:00+00:00"
 
     # the same bars seen again (the sensor re-reads a little behind its cursor): nothing runs twice
-    result2, ctx2 = _evaluate(db_url, ctx.cursor)
+    result2, ctx2 = evaluate(ctx.cursor)
     assert isinstance(result2, SkipReason)
 
     # a newer bar: a new run with a new key
     upsert_bars(conn, bars_5m.iloc[30:31], mode="keep", source="live")
-    result3, _ = _evaluate(db_url, ctx2.cursor)
+    result3, _ = evaluate(ctx2.cursor)
     assert [r.run_key for r in result3.run_requests] == [f"{MES}:5m@2025-03-17T00:30:00+00:00"]
 
 
-def test_bars_of_timeframes_not_analysed_report_but_launch_nothing(db_url, conn, bars_5m):
+def test_bars_of_timeframes_not_analysed_report_but_launch_nothing(evaluate, conn, bars_5m):
     one_minute = bars_5m.iloc[:5].assign(timeframe_value=1, timestamp=lambda d: d.timestamp - (d.timestamp - d.timestamp.iloc[0]) / 5)
     upsert_bars(conn, one_minute, mode="keep", source="live")
-    result, _ = _evaluate(db_url)
+    result, _ = evaluate()
     assert result.run_requests == []
     assert len(result.asset_events) == 1
 

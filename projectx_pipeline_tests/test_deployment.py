@@ -68,6 +68,7 @@ NEEDS: dict[str, set[str]] = {
     "PROJECTX_SHARD": {"ingest"},
     # Dagster runs, schedules and sensors execute in dagster-code (DefaultRunLauncher via the code
     # server), so backfills need the gateway there as well as in ingest.
+    "PROJECTX_GATEWAY": {"ingest", "dagster-code"},
     "PROJECTX_API_URL": {"ingest", "dagster-code"},
     "PROJECTX_RTC_URL": {"ingest", "dagster-code"},
     "PROJECTX_USERNAME": {"ingest", "dagster-code"},
@@ -78,7 +79,7 @@ NEEDS: dict[str, set[str]] = {
     "PROJECTX_ALERT_WEBHOOK_URL": {"dagster-code"},
 }
 # May be empty in a service (optional for the code, or empty in profile `sim`).
-OPTIONAL_ENV = {"PROJECTX_SHARD", "PROJECTX_USERNAME", "PROJECTX_API_KEY", "PROJECTX_ALERT_WEBHOOK_URL"}
+OPTIONAL_ENV = {"PROJECTX_SHARD", "PROJECTX_GATEWAY", "PROJECTX_USERNAME", "PROJECTX_API_KEY", "PROJECTX_ALERT_WEBHOOK_URL"}
 # Read by the code for tests / local development only; no container needs them.
 DEV_ONLY_ENV = {
     "PROJECTX_TEST_DATABASE_URL": "the test suite's throw-away database",

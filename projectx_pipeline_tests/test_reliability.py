@@ -355,9 +355,13 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
     partition (as Dagster's historical_bars asset) completes exactly."""
     from dagster import DagsterInstance, materialize
 
-    from projectx_pipeline.orchestration.assets import historical_bars
-    from projectx_pipeline.orchestration.partitions import partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+    from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
+    from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
+    from projectx_pipeline.settings import load_settings
+
+    settings = load_settings()
+    historical_bars = build_bar_assets(settings, build_partitions(settings)).historical_bars
 
     day = date(2025, 4, 2)
     start, end = trade_date_session(day)
@@ -389,7 +393,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
         assert all(done[tf] == 0 for tf in TIMEFRAMES[2:])  # nothing of the batch in flight
         result = materialize(
             [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-            resources={"gateway": GatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+            resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                        "storage": StorageResource(database_url=outage.url)},
         )
         assert result.success
@@ -552,9 +556,13 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
     none revised, the table exact."""
     from dagster import DagsterInstance, materialize
 
-    from projectx_pipeline.orchestration.assets import historical_bars
-    from projectx_pipeline.orchestration.partitions import partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+    from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
+    from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, StorageResource
+    from projectx_pipeline.settings import load_settings
+
+    settings = load_settings()
+    historical_bars = build_bar_assets(settings, build_partitions(settings)).historical_bars
 
     compared_total = 0
     # 1. Dagster, twice at once
@@ -566,7 +574,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
         try:
             results.append(materialize(
                 [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-                resources={"gateway": GatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+                resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                            "storage": StorageResource(database_url=db_url)},
             ))
         except Exception as exc:  # noqa: BLE001 — reported below

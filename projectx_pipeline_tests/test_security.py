@@ -924,10 +924,16 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     from dagster import DagsterInstance, EnvVar, materialize
     from dagster._serdes import serialize_value
 
-    from projectx_pipeline.orchestration.assets import historical_bars
-    from projectx_pipeline.orchestration.checks import bar_checks
-    from projectx_pipeline.orchestration.partitions import partition_key
-    from projectx_pipeline.orchestration.resources import GatewayResource, StorageResource
+    from projectx_pipeline.orchestration.bar_assets import build_bar_assets
+    from projectx_pipeline.orchestration.checks import build_bar_checks
+    from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
+    from projectx_pipeline.orchestration.resources import ProjectXGatewayResource, StorageResource
+    from projectx_pipeline.settings import load_settings
+
+    platform_settings = load_settings()
+    partitions = build_partitions(platform_settings)
+    historical_bars = build_bar_assets(platform_settings, partitions).historical_bars
+    bar_checks = build_bar_checks(platform_settings, historical_bars, partitions)
 
     sim = SimulatorServer(speed="max", rate_limits=False, username=USER, api_key=SECRET).start()
     db_password = re.search(r"://[^:/@]+:([^@]+)@", db_url)
@@ -941,14 +947,14 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
             if form == "env_var":
                 monkeypatch.setenv("PROJECTX_API_KEY", api_key)
                 return {
-                    "gateway": GatewayResource(api_url=EnvVar("PROJECTX_API_URL"), rtc_url=EnvVar("PROJECTX_RTC_URL"),
-                                               username=EnvVar("PROJECTX_USERNAME"), api_key=EnvVar("PROJECTX_API_KEY"),
-                                               rate_limits=False, max_retries=1),
+                    "gateway": ProjectXGatewayResource(api_url=EnvVar("PROJECTX_API_URL"), rtc_url=EnvVar("PROJECTX_RTC_URL"),
+                                                       username=EnvVar("PROJECTX_USERNAME"), api_key=EnvVar("PROJECTX_API_KEY"),
+                                                       rate_limits=False, max_retries=1),
                     "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
                 }
             return {
-                "gateway": GatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key,
-                                           rate_limits=False, max_retries=1),
+                "gateway": ProjectXGatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key,
+                                                   rate_limits=False, max_retries=1),
                 "storage": StorageResource(database_url=db_url),
             }
 

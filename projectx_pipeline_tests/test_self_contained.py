@@ -156,7 +156,7 @@ def test_an_unprivileged_user_runs_everything_over_a_read_only_install(read_only
     # 1. the code location loads (numba compiles its kernel at import), and the package is the install's
     probe = ("import projectx_pipeline, projectx_pipeline.definitions as d, projectx_pipeline.sample_data as s;"
              "print(projectx_pipeline.__file__); print(s.sample_path('5m').is_file());"
-             "print(len(d.defs.resolve_asset_graph().get_all_asset_keys()))")
+             "print(len(d.defs().resolve_asset_graph().get_all_asset_keys()))")
     proc = subprocess.run([python, "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=240, **as_user)
     assert proc.returncode == 0, proc.stderr[-3000:]
     module_file, sample_ok, _ = proc.stdout.splitlines()[-3:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from projectx_pipeline.domain.timeframes import parse_timeframe
-from projectx_pipeline.settings import SettingsError, check_shards, load_settings
+from projectx_pipeline.settings import SettingsError, check_shards, choose_gateway, load_settings
 
 PROJECTX = [sys.executable, "-m", "projectx_pipeline"]
 
@@ -69,6 +69,68 @@ def test_bad_environment_values():
     with pytest.raises(SettingsError) as exc:
         load_settings({"DATABASE_URL": "mysql://user:hunter2@h/db"})
     assert "hunter2" not in str(exc.value)
+
+
+CREDENTIALS = {"PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "gateway"),
+    [
+        ({"PROJECTX_GATEWAY": "simulator"}, "simulator"),
+        ({"PROJECTX_GATEWAY": "simulator", **CREDENTIALS}, "simulator"),  # explicit beats credentials
+        ({"PROJECTX_GATEWAY": "projectx", **CREDENTIALS}, "projectx"),
+        ({"PROJECTX_GATEWAY": " projectx ", **CREDENTIALS}, "projectx"),
+        ({}, "simulator"),  # unset: today's rule, credentials decide
+        ({"PROJECTX_GATEWAY": "", **CREDENTIALS}, "projectx"),
+        (CREDENTIALS, "projectx"),
+    ],
+)
+def test_gateway_choice(environ, gateway, caplog):
+    with caplog.at_level("WARNING", logger="projectx.gateway"):
+        assert load_settings(environ).gateway == gateway
+        assert choose_gateway(environ) == gateway
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("present", ["PROJECTX_USERNAME", "PROJECTX_API_KEY"])
+def test_half_a_set_of_credentials_warns_and_uses_the_simulator(present, caplog):
+    missing = ({"PROJECTX_USERNAME", "PROJECTX_API_KEY"} - {present}).pop()
+    with caplog.at_level("WARNING", logger="projectx.gateway"):
+        assert load_settings({present: CREDENTIALS[present]}).gateway == "simulator"
+    [record] = caplog.records
+    assert record.getMessage() == f"event=config_incomplete_credentials missing={missing} using=simulator"
+
+
+def test_bad_gateway_choice_names_the_value_and_the_allowed_ones():
+    with pytest.raises(SettingsError) as exc:
+        load_settings({"PROJECTX_GATEWAY": "real", **CREDENTIALS})
+    assert str(exc.value) == "PROJECTX_GATEWAY = 'real': expected one of ['simulator', 'projectx']"
+
+
+@pytest.mark.parametrize(
+    ("environ", "missing"),
+    [
+        ({}, "PROJECTX_USERNAME and PROJECTX_API_KEY"),
+        ({"PROJECTX_USERNAME": "trader"}, "PROJECTX_API_KEY"),
+        ({"PROJECTX_API_KEY": "k3y-value", "PROJECTX_USERNAME": "  "}, "PROJECTX_USERNAME"),
+    ],
+)
+def test_projectx_gateway_without_credentials_is_one_line_naming_what_is_missing(environ, missing):
+    with pytest.raises(SettingsError) as exc:
+        load_settings({"PROJECTX_GATEWAY": "projectx", **environ})
+    message = str(exc.value)
+    assert message.startswith(f"PROJECTX_GATEWAY = 'projectx': {missing} not set") and "\n" not in message
+    assert "k3y-value" not in message
+
+
+def test_daemon_stops_at_start_when_the_gateway_choice_is_bad(tmp_path):
+    proc = _cli(["ingest"], {"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_HOME": str(tmp_path)},
+                cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "PROJECTX_GATEWAY = 'projectx': PROJECTX_API_KEY not set" in lines[0], proc.stderr
+    assert not (tmp_path / ".projectx").exists()  # no partial work
 
 
 def test_shards_cover_every_contract_exactly_once():

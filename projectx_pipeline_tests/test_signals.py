@@ -391,22 +391,20 @@ def _metadata(result, node: str) -> dict:
 def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, samples):
     from dagster import DagsterInstance, materialize
 
+    from projectx_pipeline.orchestration.analysis_assets import analyzed_timeframes, build_analysis_assets
     from projectx_pipeline.orchestration.resources import StorageResource
-    from projectx_pipeline.orchestration.signals import (
-        analysis_run_config,
-        analyzed_timeframes,
-        coordinated_signals,
-        signal_assets,
-    )
+    from projectx_pipeline.settings import load_settings
 
-    assert analyzed_timeframes() == [TF5, TF15, TF1H, TF4H]
-    assert [a.key.path[-1] for a in signal_assets] == ["trend_starts_5m", "trend_starts_15m", "trend_starts_1h", "trend_starts_4h"]
+    settings = load_settings()
+    analysis = build_analysis_assets(settings)
+    assert analyzed_timeframes(settings) == [TF5, TF15, TF1H, TF4H]
+    assert [a.key.path[-1] for a in analysis.trend_starts] == ["trend_starts_5m", "trend_starts_15m", "trend_starts_1h", "trend_starts_4h"]
     for tf in (TF5, TF15, TF1H, TF4H):
         _load(conn, samples[tf])
     resources = {"storage": StorageResource(database_url=db_url)}
     with DagsterInstance.ephemeral() as instance:
-        result = materialize([*signal_assets, coordinated_signals], resources=resources, instance=instance,
-                             run_config=analysis_run_config([MES]))
+        result = materialize(analysis.assets, resources=resources, instance=instance,
+                             run_config=analysis.run_config([MES]))
         assert result.success
         for tf in (TF5, TF15, TF1H, TF4H):
             md = _metadata(result, f"trend_starts_{tf.label}")
@@ -425,8 +423,8 @@ def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, sampl
         assert _coordinated_keys(conn) == _full_coordination_keys(conn)
         _assert_no_look_ahead(conn)
 
-        again = materialize([*signal_assets, coordinated_signals], resources=resources, instance=instance,
-                            run_config=analysis_run_config([]))  # empty: every configured contract
+        again = materialize(analysis.assets, resources=resources, instance=instance,
+                            run_config=analysis.run_config([]))  # empty: every configured contract
         assert again.success
         md = _metadata(again, "trend_starts_1h")
         assert (md["bars_processed"], md["new_signals"]) == (0, 0)
@@ -439,8 +437,9 @@ def test_definitions_load(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://user@localhost/projectx")
     from projectx_pipeline.definitions import defs
 
-    Definitions.validate_loadable(defs)
-    job = defs.resolve_job_def("analysis_job")
+    loaded = defs()
+    Definitions.validate_loadable(loaded)
+    job = loaded.resolve_job_def("analysis_job")
     assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_15m", "trend_starts_1h",
                                            "trend_starts_4h", "coordinated_signals"}
 
@@ -449,11 +448,13 @@ def test_analysis_job_runs_with_the_sensors_run_config(db_url, conn, samples, mo
     """The job as the new-bar sensor launches it: the definitions' resources, run config for one contract."""
     monkeypatch.setenv("DATABASE_URL", db_url)
     from projectx_pipeline.definitions import defs
-    from projectx_pipeline.orchestration.signals import analysis_run_config
+    from projectx_pipeline.orchestration.analysis_assets import build_analysis_assets
+    from projectx_pipeline.settings import load_settings
 
     _load(conn, samples[TF1H].iloc[:400])
     _load(conn, samples[TF4H])
-    job = defs.resolve_job_def("analysis_job")
+    job = defs().resolve_job_def("analysis_job")
+    analysis_run_config = build_analysis_assets(load_settings()).run_config
     result = job.execute_in_process(run_config=analysis_run_config([MES]))
     assert result.success
     assert _metadata(result, "trend_starts_1h")["new_signals"] == len(detect_trend_starts_frame(samples[TF1H].iloc[:400]))

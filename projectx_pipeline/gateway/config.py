@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import GatewayConfigError, kv
-
-log = logging.getLogger("projectx.gateway")
+from ..settings import GATEWAY_SIMULATOR, choose_gateway
+from .errors import GatewayConfigError
 
 REAL_API_URL = "https://api.topstepx.com"
 REAL_RTC_URL = "https://rtc.topstepx.com"
@@ -67,18 +65,14 @@ class GatewayConfig:
         return self.rtc_url + MARKET_HUB_PATH
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "GatewayConfig":
-        """The real gateway when PROJECTX_USERNAME and PROJECTX_API_KEY are both set, else the simulator.
+    def from_env(cls, environ: Mapping[str, str] = os.environ, gateway: str | None = None) -> "GatewayConfig":
+        """Hosts and credentials of `gateway` (`Settings.gateway`; by default decided from
+        `environ` by `settings.choose_gateway`, the one place that choice is made).
 
         PROJECTX_API_URL and PROJECTX_RTC_URL override the hosts in either case."""
         username = environ.get("PROJECTX_USERNAME", "").strip()
         api_key = environ.get("PROJECTX_API_KEY", "").strip()
-        use_simulator = not (username and api_key)
-        if use_simulator and (username or api_key):
-            # Half a set of credentials is almost certainly a mistake: say so rather than
-            # silently talking to the simulator.
-            missing = "PROJECTX_API_KEY" if username else "PROJECTX_USERNAME"
-            log.warning(kv("config_incomplete_credentials", missing=missing, using="simulator"))
+        use_simulator = (gateway or choose_gateway(environ)) == GATEWAY_SIMULATOR
         default_api, default_rtc = (SIMULATOR_URL, SIMULATOR_URL) if use_simulator else (REAL_API_URL, REAL_RTC_URL)
         api_url = validate_url("PROJECTX_API_URL", environ.get("PROJECTX_API_URL") or default_api)
         rtc_url = validate_url("PROJECTX_RTC_URL", environ.get("PROJECTX_RTC_URL") or default_rtc)

@@ -39,7 +39,7 @@ def build_daemon(args: argparse.Namespace):
         except LocalDatabaseError as exc:
             raise UsageError(f"DATABASE_URL is not set and {exc}") from None
     ing = settings.file.ingest
-    gateway_config = GatewayConfig.from_env()
+    gateway_config = GatewayConfig.from_env(gateway=settings.gateway)  # the choice load_settings made
     client = GatewayClient(gateway_config, rate_limits=settings.file.gateway.rate_limits, max_retries=settings.file.gateway.max_retries)
     config = IngestConfig(
         contracts=contracts, timeframes=timeframes, database_url=url, grace_seconds=ing.grace_seconds,

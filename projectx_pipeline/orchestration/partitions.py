@@ -5,29 +5,30 @@ from datetime import date
 
 from dagster import DailyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
-from ..settings import load_settings
+from ..settings import Settings
 
 TRADE_DATE = "trade_date"
 CONTRACT = "contract"
 
-_settings = load_settings()
 
-# Keys are CME trade dates (YYYY-MM-DD). end_offset=1 offers the trade date in progress too, so
-# the 17:30 New York schedule can backfill the session that just closed.
-trade_date_partitions = DailyPartitionsDefinition(
-    start_date=_settings.file.dagster.partitions_start.isoformat(), timezone="America/New_York", end_offset=1
-)
-contract_partitions = StaticPartitionsDefinition([c.id for c in _settings.file.contracts])
-bars_partitions = MultiPartitionsDefinition({TRADE_DATE: trade_date_partitions, CONTRACT: contract_partitions})
+def build_partitions(settings: Settings) -> MultiPartitionsDefinition:
+    """The bars partitions: trade dates from `dagster.partitions_start` × the configured contracts."""
+    # Keys are CME trade dates (YYYY-MM-DD). end_offset=1 offers the trade date in progress too, so
+    # the 17:30 New York schedule can backfill the session that just closed.
+    trade_date_partitions = DailyPartitionsDefinition(
+        start_date=settings.file.dagster.partitions_start.isoformat(), timezone="America/New_York", end_offset=1
+    )
+    contract_partitions = StaticPartitionsDefinition([c.id for c in settings.file.contracts])
+    return MultiPartitionsDefinition({TRADE_DATE: trade_date_partitions, CONTRACT: contract_partitions})
 
 
 def partition_key(trade_date: date | str, contract_id: str) -> MultiPartitionKey:
     return MultiPartitionKey({TRADE_DATE: str(trade_date), CONTRACT: contract_id})
 
 
-def split_partition_key(key) -> tuple[date, str]:
-    """(trade date, contract id) of a bars partition key."""
+def split_partition_key(partitions: MultiPartitionsDefinition, key) -> tuple[date, str]:
+    """(trade date, contract id) of a key of the bars `partitions`."""
     if not isinstance(key, MultiPartitionKey):
-        key = bars_partitions.get_partition_key_from_str(key)
+        key = partitions.get_partition_key_from_str(key)
     keys = key.keys_by_dimension
     return date.fromisoformat(keys[TRADE_DATE]), keys[CONTRACT]

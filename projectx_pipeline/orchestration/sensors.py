@@ -13,6 +13,7 @@ from dagster import (
     MetadataValue,
     RunFailureSensorContext,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -21,10 +22,11 @@ from dagster import (
 )
 
 from ..domain.timeframes import Timeframe, trade_date_of
-from .assets import settings
+from ..settings import Settings
+from ..storage.bar_activity import bars_ingested_since
+from .analysis_assets import AnalysisAssets, analyzed_timeframes
 from .partitions import partition_key
 from .resources import StorageResource
-from .signals import analysis_job, analysis_run_config, analyzed_timeframes
 
 log = logging.getLogger("projectx.dagster")
 
@@ -39,54 +41,54 @@ def _load_cursor(raw: str | None) -> dict:
     return json.loads(raw)
 
 
-@sensor(
-    name="new_bars_sensor",
-    minimum_interval_seconds=settings.file.dagster.sensor_interval_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    job=analysis_job,
-    description="Reports ohlc_bars materializations per trade date × contract as live bars land, "
-    "and launches the trend-start analysis for the contracts and timeframes that got new bars.",
-)
-def new_bars_sensor(context: SensorEvaluationContext, storage: StorageResource):
-    cursor = _load_cursor(context.cursor)
-    since = datetime.fromisoformat(cursor["since"]) - INGESTED_AT_OVERLAP if cursor["since"] else datetime(1970, 1, 1, tzinfo=timezone.utc)
-    with storage.connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            'SELECT contract_id, timeframe_unit, timeframe_value, max("timestamp"), count(*), max(ingested_at)'
-            " FROM ohlc_bars WHERE ingested_at > %s GROUP BY 1, 2, 3",
-            (since,),
-        )
-        rows = cur.fetchall()
-    last: dict[str, str] = cursor["last"]
-    new_by_contract: dict[str, dict[str, datetime]] = {}
-    high_water = cursor["since"]
-    for cid, unit, value, max_ts, count, max_ingested in rows:
-        key = f"{cid}|{unit}|{value}"
-        high_water = max(high_water or max_ingested.isoformat(), max_ingested.isoformat())
-        if last.get(key) and datetime.fromisoformat(last[key]) >= max_ts:
-            continue
-        last[key] = max_ts.isoformat()
-        new_by_contract.setdefault(cid, {})[Timeframe(unit, value).label] = max_ts
-    if not new_by_contract:
+def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> SensorDefinition:
+    """The new-bar sensor: polls every `dagster.sensor_interval_seconds`, launches `analysis.job`."""
+
+    @sensor(
+        name="new_bars_sensor",
+        minimum_interval_seconds=settings.file.dagster.sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        job=analysis.job,
+        description="Reports ohlc_bars materializations per trade date × contract as live bars land, "
+        "and launches the trend-start analysis for the contracts and timeframes that got new bars.",
+    )
+    def new_bars_sensor(context: SensorEvaluationContext, storage: StorageResource):
+        cursor = _load_cursor(context.cursor)
+        since = datetime.fromisoformat(cursor["since"]) - INGESTED_AT_OVERLAP if cursor["since"] else datetime(1970, 1, 1, tzinfo=timezone.utc)
+        with storage.connection() as conn:
+            rows = bars_ingested_since(conn, since)
+        last: dict[str, str] = cursor["last"]
+        new_by_contract: dict[str, dict[str, datetime]] = {}
+        high_water = cursor["since"]
+        for cid, unit, value, max_ts, count, max_ingested in rows:
+            key = f"{cid}|{unit}|{value}"
+            high_water = max(high_water or max_ingested.isoformat(), max_ingested.isoformat())
+            if last.get(key) and datetime.fromisoformat(last[key]) >= max_ts:
+                continue
+            last[key] = max_ts.isoformat()
+            new_by_contract.setdefault(cid, {})[Timeframe(unit, value).label] = max_ts
+        if not new_by_contract:
+            context.update_cursor(json.dumps({"since": high_water, "last": last}))
+            return SkipReason("no new bars")
+        events, run_requests = [], []
+        analyzed = {tf.label for tf in analyzed_timeframes(settings)}
+        for cid, by_tf in new_by_contract.items():
+            newest = max(by_tf.values())
+            events.append(AssetMaterialization(
+                asset_key="ohlc_bars",
+                partition=partition_key(trade_date_of(newest), cid),
+                metadata={"last_bar_time": MetadataValue.text(newest.isoformat()),
+                          "new_bars_by_timeframe": MetadataValue.json({k: v.isoformat() for k, v in sorted(by_tf.items())})},
+            ))
+            affected = sorted(set(by_tf) & analyzed)
+            if affected:
+                run_key = cid + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
+                run_requests.append(RunRequest(run_key=run_key, run_config=analysis.run_config([cid]),
+                                               tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)}))
         context.update_cursor(json.dumps({"since": high_water, "last": last}))
-        return SkipReason("no new bars")
-    events, run_requests = [], []
-    analyzed = {tf.label for tf in analyzed_timeframes()}
-    for cid, by_tf in new_by_contract.items():
-        newest = max(by_tf.values())
-        events.append(AssetMaterialization(
-            asset_key="ohlc_bars",
-            partition=partition_key(trade_date_of(newest), cid),
-            metadata={"last_bar_time": MetadataValue.text(newest.isoformat()),
-                      "new_bars_by_timeframe": MetadataValue.json({k: v.isoformat() for k, v in sorted(by_tf.items())})},
-        ))
-        affected = sorted(set(by_tf) & analyzed)
-        if affected:
-            run_key = cid + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
-            run_requests.append(RunRequest(run_key=run_key, run_config=analysis_run_config([cid]),
-                                           tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)}))
-    context.update_cursor(json.dumps({"since": high_water, "last": last}))
-    return SensorResult(run_requests=run_requests, asset_events=events)
+        return SensorResult(run_requests=run_requests, asset_events=events)
+
+    return new_bars_sensor
 
 
 def send_alert(message: str) -> None:
