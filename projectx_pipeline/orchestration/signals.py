@@ -42,7 +42,8 @@ from dagster import (
 from ..domain.coordination import parse_rules
 from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID
-from ..signals.analysis import AnalysisResult, CoordinationResult, run_coordination, run_trend_analysis
+from ..analysis.coordination_runner import CoordinationResult, run_coordination
+from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
 from .assets import settings
 from .resources import StorageResource
 
