@@ -36,7 +36,7 @@ from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
 from projectx_pipeline.gateway.simulator import market
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
-from projectx_pipeline.storage.bars import read_bars, upsert_bars
+from projectx_pipeline.storage.bars import BarStore, read_bars
 from projectx_pipeline.storage.db import connect
 
 from . import MES, Context, StackSampler, Stats, compare, format_sampler, timed, write_text
@@ -97,6 +97,7 @@ def run(ctx: Context) -> list[Row]:
     client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "bench", "bench", True), rate_limits=False)
     url = ctx.create_database("bench_backfill")
     conn = connect(url)
+    store = BarStore(conn)
     phases: list[dict] = []
 
     def truncate() -> None:
@@ -116,7 +117,7 @@ def run(ctx: Context) -> list[Row]:
         t = {}
         bars, s = timed(lambda: client.retrieve_bars(MES, TF, start, end))
         t["retrieve_bars (simulator + client)"] = s.wall
-        result, s = timed(lambda: upsert_bars(conn, bars, mode="replace", source="history"))
+        result, s = timed(lambda: (store.upsert(bars, mode="replace", source="history"), conn.commit())[0])
         t["upsert_bars(replace)"] = s.wall
         problems, s = timed(lambda: validate_bars(bars, TICK))
         t["validate_bars"] = s.wall

@@ -66,12 +66,19 @@ def one_bar_steps(url: str, frames: list[pd.DataFrame], profile: bool) -> tuple[
     """Where a one-bar `upsert_bars(keep)` spends its time, on a tracing connection (each database
     call timed from the client: round trip + server work; the rest is Python): p50 / p99 over
     the frames, run on the bench's thread after the sampling. Plus the statement's plan."""
-    from projectx_pipeline.storage.bars import upsert_bars
+    from projectx_pipeline.storage.bars import BarStore
 
     from . import explain_call, trace_call, tracing_connection
 
     conn = tracing_connection(url)
-    runs = [trace_call(conn, lambda f=f: upsert_bars(conn, f, mode="keep", source="live")) for f in frames]
+    store = BarStore(conn)
+
+    def upsert_and_commit(bars: pd.DataFrame):  # as the platform's callers write: storage never commits
+        result = store.upsert(bars, mode="keep", source="live")
+        conn.commit()
+        return result
+
+    runs = [trace_call(conn, lambda f=f: upsert_and_commit(f)) for f in frames]
     # calls made only once per session (stage table, PREPARE) are left out of the per-bar figures
     keys = [k for k in sorted({k for r in runs for k in r}, key=lambda k: (k != "total_s", k != "python_s", k))
             if sum(k in r for r in runs) >= 0.5 * len(runs)]
@@ -80,7 +87,7 @@ def one_bar_steps(url: str, frames: list[pd.DataFrame], profile: bool) -> tuple[
     out["database_calls_per_upsert"] = float(np.median([r["database_calls"] for r in runs]))
     later = frames[-1].copy()
     later["timestamp"] = later["timestamp"] + pd.Timedelta(days=1)
-    plan = explain_call(conn, lambda: upsert_bars(conn, later, mode="keep", source="live"))
+    plan = explain_call(conn, lambda: upsert_and_commit(later))
     top = text_report = None
     if profile:
         from . import cprofile_top
@@ -88,7 +95,7 @@ def one_bar_steps(url: str, frames: list[pd.DataFrame], profile: bool) -> tuple[
         with conn.cursor() as cur:
             cur.execute("TRUNCATE ohlc_bars")
         conn.commit()
-        _, top, text_report = cprofile_top(lambda: [upsert_bars(conn, f, mode="keep", source="live") for f in frames])
+        _, top, text_report = cprofile_top(lambda: [upsert_and_commit(f) for f in frames])
     conn.close()
     return out, top, text_report, plan
 

@@ -1,6 +1,6 @@
 """Bar upsert: 100,000 1m bars from a DataFrame into ohlc_bars, keep-existing and replace modes.
 
-* ours: `upsert_bars(conn, df, mode=..., source=...)` as the platform calls it (validation,
+* ours: `BarStore(conn).upsert(df, mode=..., source=...)` + commit, as the platform calls it (validation,
   COPY into a staging table, one INSERT … ON CONFLICT, NOTIFY of the written bars, commit;
   replace mode also records every overwritten bar in bar_revisions);
 * baseline 1: psycopg2 `execute_values` (page_size 1000) with the same ON CONFLICT clause
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import psycopg2.extras
 
-from projectx_pipeline.storage.bars import upsert_bars
+from projectx_pipeline.storage.bars import BarStore
 from projectx_pipeline.storage.db import connect
 
 from . import Context, compare, cprofile_top, explain_call, synthetic_bars, trace_call, tracing_connection, write_text
@@ -133,6 +133,13 @@ def changed_copy(df: pd.DataFrame, fraction: float = 0.10, seed: int = 3) -> tup
     return out, mask
 
 
+def _ours(store: BarStore, df: pd.DataFrame, *, mode: str, source: str):
+    """The platform's write as its callers make it: the upsert, then the caller's commit."""
+    result = store.upsert(df, mode=mode, source=source)
+    store.conn.commit()
+    return result
+
+
 def run(ctx: Context) -> list[Row]:
     n = 10_000 if ctx.quick else 100_000
     repeats = 2 if ctx.quick else 3
@@ -143,6 +150,7 @@ def run(ctx: Context) -> list[Row]:
         cur.execute("SELECT pg_backend_pid()")
         backend = [cur.fetchone()[0]]
     conn.rollback()
+    store = BarStore(conn)
 
     base = synthetic_bars(n)
     changed, mask = changed_copy(base)
@@ -179,7 +187,7 @@ def run(ctx: Context) -> list[Row]:
     for mode in ("keep", "replace"):
         src = SOURCE[mode]
         reset("empty")
-        upsert_bars(conn, check_base, mode=mode, source=src)
+        _ours(store, check_base, mode=mode, source=src)
         assert_table(conn, expected_table(check_base, src), f"ours {mode} (empty table)")
         reset("empty")
         execute_values_upsert(conn, check_base, mode)
@@ -191,7 +199,7 @@ def run(ctx: Context) -> list[Row]:
         copy_binary(conn, check_base, src)
         assert_table(conn, expected_table(check_base, src), f"COPY binary ({src})")
     reset("existing", check_base)
-    r = upsert_bars(conn, check_changed, mode="keep", source="live")
+    r = _ours(store, check_changed, mode="keep", source="live")
     assert (r.inserted, r.revised) == (0, 0), r
     assert_table(conn, expected_table(check_base, "live"), "ours keep (existing)")
     reset("existing", check_base)
@@ -200,7 +208,7 @@ def run(ctx: Context) -> list[Row]:
     exp_replaced = expected_table(check_changed, "history", check_mask.astype(np.int64))
     exp_replaced["source"] = np.where(check_mask, "history", "live")
     reset("existing", check_base)
-    r = upsert_bars(conn, check_changed, mode="replace", source="history")
+    r = _ours(store, check_changed, mode="replace", source="history")
     assert (r.inserted, r.revised) == (0, int(check_mask.sum())), r
     assert_table(conn, exp_replaced, "ours replace (existing)")
     with conn.cursor() as cur:
@@ -214,9 +222,9 @@ def run(ctx: Context) -> list[Row]:
     # ------------------------------------------------------------ timing
     ctx.log(f"upsert: timing, empty table, {repeats} interleaved repeats")
     empty = compare({
-        "ours_keep": lambda: upsert_bars(conn, base, mode="keep", source="live"),
+        "ours_keep": lambda: _ours(store, base, mode="keep", source="live"),
         "ev_keep": lambda: execute_values_upsert(conn, base, "keep"),
-        "ours_replace": lambda: upsert_bars(conn, base, mode="replace", source="history"),
+        "ours_replace": lambda: _ours(store, base, mode="replace", source="history"),
         "ev_replace": lambda: execute_values_upsert(conn, base, "replace"),
         "copy": lambda: copy_binary(conn, base, "history"),
         "copy_text": lambda: copy_rows(conn, base, "history"),
@@ -226,9 +234,9 @@ def run(ctx: Context) -> list[Row]:
         log=ctx.log)
     ctx.log(f"upsert: timing, table holding the bars ({n_changed:,} differ), {repeats} interleaved repeats")
     existing = compare({
-        "ours_keep": lambda: upsert_bars(conn, changed, mode="keep", source="live"),
+        "ours_keep": lambda: _ours(store, changed, mode="keep", source="live"),
         "ev_keep": lambda: execute_values_upsert(conn, changed, "keep"),
-        "ours_replace": lambda: upsert_bars(conn, changed, mode="replace", source="history"),
+        "ours_replace": lambda: _ours(store, changed, mode="replace", source="history"),
         "ev_replace": lambda: execute_values_upsert(conn, changed, "replace"),
     }, repeats, setup=lambda _: reset("existing"), backend_pids={k: backend for k in
                                                                  ("ours_keep", "ev_keep", "ours_replace", "ev_replace")},
@@ -238,14 +246,15 @@ def run(ctx: Context) -> list[Row]:
     # One traced run per mode and state: each database call of upsert_bars timed from the client
     # (round trip + server work), the rest is Python; and the statement's EXPLAIN ANALYZE.
     tconn = tracing_connection(url)
+    tstore = BarStore(tconn)
     phases, plans = {}, []
     for mode in ("keep", "replace"):
         for state, frame in (("empty table", base), ("existing", changed)):
             reset("empty" if state == "empty table" else "existing")
-            phases[f"{mode}, {state}"] = trace_call(tconn, lambda: upsert_bars(tconn, frame, mode=mode, source=SOURCE[mode]))
+            phases[f"{mode}, {state}"] = trace_call(tconn, lambda: _ours(tstore, frame, mode=mode, source=SOURCE[mode]))
             reset("empty" if state == "empty table" else "existing")
             plans.append(f"== EXPLAIN (ANALYZE, BUFFERS) of upsert_bars' statement: {mode}, {state}, {len(frame):,} bars ==\n"
-                         + explain_call(tconn, lambda: upsert_bars(tconn, frame, mode=mode, source=SOURCE[mode])))
+                         + explain_call(tconn, lambda: _ours(tstore, frame, mode=mode, source=SOURCE[mode])))
     for what, fn in (("execute_values keep, empty table", lambda: execute_values_upsert(tconn, base, "keep")),
                      ("COPY binary, empty table", lambda: copy_binary(tconn, base, "history")),
                      ("COPY text (to_csv), empty table", lambda: copy_rows(tconn, base, "history"))):
@@ -264,7 +273,7 @@ def run(ctx: Context) -> list[Row]:
     }
     if ctx.profile:
         reset("empty")
-        _, top, text = cprofile_top(lambda: upsert_bars(conn, base, mode="replace", source="history"))
+        _, top, text = cprofile_top(lambda: _ours(store, base, mode="replace", source="history"))
         details["profile_top_replace_empty"] = top
         write_text(ctx, "profile_upsert.txt", "== cProfile: upsert_bars(replace), empty table ==\n" + text)
     conn.close()

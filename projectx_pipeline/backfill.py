@@ -1,5 +1,6 @@
 """Backfill one CME trade date × contract from the gateway's history (used by the
-`historical_bars` asset and the benchmarks). Idempotent: replace-when-different upserts."""
+`historical_bars` asset and the benchmarks). Idempotent: replace-when-different upserts
+(`history.replace_from_history`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
+import psycopg2.extensions
 
 from .domain.quality import Session, find_gaps
 from .domain.timeframes import Timeframe, trade_date_session
-from .storage.bars import upsert_bars
+from .history import HistorySource, replace_from_history
+from .storage.bars import BarStore
+from .storage.db import transaction
 
 
 @dataclass
@@ -24,17 +28,19 @@ class BackfillResult:
     holes_timeframe: str | None = None
 
 
-def backfill_trade_date(client, conn, contract_id: str, trade_date: date, timeframes: list[Timeframe],
+def backfill_trade_date(client: HistorySource, conn: psycopg2.extensions.connection, contract_id: str, trade_date: date, timeframes: list[Timeframe],
                         sessions: list[Session] | None = None) -> BackfillResult:
     """Fetch every timeframe of the session of `trade_date` and upsert it, one commit per timeframe
     so a retry after a failure redoes only what is left. `sessions` (from the exchange calendar)
-    enables the hole count on the finest intraday timeframe."""
+    enables the hole count on the finest intraday timeframe. Owns the transactions of `conn`: a
+    failure rolls back the timeframe it was writing and raises."""
     session_open, session_close = trade_date_session(trade_date)
     result = BackfillResult()
+    store = BarStore(conn)
     finest: tuple[Timeframe, pd.DataFrame] | None = None
     for tf in timeframes:
-        bars = client.retrieve_bars(contract_id, tf, session_open, session_close)
-        written = upsert_bars(conn, bars, mode="replace", source="history")
+        with transaction(conn):
+            bars, written = replace_from_history(client, store, contract_id, tf, session_open, session_close)
         result.rows[tf.label] = len(bars)
         result.inserted += written.inserted
         result.revised += written.revised

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("projectx_pipeline.gateway.simulator.commands", "run the local ProjectX gateway simulator"),
     "ingest": ("projectx_pipeline.ingest.commands", "run the live ingestion daemon"),
     "status": ("projectx_pipeline.ingest.status", "print the ingestion heartbeats and lag"),
-    "trend-starts": ("projectx_pipeline.signals.commands", "detect trend starts in a CSV of bars"),
+    "trend-starts": ("projectx_pipeline.analysis.commands", "detect trend starts in a CSV of bars"),
     "dev": ("projectx_pipeline.dev", "start the whole platform locally (what `make dev` runs)"),
 }
 

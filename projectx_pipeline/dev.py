@@ -73,7 +73,8 @@ class _Children:
 def run(args: argparse.Namespace) -> int:
     from .logs import register_env_secrets
     from .settings import GATEWAY_PROJECTX, load_settings
-    from .storage.db import connect, redact_url
+    from .storage.db import connect
+    from .storage.urls import redact_url
     from .storage.local_db import LocalDatabaseError, default_cluster
     from .storage.migrate import migrate
 

@@ -15,6 +15,8 @@ import sys
 import threading
 from datetime import datetime, timezone
 
+from .storage.urls import URL_PASSWORD, url_password
+
 _SECRET_ENV = ("PROJECTX_API_KEY", "DATABASE_URL", "DAGSTER_PG_URL")
 # Token-shaped secrets, wherever they appear (a hub URL, an Authorization header, a JWT).
 _TOKEN_PATTERNS = [
@@ -25,7 +27,7 @@ _TOKEN_PATTERNS = [
     (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*"), "***"),
 ]
 _PATTERNS = _TOKEN_PATTERNS + [
-    (re.compile(r"(://[^:/@\s]+):[^@\s]+@"), r"\1:***@"),
+    (URL_PASSWORD, r"\1:***@"),
     (re.compile(r"(\"?(?:apiKey|api_key|token|newToken|password)\"?\s*[:=]\s*\"?)[^\"\s,}&]+"), r"\1***"),
 ]
 _secrets: set[str] = set()
@@ -43,11 +45,9 @@ def register_env_secrets(environ=os.environ) -> None:
     for name in _SECRET_ENV:
         value = environ.get(name)
         register_secret(value)
-        if value and "://" in value and "@" in value:
+        if value:
             # a database URL's password on its own, too
-            m = re.search(r"://[^:/@]+:([^@]+)@", value)
-            if m:
-                register_secret(m.group(1))
+            register_secret(url_password(value))
 
 
 def redact_tokens(text: object) -> str:

@@ -260,7 +260,9 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
 def _url(environ: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     value = _env(environ, name)
     if value is not None and not value.startswith(tuple(s + "://" for s in schemes)):
-        shown = value.split("@")[-1] if "@" in value else value  # never echo a password
+        from .storage.urls import redact_url
+
+        shown = redact_url(value)  # never echo a password
         raise SettingsError(f"{name} = {shown!r}: expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
     return value
 

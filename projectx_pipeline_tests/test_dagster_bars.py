@@ -103,6 +103,7 @@ def test_validity_check_names_an_off_tick_bar(resources, conn):
         "low": 5699.0, "close": 5700.0, "volume": 10, "timeframe_unit": 2, "timeframe_value": 5,
     }])
     upsert_bars(conn, bad, mode="keep", source="live")
+    conn.commit()  # storage never commits: the caller does
     result = _run(HOLE_DAY, resources)
     checks = _checks(result)
     valid = checks["bars_valid"]
@@ -120,6 +121,7 @@ def test_reconciliation_names_live_bars_that_differ_from_history(simulator, reso
     live = history[(history.timestamp >= start) & (history.timestamp < end)].head(3).copy()
     live.loc[live.index[1], "volume"] += 5  # the daemon missed/added a trade
     upsert_bars(conn, live, mode="keep", source="live")
+    conn.commit()  # storage never commits: the caller does
     result = _run(CLEAN_DAY, resources)
     rec = _checks(result)["bars_reconciled"]
     assert not rec.passed

@@ -227,6 +227,7 @@ def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(eva
     assert isinstance(result, SkipReason)  # nothing stored yet
 
     upsert_bars(conn, bars_5m.iloc[:30], mode="keep", source="live")  # 2025-03-16 22:00 .. 2025-03-17 00:25
+    conn.commit()  # storage never commits: the caller does
     result, ctx = evaluate(ctx.cursor)
     assert isinstance(result, SensorResult)
     [run] = result.run_requests
@@ -244,6 +245,7 @@ def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(eva
 
     # a newer bar: a new run with a new key
     upsert_bars(conn, bars_5m.iloc[30:31], mode="keep", source="live")
+    conn.commit()  # storage never commits: the caller does
     result3, _ = evaluate(ctx2.cursor)
     assert [r.run_key for r in result3.run_requests] == [f"{MES}:5m@2025-03-17T00:30:00+00:00"]
 
@@ -251,6 +253,7 @@ def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(eva
 def test_bars_of_timeframes_not_analysed_report_but_launch_nothing(evaluate, conn, bars_5m):
     one_minute = bars_5m.iloc[:5].assign(timeframe_value=1, timestamp=lambda d: d.timestamp - (d.timestamp - d.timestamp.iloc[0]) / 5)
     upsert_bars(conn, one_minute, mode="keep", source="live")
+    conn.commit()  # storage never commits: the caller does
     result, _ = evaluate()
     assert result.run_requests == []
     assert len(result.asset_events) == 1

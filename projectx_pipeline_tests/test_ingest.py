@@ -759,7 +759,8 @@ def test_a_connection_lost_while_announcing_ticks_never_kills_the_writer(db_url)
     heartbeat due: the writer counts the error, reconnects and goes on (it once went on to the
     heartbeat with no connection, and its thread died with an AttributeError, silently)."""
     from projectx_pipeline.ingest.counters import Counters
-    from projectx_pipeline.ingest.writer import StoreWriter, TradeBatch
+    from projectx_pipeline.ingest.writer import StoreWriter
+    from projectx_pipeline.storage.trades import TradeBatch
 
     writer = StoreWriter(db_url, [MES], {MES: Counters()}, instance_id="tick-loss-test", outage_buffer_bars=10_000,
                          trade_flush_seconds=3600.0, trade_batch_size=1_000_000, heartbeat_seconds=0.0,

@@ -426,6 +426,7 @@ def test_statement_timeout_is_a_clear_error_and_nothing_is_half_written(db_serve
     first_half = history.iloc[:25_000]
     conn = connect(db_url)
     upsert_bars(conn, first_half, mode="keep", source="history")
+    conn.commit()  # storage never commits: the caller does
     conn.close()
     admin = _admin(db_server)
     try:
@@ -439,6 +440,7 @@ def test_statement_timeout_is_a_clear_error_and_nothing_is_half_written(db_serve
             with pytest.raises(psycopg2.errors.QueryCanceled, match="canceling statement due to statement timeout"):
                 upsert_bars(conn, changed, mode="replace", source="history")
             assert time.monotonic() - started < 30
+            conn.rollback()  # the caller ends the failed transaction
             assert conn.closed == 0  # rolled back, still usable
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*), coalesce(sum(revisions), 0) FROM ohlc_bars")
@@ -456,6 +458,7 @@ def test_statement_timeout_is_a_clear_error_and_nothing_is_half_written(db_serve
     conn = connect(db_url)
     try:
         result = upsert_bars(conn, history, mode="replace", source="history")
+        conn.commit()
     finally:
         conn.close()
     assert (result.inserted, result.revised) == (len(history) - 25_000, 0)
@@ -684,8 +687,10 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
     from projectx_pipeline.domain.coordination import coordinate, parse_rules
     from projectx_pipeline.domain.market import read_bars_csv
     from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
-    from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
-    from projectx_pipeline.storage import signals as store
+    from projectx_pipeline.analysis.coordination_runner import run_coordination
+    from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
+    from projectx_pipeline.storage import coordinated_signals as coordinated
+    from projectx_pipeline.storage import trend_signals as store
 
     tf15, tf1h = parse_timeframe("15m"), parse_timeframe("1h")
     rules = parse_rules([
@@ -708,11 +713,13 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
                 for tf, df in bars.items():
                     part = df.iloc[k * len(df) // chunks:(k + 1) * len(df) // chunks]
                     upsert_bars(conn, part, mode="keep", source="history", notify=False)
+                    conn.commit()  # storage never commits: the caller does
                 if k == chunks // 2:  # a repaired bar behind every watermark: forces recomputes
                     fix = bars[tf15].iloc[[10]].copy()
                     fix["close"] = fix["low"]
                     bars[tf15].loc[fix.index, "close"] = fix["close"].to_numpy()
                     upsert_bars(conn, fix, mode="replace", source="history", notify=False)
+                    conn.commit()
                 time.sleep(0.05)
         except BaseException as exc:  # noqa: BLE001 — reported below
             errors.append(exc)
@@ -764,7 +771,7 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
         signals = store.read_signals(conn, MES, analyzer_id=ANALYZER_ID)
         conn.rollback()
         full = coordinate(signals, rules)
-        stored = store.read_coordinated(conn, MES)
+        stored = coordinated.read_coordinated(conn, MES)
         conn.rollback()
         key = lambda df: set(zip(df["rule"], df["anchor_signal_id"], df["trigger_signal_id"], df["signal_ts"]))  # noqa: E731
         assert key(stored) == key(full) and c_total == c_distinct == len(full)

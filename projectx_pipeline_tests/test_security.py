@@ -715,6 +715,7 @@ def test_the_database_refuses_malformed_bars_whole(conn):
         mutate(bars)
         with pytest.raises(psycopg2.errors.CheckViolation, match="ohlc_bars_"):
             upsert_bars(conn, bars, mode="replace", source="history")
+        conn.rollback()  # the caller ends the failed transaction
         assert read_bars(conn, MES, parse_timeframe("5m")).empty, name  # nothing of the batch
     upsert_bars(conn, _bars(), mode="replace", source="history")
     assert len(read_bars(conn, MES, parse_timeframe("5m"))) == 6
@@ -1006,16 +1007,18 @@ ALLOWED_SQL_NAMES = {
                                                         "pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'",
     ("storage/bars.py", "read_bars", "sql"): "literals and _READ_COLUMNS; every value is a %s parameter",
     ("storage/bars.py", "read_live_versions", "sql"): "literals and _READ_COLUMNS; every value is a %(name)s parameter",
-    ("storage/signals.py", "read_signals", "sql"): "literals, _SELECT_SIGNALS and '(%s, %s)' placeholders",
-    ("storage/signals.py", "latest_signals", "sql"): "literals and _SELECT_SIGNALS",
-    ("storage/signals.py", "read_coordinated", "sql"): "literals, a_label and t_label",
-    ("storage/signals.py", "read_coordinated", "a_label"): "_TF_LABEL_SQL with a literal alias replaced",
-    ("storage/signals.py", "read_coordinated", "t_label"): "_TF_LABEL_SQL with a literal alias replaced",
+    ("storage/trend_signals.py", "read_signals", "sql"): "literals, _SELECT_SIGNALS and '(%s, %s)' placeholders",
+    ("storage/trend_signals.py", "latest_signals", "sql"): "literals and _SELECT_SIGNALS",
+    ("storage/coordinated_signals.py", "read_coordinated", "sql"): "literals, a_label and t_label",
+    ("storage/coordinated_signals.py", "read_coordinated", "a_label"): "TF_LABEL_SQL with a literal alias replaced",
+    ("storage/coordinated_signals.py", "read_coordinated", "t_label"): "TF_LABEL_SQL with a literal alias replaced",
     ("storage/local_db.py", "_create_databases", "db"): "a loop over the constants MARKET_DB and DAGSTER_DB (an identifier)",
     ("storage/migrate.py", "migrate", "mig"): "mig.sql: the migration files shipped in the package (storage/migrations/*.sql)",
     ("storage/testing.py", "create_database", "name"): "test infrastructure: prefix from test code + uuid4 hex (an identifier)",
     ("storage/testing.py", "create_database", "template"): "test infrastructure: '' or ' TEMPLATE \"<constant>\"'",
     ("storage/testing.py", "drop_database", "name"): "test infrastructure: a database name this class created",
+    ("storage/testing.py", "_admin_execute", "statement"): "test infrastructure: the CREATE/DROP DATABASE of create_database "
+                                                            "and drop_database, built from the names allowed above",
 }
 SQL_BUILDERS = {"_statement", "_bars_sql", "_copy_sql"}  # module functions returning SQL text built from constants
 _EXECUTORS = {"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "execute_values", "callproc"}
@@ -1166,11 +1169,14 @@ INJECTION_TIMEFRAMES = ["5m'; DROP TABLE ohlc_bars; --", "5m OR 1=1", "1m,5m; DR
 
 def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(conn, db_url):
     from projectx_pipeline.backfill import backfill_trade_date
-    from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
-    from projectx_pipeline.storage import signals as store
+    from projectx_pipeline.analysis.coordination_runner import run_coordination
+    from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
+    from projectx_pipeline.storage import coordinated_signals as coordinated, locks
+    from projectx_pipeline.storage import trend_signals as store
 
     good = _bars()
     upsert_bars(conn, good, mode="keep", source="history")
+    conn.commit()  # storage never commits: the caller does
     tables_before = table_names(conn)
     requests_made: list[str] = []
     # an unreachable gateway: anything that got past validation would fail differently (no retries)
@@ -1190,8 +1196,8 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
             lambda: store.read_signals(conn, bad),
             lambda: store.read_detected_signals(conn, "trend_starts_v1", bad, tf5),
             lambda: store.count_signals(conn, "trend_starts_v1", bad, tf5),
-            lambda: store.read_coordinated(conn, bad),
-            lambda: store.lock_coordination(conn, bad),
+            lambda: coordinated.read_coordinated(conn, bad),
+            lambda: locks.lock_coordination(conn, bad),
             lambda: run_trend_analysis(conn, bad, tf5),
             lambda: run_coordination(conn, bad, []),
             lambda: client.retrieve_bars(bad, tf5, *day),
@@ -1245,7 +1251,7 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
 def test_ids_with_a_trailing_newline_are_refused(conn):
     from projectx_pipeline.domain.coordination import CoordinationRule
     from projectx_pipeline.domain.timeframes import validate_contract_id
-    from projectx_pipeline.storage.signals import validate_analyzer_id
+    from projectx_pipeline.storage.trend_signals import validate_analyzer_id
 
     problems = []
     for check, value in ((validate_contract_id, MES + "\n"), (validate_analyzer_id, "trend_starts_v1\n")):
@@ -1308,6 +1314,7 @@ def yaml_dump(obj) -> str:
 @pytest.mark.timeout(120)
 def test_injection_shaped_cli_input_is_one_line_exit_2_and_touches_nothing(db_url, conn, tmp_path):
     upsert_bars(conn, _bars(), mode="keep", source="history")
+    conn.commit()  # storage never commits: the caller does
     tables_before = table_names(conn)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_") and k not in ("DAGSTER_PG_URL",)}
     env.update(DATABASE_URL=db_url, PROJECTX_HOME=str(tmp_path), PROJECTX_API_URL="http://127.0.0.1:9", PROJECTX_RTC_URL="http://127.0.0.1:9")

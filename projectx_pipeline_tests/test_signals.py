@@ -12,8 +12,10 @@ from projectx_pipeline.domain.coordination import coordinate
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import DomainError, bar_end, parse_timeframe
 from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
-from projectx_pipeline.signals.analysis import run_coordination, run_trend_analysis
-from projectx_pipeline.storage import signals as store
+from projectx_pipeline.analysis.coordination_runner import run_coordination
+from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
+from projectx_pipeline.storage import coordinated_signals as coordinated
+from projectx_pipeline.storage import trend_signals as store
 from projectx_pipeline.storage.bars import upsert_bars
 
 from .support.coordination import RULES
@@ -49,6 +51,7 @@ def _resample(bars: pd.DataFrame, tf) -> pd.DataFrame:
 def _load(conn, bars: pd.DataFrame, mode: str = "keep") -> None:
     if not bars.empty:
         upsert_bars(conn, bars, mode=mode, source="history", notify=False)
+        conn.commit()  # storage never commits: the caller does
 
 
 def _stored(conn, tf) -> pd.DataFrame:
@@ -66,7 +69,7 @@ def _assert_stored_equals_full(conn, tf, bars) -> None:
 
 
 def _coordinated_keys(conn) -> set[tuple]:
-    df = store.read_coordinated(conn, MES)
+    df = coordinated.read_coordinated(conn, MES)
     conn.rollback()
     return set(zip(df["rule"], df["anchor_signal_id"], df["trigger_signal_id"], df["signal_ts"]))
 
@@ -154,10 +157,10 @@ def test_coordinated_inserts_are_idempotent_and_ids_are_validated(conn):
     conn.rollback()
     out = coordinate(sigs, RULES)
     assert len(out) == 1
-    assert store.insert_coordinated(conn, out) == 1
-    assert store.insert_coordinated(conn, out) == 0
+    assert coordinated.insert_coordinated(conn, out) == 1
+    assert coordinated.insert_coordinated(conn, out) == 0
     conn.commit()
-    assert store.count_coordinated(conn, MES) == 1
+    assert coordinated.count_coordinated(conn, MES) == 1
     with pytest.raises(DomainError):
         store.read_signals(conn, "MES'; DROP TABLE detected_signals; --")
     with pytest.raises(DomainError):
@@ -287,7 +290,7 @@ def test_coordination_cases_end_to_end_through_the_tables(conn):
 
     first = run_coordination(conn, MES, RULES)
     assert first.new_outputs == 2 and first.total_outputs == 2
-    rows = store.read_coordinated(conn, MES)
+    rows = coordinated.read_coordinated(conn, MES)
     conn.rollback()
     assert list(rows["label"]) == ["long", "long"]
     assert list(rows["signal_ts"]) == [pd.Timestamp("2025-03-18 11:45", tz="UTC"), pd.Timestamp("2025-03-19 11:00", tz="UTC")]
@@ -307,7 +310,7 @@ def test_coordination_cases_end_to_end_through_the_tables(conn):
         cur.execute("DELETE FROM coordinator_watermarks")
     conn.commit()
     assert run_coordination(conn, MES, RULES).new_outputs == 0
-    assert store.count_coordinated(conn, MES) == 2
+    assert coordinated.count_coordinated(conn, MES) == 2
 
 
 def test_a_trigger_analysed_before_its_anchor_is_paired_later(conn):
@@ -327,7 +330,7 @@ def test_a_trigger_analysed_before_its_anchor_is_paired_later(conn):
     late = run_coordination(conn, MES, RULES)
     assert late.new_outputs == 1
     assert late.watermarks["long_1h_15m"] == pd.Timestamp("2025-03-18 13:00", tz="UTC")
-    row = store.read_coordinated(conn, MES)
+    row = coordinated.read_coordinated(conn, MES)
     conn.rollback()
     assert list(row["signal_ts"]) == [pd.Timestamp("2025-03-18 11:45", tz="UTC")]
     assert list(row["anchor_known_at"]) == [pd.Timestamp("2025-03-18 11:00", tz="UTC")]
@@ -378,7 +381,7 @@ def test_overlapping_coordination_runs_produce_each_output_once(db_url, conn, sa
     full = _full_coordination_keys(conn)
     assert sorted(r.new_outputs for r in results) == [0, 0, len(full)]
     assert _coordinated_keys(conn) == full
-    assert store.count_coordinated(conn, MES) == len(full)
+    assert coordinated.count_coordinated(conn, MES) == len(full)
 
 
 # --------------------------------------------------------------------------- Dagster
@@ -416,7 +419,7 @@ def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, sampl
             assert store.count_signals(conn, ANALYZER_ID, MES, tf) == expected
             conn.rollback()
         coord = _metadata(result, "coordinated_signals")
-        total = store.count_coordinated(conn, MES)
+        total = coordinated.count_coordinated(conn, MES)
         conn.rollback()
         assert coord["new_outputs"] == coord["total_outputs"] == total > 0
         assert "| contract_id | label | rule | signal_ts |" in coord["latest_signals"]

@@ -110,6 +110,7 @@ def test_replace_when_different_counts_revisions_and_partial_overlap(conn, sampl
     batch.loc[idx, "close"] = batch.loc[idx, "low"]
     batch.loc[idx, "volume"] += 7
     r = upsert_bars(conn, batch, mode="replace", source="history")
+    conn.commit()  # storage never commits: the caller does
     assert (r.rows, r.inserted, r.revised, r.unchanged) == (200, 100, 5, 95)
     stored = read_bars(conn, MES, TF5, with_source=True)
     assert len(stored) == 400
@@ -144,6 +145,7 @@ def test_invalid_bar_rejects_whole_batch_with_clear_error(conn, sample_5m):
     batch.loc[batch.index[10], "high"] = batch.loc[batch.index[10], "low"] - 1  # high < low
     with pytest.raises(psycopg2.errors.CheckViolation) as exc:
         upsert_bars(conn, batch, mode="keep", source="live")
+    conn.rollback()  # the caller ends the failed transaction
     # the message names the violated rule and the offending bar (row 10 starts 22:50)
     assert "violates check constraint \"ohlc_bars_" in str(exc.value)
     assert "2025-03-16 22:50:00+00" in str(exc.value)
@@ -153,10 +155,12 @@ def test_invalid_bar_rejects_whole_batch_with_clear_error(conn, sample_5m):
     negative.loc[negative.index[1], "volume"] = -1
     with pytest.raises(psycopg2.errors.CheckViolation, match="ohlc_bars_volume_non_negative"):
         upsert_bars(conn, negative, mode="replace", source="history")
+    conn.rollback()
     nan = sample_5m.iloc[:3].copy()
     nan.loc[nan.index[2], "open"] = np.nan
     with pytest.raises(psycopg2.errors.CheckViolation, match="ohlc_bars_finite_prices"):
         upsert_bars(conn, nan, mode="keep", source="live")
+    conn.rollback()
     assert read_bars(conn, MES, TF5).empty
 
 
@@ -195,6 +199,7 @@ def test_notify_received_by_listen_connection_with_payloads(db_url, conn, sample
     try:
         batch = sample_5m.iloc[:3]
         upsert_bars(conn, batch, mode="keep", source="live")
+        conn.commit()  # listeners hear of the bars when the caller commits
         payloads = _drain(listener)
         assert len(payloads) == 1
         bars = json.loads(payloads[0])
@@ -204,6 +209,7 @@ def test_notify_received_by_listen_connection_with_payloads(db_url, conn, sample
                          "open": 5679.75, "high": 5684.0, "low": 5675.25, "close": 5678.25, "volume": 2177}
         # unchanged bars are not announced again
         upsert_bars(conn, batch, mode="keep", source="live")
+        conn.commit()
         assert _drain(listener, timeout=0.5) == []
     finally:
         listener.close()
@@ -217,6 +223,7 @@ def test_notify_splits_a_large_batch_under_8000_bytes(db_url, conn, sample_5m):
         batch.loc[:, ["open", "high", "low", "close"]] = 1234.5678901234567
         batch["volume"] = 9_223_372_036_854_775_807 // 4
         r = upsert_bars(conn, batch, mode="keep", source="live")
+        conn.commit()
         assert r.inserted == 1000
         payloads = _drain(listener)
         assert len(payloads) == r.notified > 1

@@ -71,6 +71,7 @@ def test_upserts_and_revisions_land_in_columnstore_chunks(conn, sample_5m):
     the same writes behave the same, without chunks."""
     stored = sample_5m.iloc[:2000:2]  # every other bar: the gaps are inserted later
     upsert_bars(conn, stored, mode="keep", source="history")
+    conn.commit()  # storage never commits: the caller does
     version = timescaledb_active(conn)
     if version:
         chunks = [r[0] for r in _all(conn, "SELECT c::text FROM show_chunks('ohlc_bars') c")]
@@ -87,15 +88,18 @@ def test_upserts_and_revisions_land_in_columnstore_chunks(conn, sample_5m):
     changed = stored.copy()
     changed.loc[:, "volume"] += 7
     kept = upsert_bars(conn, changed, mode="keep", source="live")
+    conn.commit()
     assert (kept.inserted, kept.revised, kept.unchanged) == (0, 0, len(stored))
     assert read_bars(conn, MES, TF5)[VALUES].equals(stored[VALUES].reset_index(drop=True))
 
     revised = upsert_bars(conn, changed.iloc[:100], mode="replace", source="history")
+    conn.commit()
     assert (revised.inserted, revised.revised) == (0, 100)
     assert _one(conn, "SELECT count(*), min(new_volume - old_volume), max(new_volume - old_volume) FROM bar_revisions") == (100, 7, 7)
 
     gaps = sample_5m.iloc[1:2000:2]
     filled = upsert_bars(conn, gaps, mode="replace", source="history")
+    conn.commit()
     assert (filled.inserted, filled.revised) == (len(gaps), 0)
     want = pd.concat([changed.iloc[:100], stored.iloc[100:], gaps]).sort_values("timestamp").reset_index(drop=True)
     got = read_bars(conn, MES, TF5)
@@ -126,10 +130,12 @@ def test_retention_and_compression_jobs_run(conn, sample_5m):
     _insert_trades(conn, now, [1, 29, 31, 90])
     upsert_bars(conn, sample_5m.iloc[:3000], mode="keep", source="history")  # 2025: long past 7 days
     mode = apply_policies(conn, trades_retention_days=30, bars_compress_after_days=7)
+    conn.commit()  # storage never commits: the caller does
     version = timescaledb_active(conn)
     assert mode == ("timescaledb" if version else "postgresql")
     if version:
         assert apply_policies(conn, trades_retention_days=30, bars_compress_after_days=7) == "timescaledb"  # idempotent
+        conn.commit()
         compress_proc = "policy_compression"
         jobs = _all(conn, "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
         assert sorted(jobs) == sorted([("policy_retention", "trades"), (compress_proc, "ohlc_bars"), (compress_proc, "trades")])

@@ -30,7 +30,7 @@ from projectx_pipeline.domain.trend_starts import (
     reference_emissions,
     validate_bars_for_detection,
 )
-from projectx_pipeline.signals import commands
+from projectx_pipeline.analysis import commands
 
 DATA = SAMPLE_DIR
 SAMPLES = ("4h", "1h", "5m")
@@ -407,7 +407,7 @@ def test_command_prints_csv(capsys):
 
 def test_command_in_a_subprocess():
     code = (
-        "import argparse, sys; from projectx_pipeline.signals import commands; "
+        "import argparse, sys; from projectx_pipeline.analysis import commands; "
         "sys.exit(commands.run(argparse.Namespace(file=sys.argv[1])))"
     )
     done = subprocess.run(

@@ -45,16 +45,9 @@ from .timestamps import from_ns, to_ns
 from .trend_starts import DOWNTREND, UPTREND
 
 SIGNAL_COLUMNS = ["signal_id", "contract_id", "timeframe", "type", "start_ts", "confirm_ts"]
-OUTPUT_COLUMNS = [
-    "rule",
-    "label",
-    "contract_id",
-    "signal_ts",
-    "anchor_signal_id",
-    "trigger_signal_id",
-    "anchor_known_at",
-    "trigger_known_at",
-]
+# What identifies and describes an output: the columns the coordinated_signals table stores.
+STORED_OUTPUT_COLUMNS = ["rule", "label", "contract_id", "signal_ts", "anchor_signal_id", "trigger_signal_id"]
+OUTPUT_COLUMNS = [*STORED_OUTPUT_COLUMNS, "anchor_known_at", "trigger_known_at"]
 SIGNAL_TYPES = (UPTREND, DOWNTREND)
 
 # Rule names end up in tables, logs and URLs.

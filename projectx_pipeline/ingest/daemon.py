@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -24,13 +25,16 @@ from ..domain.market import Quote, Trade
 from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end
 from ..domain.timestamps import from_ns, to_ns
 from ..gateway.events import HubEvent
-from ..storage.db import connect
+from ..history import HistorySource
+from ..storage.db import connect, transaction
 from ..storage.migrate import migrate
 from ..storage.policies import apply_policies
+from ..storage.repairs import RepairRequest
+from ..storage.trades import TradeBatch
 from .clock import FeedClock
 from .counters import Counters
 from .repair import Repairer
-from .writer import RepairRequest, StoreWriter, TradeBatch, instance_name
+from .writer import StoreWriter, instance_name
 
 log = logging.getLogger("projectx.ingest")
 
@@ -59,8 +63,51 @@ class IngestConfig:
     bars_compress_after_days: int | None = None
 
 
+class MarketHub(Protocol):
+    """The live feed (`gateway.hub`): puts Trades, Quotes and HubEvents on the queue it was made with."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class BarWriter(Protocol):
+    """What the main loop hands its output to (`writer.StoreWriter`): it never waits on the database."""
+
+    fatal: BaseException | None
+
+    def acquire_locks(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def submit_bars(self, bars) -> None: ...
+
+    def submit_trades(self, batch: TradeBatch) -> None: ...
+
+    def submit_repairs(self, requests: list[RepairRequest]) -> None: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+
+class GapRepairer(Protocol):
+    """What the main loop tells about the feed (`repair.Repairer`), which repairs from history."""
+
+    def start(self) -> None: ...
+
+    def request_gap_repair(self) -> None: ...
+
+    def feed_resumed(self, contract_id: str, first_trade_ns: int) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
 class IngestDaemon:
-    def __init__(self, config: IngestConfig, gateway, hub_factory):
+    writer: BarWriter
+    repairer: GapRepairer
+    hub: MarketHub
+    clock: FeedClock
+
+    def __init__(self, config: IngestConfig, gateway: HistorySource, hub_factory: Callable[[queue.Queue], MarketHub]):
         """`gateway`: a GatewayClient (history + tokens); `hub_factory(out_queue) -> hub` with start()/stop()/stats."""
         self.config = config
         self.gateway = gateway
@@ -99,8 +146,9 @@ class IngestDaemon:
                 try:
                     migrate(conn)
                     if self.config.trades_retention_days is not None and self.config.bars_compress_after_days is not None:
-                        apply_policies(conn, trades_retention_days=self.config.trades_retention_days,
-                                       bars_compress_after_days=self.config.bars_compress_after_days)
+                        with transaction(conn):
+                            apply_policies(conn, trades_retention_days=self.config.trades_retention_days,
+                                           bars_compress_after_days=self.config.bars_compress_after_days)
                 finally:
                     conn.close()
                 return

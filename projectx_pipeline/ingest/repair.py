@@ -7,7 +7,8 @@
   trades, bars dropped in an outage) are re-fetched once the window has closed, then removed.
 
 Runs on its own thread with its own connection, so a slow REST answer or a database outage
-never stalls the feed.
+never stalls the feed. The repairer owns that connection's transactions: every unit of work
+(one history span, one batch of due windows with their removal) commits on its own.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+import psycopg2.extensions
 
 from ..domain.timeframes import Timeframe, bar_end, bar_start
 from ..domain.timestamps import from_ns
-from ..storage.bars import last_bar_times, upsert_bars
-from ..storage.db import connect, is_connection_error
+from ..history import HistorySource, replace_from_history
+from ..storage.bars import BarStore, last_bar_times
+from ..storage.db import close_quietly, connect, is_connection_error, transaction
 from ..storage.policies import enforce_trade_retention
+from ..storage.repairs import due_repairs, remove_repairs
 from .clock import FeedClock
 from .counters import Counters
 
@@ -37,7 +41,7 @@ RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 class Repairer(threading.Thread):
-    def __init__(self, database_url: str, gateway, contracts: list[str], timeframes: list[Timeframe], clock: FeedClock,
+    def __init__(self, database_url: str, gateway: HistorySource, contracts: list[str], timeframes: list[Timeframe], clock: FeedClock,
                  counters: dict[str, Counters], *, initial_lookback: timedelta, poll_seconds: float = 0.5,
                  trades_retention_days: int | None = None):
         super().__init__(name="projectx-repair", daemon=True)
@@ -51,7 +55,8 @@ class Repairer(threading.Thread):
         self.poll_seconds = poll_seconds
         self.trades_retention_days = trades_retention_days
         self._next_retention = 0.0  # monotonic time of the next plain-PostgreSQL trade retention
-        self.conn = None
+        self.conn: psycopg2.extensions.connection | None = None
+        self.bar_store: BarStore | None = None  # the write path of `conn`, new with every connection
         self._stop_event = threading.Event()
         self._gap_requested_at: float | None = None
         # contract → its first trade after the oldest (re)connect whose gap is not repaired yet
@@ -110,21 +115,20 @@ class Repairer(threading.Thread):
         TimescaleDB, whose retention policy drops the chunks)."""
         if self.trades_retention_days is None or time.monotonic() < self._next_retention:
             return
-        enforce_trade_retention(self._connection(), trades_retention_days=self.trades_retention_days)
+        with transaction(self._connection()) as conn:
+            enforce_trade_retention(conn, trades_retention_days=self.trades_retention_days)
         self._next_retention = time.monotonic() + RETENTION_INTERVAL_SECONDS
 
-    def _connection(self):
+    def _connection(self) -> psycopg2.extensions.connection:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.url, application_name="projectx_ingest_repair")
+            self.bar_store = BarStore(self.conn)
         return self.conn
 
     def _close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
+        close_quietly(self.conn)
         self.conn = None
+        self.bar_store = None
 
     def _feed_now(self, requested_at: float) -> datetime | None:
         """The feed's now for a gap repair: once the feed resumed (its first trade after the
@@ -147,19 +151,11 @@ class Repairer(threading.Thread):
         may have been repaired already), while the gap lies before them."""
         with self._lock:
             resumed_ns = self._resume_floor.get(cid)
-        if resumed_ns is None:  # no trade since the (re)connect: nothing newer can be stored live
-            return last_bar_times(conn, cid, self.timeframes)
-        out: dict[Timeframe, datetime | None] = {}
-        with conn.cursor() as cur:
-            for tf in self.timeframes:
-                cur.execute(
-                    'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s'
-                    ' AND timeframe_value = %s AND "timestamp" < %s',
-                    (cid, tf.unit, tf.value, bar_start(from_ns(resumed_ns), tf)),
-                )
-                out[tf] = cur.fetchone()[0]
-        conn.rollback()
-        return out
+        with transaction(conn):  # a read: ends at once, never holds a snapshot
+            if resumed_ns is None:  # no trade since the (re)connect: nothing newer can be stored live
+                return last_bar_times(conn, cid, self.timeframes)
+            resumed = from_ns(resumed_ns)
+            return last_bar_times(conn, cid, self.timeframes, before={tf: bar_start(resumed, tf) for tf in self.timeframes})
 
     def _maybe_gap_repair(self) -> bool:
         with self._lock:
@@ -174,7 +170,8 @@ class Repairer(threading.Thread):
             last = self._gap_starts(conn, cid)
             for tf in self.timeframes:
                 start = last[tf] or (now - self.initial_lookback)
-                self._fetch_and_store(cid, tf, start, now, reason="gap")
+                with transaction(conn):
+                    self._fetch_and_store(cid, tf, start, now, reason="gap")
         with self._lock:
             if self._gap_requested_at == requested_at:
                 self._gap_requested_at = None  # a newer request (another reconnect) stays pending
@@ -183,14 +180,11 @@ class Repairer(threading.Thread):
         return True
 
     def _fetch_and_store(self, cid: str, tf: Timeframe, start: datetime, end: datetime, reason: str, windows: set | None = None) -> int:
+        """Replace [start, end) from history (only `windows`, when given), in the caller's
+        transaction when one is open; returns the bars inserted or revised."""
         if end <= start:
             return 0
-        bars = self.gateway.retrieve_bars(cid, tf, start, end)
-        if windows is not None and not bars.empty:
-            bars = bars[bars["timestamp"].isin(windows)]
-        if bars.empty:
-            return 0
-        result = upsert_bars(self._connection(), bars, mode="replace", source="history")
+        _, result = replace_from_history(self.gateway, self.bar_store, cid, tf, start, end, windows=windows)
         changed = result.inserted + result.revised
         self.counters[cid].repairs += changed
         if changed:
@@ -203,14 +197,8 @@ class Repairer(threading.Thread):
         if now_ns is None:
             return False
         conn = self._connection()
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT contract_id, timeframe_unit, timeframe_value, window_start FROM bar_repairs"
-                " WHERE due_at <= %s AND contract_id = ANY(%s) ORDER BY window_start LIMIT %s",
-                (from_ns(now_ns), self.contracts, REPAIR_BATCH),
-            )
-            rows = cur.fetchall()
-        conn.rollback()
+        with transaction(conn):
+            rows = due_repairs(conn, self.contracts, from_ns(now_ns), REPAIR_BATCH)
         if not rows:
             return False
         groups: dict[tuple, list[datetime]] = {}
@@ -219,11 +207,8 @@ class Repairer(threading.Thread):
         for (cid, unit, value), starts in groups.items():
             tf = Timeframe(unit, value)
             window = {pd.Timestamp(s).tz_convert("UTC") for s in starts}
-            self._fetch_and_store(cid, tf, min(starts), bar_end(max(starts), tf), reason="window", windows=window)
-            with conn.cursor() as cur:
-                cur.execute(
-                    "DELETE FROM bar_repairs WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s AND window_start = ANY(%s)",
-                    (cid, unit, value, starts),
-                )
-            conn.commit()
+            # the repaired bars and the removal of their windows commit together
+            with transaction(conn):
+                self._fetch_and_store(cid, tf, min(starts), bar_end(max(starts), tf), reason="window", windows=window)
+                remove_repairs(conn, cid, unit, value, starts)
         return True

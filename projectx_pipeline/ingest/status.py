@@ -30,6 +30,7 @@ def _age(ts: datetime | None, now: datetime) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..settings import load_settings
     from ..storage.db import StorageUnavailable, connect
+    from ..storage.heartbeats import read_heartbeats
     from ..storage.local_db import LocalDatabaseError, default_cluster
 
     settings = load_settings()
@@ -42,18 +43,12 @@ def run(args: argparse.Namespace) -> int:
     except StorageUnavailable as exc:
         raise UsageError(str(exc)) from None
     try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT contract_id, instance_id, connection_state, last_event_at, last_trade_at, last_bar_at, counters, updated_at, now()"
-                " FROM ingestion_heartbeats ORDER BY contract_id"
-            )
-            rows = cur.fetchall()
+        rows, now = read_heartbeats(conn)
     finally:
         conn.close()
     if not rows:
         print("no ingestion heartbeats yet: is `projectx ingest` running?")
         return 1 if args.check else 0
-    now = rows[0][8]
     # only this deployment's contracts count: another shard's daemon, or a rolled contract's
     # last 'stopped' row, must not make this one unhealthy
     own = set(settings.contract_ids)

@@ -1,6 +1,11 @@
 """The daemon's only database writer: closed bars, raw trades, tick notifications, repair
 requests and heartbeats, on one connection owned by one thread.
 
+This module is the buffering, ordering, reconnecting and transaction side; the SQL of each table
+is in `storage` (bars, trades, repairs, heartbeats, locks). The writer owns every transaction:
+its connection is in autocommit (one statement, one asynchronous commit) and several statements
+or a durable commit go through `_transaction`.
+
 A database outage never reaches the aggregation: items wait here in memory (bounded), are
 written in order when the database returns, and when the bar buffer overflows the oldest bars
 are dropped, counted and turned into repair requests, so history fills them in later.
@@ -10,8 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
-import json
 import logging
 import queue
 import socket
@@ -22,49 +25,29 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import psycopg2
-import psycopg2.extras
+import psycopg2.extensions
 
 from ..domain.timeframes import Timeframe, bar_end
-from ..domain.timestamps import from_ns
-from ..storage.bars import upsert_bars
-from ..storage.db import connect, is_connection_error, is_transient_error, redact_url
+from ..storage.bars import BarStore
+from ..storage.db import close_quietly, commit_asynchronously, commit_durably, connect, is_connection_error, is_transient_error
+from ..storage.heartbeats import Heartbeat, heartbeat_holder, write_heartbeats
+from ..storage.locks import try_lock_contract
+from ..storage.repairs import RepairRequest, queue_repairs
+from ..storage.trades import TradeBatch, copy_trades, notify_ticks
+from ..storage.urls import redact_url
 from .counters import Counters
 
 log = logging.getLogger("projectx.ingest.writer")
 
-TICK_CHANNEL = "tick_data_channel"
-TICK_PAYLOAD_LIMIT = 7900  # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more
-_COPY_NULL = "\\N"
-LOCK_NAMESPACE = 0x50584947
 MAX_BARS_PER_STATEMENT = 50_000
 # Bars commit asynchronously (see _ensure_connection); a server crash can lose at most the last
 # 3 × wal_writer_delay (600 ms by default) of them. Bars written this recently are kept and
 # written again (keep-existing: survivors are untouched) after the connection comes back.
-ASYNC_COMMIT_RISK_SECONDS = 5.0  # advisory-lock namespace for "one daemon per contract"
+ASYNC_COMMIT_RISK_SECONDS = 5.0
 
 
 class AnotherDaemonRunning(RuntimeError):
     pass
-
-
-@dataclass
-class RepairRequest:
-    contract_id: str
-    timeframe_unit: int
-    timeframe_value: int
-    window_start: datetime
-    due_at: datetime
-    reason: str
-
-
-@dataclass
-class TradeBatch:
-    contract_id: str
-    ts_ns: list[int]
-    price: list[float]
-    size: list[int]
-    side: list[int | None]
-    received_at: datetime
 
 
 @dataclass
@@ -75,21 +58,6 @@ class _Pending:
     trades: collections.deque = field(default_factory=collections.deque)
     trade_count: int = 0
     ticks: list = field(default_factory=list)  # TradeBatches not yet announced on tick_data_channel
-
-
-def tick_payloads(batch: TradeBatch) -> list[str]:
-    """Compact JSON arrays of trades, each under the NOTIFY payload limit."""
-    payloads, current, size = [], [], 2
-    for ts, px, sz, side in zip(batch.ts_ns, batch.price, batch.size, batch.side):
-        item = json.dumps({"c": batch.contract_id, "t": from_ns(ts).isoformat().replace("+00:00", "Z"), "p": px, "s": sz, "a": side}, separators=(",", ":"))
-        if current and size + len(item) + 1 > TICK_PAYLOAD_LIMIT:
-            payloads.append("[" + ",".join(current) + "]")
-            current, size = [], 2
-        current.append(item)
-        size += len(item) + 1
-    if current:
-        payloads.append("[" + ",".join(current) + "]")
-    return payloads
 
 
 class StoreWriter(threading.Thread):
@@ -110,7 +78,8 @@ class StoreWriter(threading.Thread):
         self.heartbeat_state = heartbeat_state  # callable -> {contract: {...}}
         self.inbox: queue.Queue = queue.Queue()
         self.pending = _Pending()
-        self.conn = None
+        self.conn: psycopg2.extensions.connection | None = None
+        self.bar_store: BarStore | None = None  # the write path of `conn`, new with every connection
         self.db_up = False
         self.fatal: BaseException | None = None
         self._stop_event = threading.Event()
@@ -223,6 +192,7 @@ class StoreWriter(threading.Thread):
             return False
         try:
             self.conn = connect(self.url, application_name=f"projectx_ingest:{self.instance_id}")
+            self.bar_store = BarStore(self.conn)
             self._lock_contracts()
         except AnotherDaemonRunning as exc:
             self.fatal = exc
@@ -243,8 +213,7 @@ class StoreWriter(threading.Thread):
         # durable commit waits for a WAL flush (~5 ms here) and every extra round trip costs more,
         # together beyond the bar-close → NOTIFY budget. What a server crash can lose is written
         # again from _recent_bars. Repair requests and raw trades (not re-fetchable) commit durably.
-        with self.conn.cursor() as cur:
-            cur.execute("SET synchronous_commit TO off")
+        commit_asynchronously(self.conn)
         if not self.db_up:
             log.info("event=db_connected url=%s", redact_url(self.url))
         self.db_up = True
@@ -253,14 +222,11 @@ class StoreWriter(threading.Thread):
 
     def _lock_contracts(self) -> None:
         self.conn.autocommit = True
-        with self.conn.cursor() as cur:
-            for cid in self.contracts:
-                cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, cid))
-                if not cur.fetchone()[0]:
-                    cur.execute("SELECT instance_id, updated_at FROM ingestion_heartbeats WHERE contract_id = %s", (cid,))
-                    row = cur.fetchone()
-                    holder = f" (instance {row[0]}, last heartbeat {row[1].isoformat()})" if row else ""
-                    raise AnotherDaemonRunning(f"another ingestion daemon is already running for {cid}{holder}: refusing to start a second one")
+        for cid in self.contracts:
+            if not try_lock_contract(self.conn, cid):
+                held = heartbeat_holder(self.conn, cid)
+                holder = f" (instance {held[0]}, last heartbeat {held[1].isoformat()})" if held else ""
+                raise AnotherDaemonRunning(f"another ingestion daemon is already running for {cid}{holder}: refusing to start a second one")
 
     @contextlib.contextmanager
     def _transaction(self, durable: bool = False):
@@ -268,8 +234,7 @@ class StoreWriter(threading.Thread):
         self.conn.autocommit = False
         try:
             if durable:
-                with self.conn.cursor() as cur:
-                    cur.execute("SET LOCAL synchronous_commit TO on")
+                commit_durably(self.conn)
             yield
             self.conn.commit()
         except BaseException:
@@ -282,12 +247,9 @@ class StoreWriter(threading.Thread):
                     self.conn.autocommit = True
 
     def _close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
+        close_quietly(self.conn)
         self.conn = None
+        self.bar_store = None
         self.db_up = False
 
     def _on_db_error(self, exc: BaseException, what: str) -> None:
@@ -337,7 +299,7 @@ class StoreWriter(threading.Thread):
             return
         if self._rewrite_bars:
             try:
-                upsert_bars(self.conn, pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
+                self.bar_store.upsert(pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
                     ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep="last"), mode="keep", source="live")
             except psycopg2.Error as exc:
                 self._on_db_error(exc, "bars")
@@ -354,7 +316,7 @@ class StoreWriter(threading.Thread):
                 frames.append(p.bars.popleft())
             df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             try:
-                result = upsert_bars(self.conn, df, mode="keep", source="live")
+                result = self.bar_store.upsert(df, mode="keep", source="live")
             except psycopg2.Error as exc:
                 if is_connection_error(exc) or is_transient_error(exc):
                     p.bars.extendleft(reversed(frames))
@@ -397,15 +359,9 @@ class StoreWriter(threading.Thread):
         return RepairRequest(row.contract_id, tf.unit, tf.value, start, bar_end(start, tf) + timedelta(seconds=self.repair_delay_seconds), reason)
 
     def _write_repairs(self) -> bool:
-        rows = self.pending.repairs
         try:
-            with self._transaction(durable=True), self.conn.cursor() as cur:
-                psycopg2.extras.execute_values(
-                    cur,
-                    "INSERT INTO bar_repairs (contract_id, timeframe_unit, timeframe_value, window_start, due_at, reason) VALUES %s "
-                    "ON CONFLICT (contract_id, timeframe_unit, timeframe_value, window_start) DO UPDATE SET due_at = GREATEST(bar_repairs.due_at, EXCLUDED.due_at)",
-                    [(r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start, r.due_at, r.reason) for r in _dedupe(rows)],
-                )
+            with self._transaction(durable=True):
+                queue_repairs(self.conn, self.pending.repairs)
         except psycopg2.Error as exc:
             self._on_db_error(exc, "repairs")
             return False
@@ -420,16 +376,9 @@ class StoreWriter(threading.Thread):
 
     def _write_trades(self) -> bool:
         p = self.pending
-        buf = io.StringIO()
-        for b in p.trades:
-            rec = b.received_at.isoformat()
-            for ts, px, sz, side in zip(b.ts_ns, b.price, b.size, b.side):
-                side_text = _COPY_NULL if side is None else side
-                buf.write(f"{b.contract_id}\t{from_ns(ts).isoformat()}\t{px!r}\t{sz}\t{side_text}\t{rec}\n")
-        buf.seek(0)
         try:
-            with self._transaction(durable=True), self.conn.cursor() as cur:
-                cur.copy_expert('COPY trades (contract_id, "timestamp", price, size, side, received_at) FROM STDIN', buf)
+            with self._transaction(durable=True):
+                copy_trades(self.conn, p.trades)
         except psycopg2.Error as exc:
             self._on_db_error(exc, "trades")
             if not (is_connection_error(exc) or is_transient_error(exc)):
@@ -453,9 +402,7 @@ class StoreWriter(threading.Thread):
         """False when the connection failed (it may be gone: nothing more this round)."""
         batches, self.pending.ticks = self.pending.ticks, []
         try:
-            with self.conn.cursor() as cur:
-                cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                            (TICK_CHANNEL, [p for b in batches for p in tick_payloads(b)]))
+            notify_ticks(self.conn, batches)
         except psycopg2.Error as exc:
             self.pending.ticks = batches
             self._forget_ticks()
@@ -468,32 +415,17 @@ class StoreWriter(threading.Thread):
 
     def _write_heartbeats(self, final: bool = False) -> None:
         state = self.heartbeat_state()
+        beats = [
+            Heartbeat(cid, self.instance_id, "stopped" if final else state[cid]["connection_state"], state[cid]["last_event_at"],
+                      state[cid]["last_trade_at"], self.counters[cid].last_bar_at, self.started_at, self.counters[cid].as_dict())
+            for cid in self.contracts
+        ]
         try:
-            with self._transaction(), self.conn.cursor() as cur:
-                for cid in self.contracts:
-                    s = state[cid]
-                    cur.execute(
-                        "INSERT INTO ingestion_heartbeats (contract_id, instance_id, connection_state, last_event_at, last_trade_at,"
-                        " last_bar_at, started_at, counters, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
-                        " ON CONFLICT (contract_id) DO UPDATE SET instance_id = EXCLUDED.instance_id,"
-                        " connection_state = EXCLUDED.connection_state, last_event_at = EXCLUDED.last_event_at,"
-                        " last_trade_at = EXCLUDED.last_trade_at, last_bar_at = EXCLUDED.last_bar_at,"
-                        " started_at = EXCLUDED.started_at, counters = EXCLUDED.counters, updated_at = now()",
-                        (cid, self.instance_id, "stopped" if final else s["connection_state"], s["last_event_at"], s["last_trade_at"],
-                         self.counters[cid].last_bar_at, self.started_at, json.dumps(self.counters[cid].as_dict())),
-                    )
+            with self._transaction():
+                write_heartbeats(self.conn, beats)
             self._last_heartbeat = time.monotonic()
         except psycopg2.Error as exc:
             self._on_db_error(exc, "heartbeat")
-
-
-def _dedupe(rows: list[RepairRequest]) -> list[RepairRequest]:
-    by_key: dict[tuple, RepairRequest] = {}
-    for r in rows:
-        key = (r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start)
-        if key not in by_key or r.due_at > by_key[key].due_at:
-            by_key[key] = r
-    return list(by_key.values())
 
 
 def instance_name() -> str:

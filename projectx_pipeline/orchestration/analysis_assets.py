@@ -3,8 +3,8 @@ the job that materializes them.
 
 * `trend_starts_<tf>` (one per timeframe of the `cus_cds_trend_finder` analyzer in the settings,
   e.g. `trend_starts_15m`) — the `detected_signals` rows of that timeframe, brought up to date by
-  `signals.analysis.run_trend_analysis` for each contract of the run.
-* `coordinated_signals` — the `coordinated_signals` rows, by `signals.analysis.run_coordination`,
+  `analysis.trend_analysis.run_trend_analysis` for each contract of the run.
+* `coordinated_signals` — the `coordinated_signals` rows, by `analysis.coordination_runner.run_coordination`,
   after the trend-start assets of the same run.
 
 Why these assets are NOT partitioned. Trend-start detection is sequential per (contract,
@@ -49,7 +49,8 @@ from ..domain.coordination import parse_rules
 from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID
 from ..settings import Settings
-from ..signals.analysis import AnalysisResult, CoordinationResult, run_coordination, run_trend_analysis
+from ..analysis.coordination_runner import CoordinationResult, run_coordination
+from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
 from .metadata import md_cell, md_table
 from .resources import StorageResource
 

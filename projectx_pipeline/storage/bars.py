@@ -18,12 +18,13 @@ import io
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 
 from ..domain.market import BAR_COLUMNS, empty_bars, normalize_bars
 from ..domain.timeframes import Timeframe, validate_contract_id
@@ -108,20 +109,18 @@ _TF_LABEL_SQL = (
     " WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
 )
 
+# Both modes insert every staged bar; they differ in what a conflict with a stored bar does.
+_INSERT_STAGED_SQL = """
+        INSERT INTO ohlc_bars AS b (contract_id, timeframe_unit, timeframe_value, "timestamp",
+                                    open, high, low, close, volume, source)
+        SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source
+        FROM {stage}
+        ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp")"""
+
 _UPSERT_SQL = {
-    "keep": """
-        INSERT INTO ohlc_bars AS b (contract_id, timeframe_unit, timeframe_value, "timestamp",
-                                    open, high, low, close, volume, source)
-        SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source
-        FROM {stage}
-        ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp") DO NOTHING
+    "keep": _INSERT_STAGED_SQL + """ DO NOTHING
         RETURNING b.*, true AS inserted""",
-    "replace": """
-        INSERT INTO ohlc_bars AS b (contract_id, timeframe_unit, timeframe_value, "timestamp",
-                                    open, high, low, close, volume, source)
-        SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source
-        FROM {stage}
-        ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp") DO UPDATE
+    "replace": _INSERT_STAGED_SQL + """ DO UPDATE
             SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, source = EXCLUDED.source, ingested_at = now(),
                 revisions = b.revisions + 1
@@ -179,43 +178,16 @@ def _statement(mode: UpsertMode, notify: bool, arrays: bool) -> str:
         FROM written"""
 
 
-# Per session (keyed by the connection and its backend pid): the temporary stage table and the
-# prepared upsert statements exist once, so a live write is COPY + EXECUTE, with no DDL or planning.
-_prepared_sessions: dict[int, tuple[int, set[str]]] = {}
-
-
-def _session_statements(conn) -> set[str]:
-    pid = conn.info.backend_pid
-    known = _prepared_sessions.get(id(conn))
-    if known is None or known[0] != pid:
-        with conn.cursor() as cur:
-            # PREPARE outlives a rolled-back transaction but CREATE TEMP TABLE does not: start clean
-            cur.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'")
-            for (name,) in cur.fetchall():
-                cur.execute(f"DEALLOCATE {name}")
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS _bars_stage ("
-                " contract_id text, timeframe_unit smallint, timeframe_value integer, \"timestamp\" timestamptz,"
-                " open double precision, high double precision, low double precision, close double precision,"
-                " volume bigint, source text) ON COMMIT DELETE ROWS"
-            )
-        known = (pid, set())
-        _prepared_sessions[id(conn)] = known
-    return known[1]
-
-
-def _execute_upsert(cur, conn, mode: UpsertMode, notify: bool, arrays: list | None = None) -> tuple:
-    name = f"projectx_upsert_{mode}{'_notify' if notify else ''}{'_arrays' if arrays is not None else ''}"
-    prepared = _session_statements(conn)
-    if name not in prepared:
-        params = f"({_ARRAYS_PARAMS})" if arrays is not None else ""
-        cur.execute(f"PREPARE {name}{params} AS {_statement(mode, notify, arrays is not None)}")
-        prepared.add(name)
-    if arrays is None:
-        cur.execute(f"EXECUTE {name}")
-    else:
-        cur.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(arrays))})", arrays)
-    return cur.fetchone()
+# The session's staging table for the COPY path. Not ON COMMIT DELETE ROWS: on an autocommit
+# connection the COPY commits on its own, and the rows must still be there for the INSERT (the
+# INSERT alone touches shared tables, so the write stays atomic). Emptied before every COPY, and
+# created IF NOT EXISTS each time: a caller's rollback may have undone its creation.
+_STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS _bars_stage ("
+    " contract_id text, timeframe_unit smallint, timeframe_value integer, \"timestamp\" timestamptz,"
+    " open double precision, high double precision, low double precision, close double precision,"
+    " volume bigint, source text); TRUNCATE _bars_stage"
+)
 
 
 def _as_arrays(df: pd.DataFrame, source: str) -> list:
@@ -227,57 +199,88 @@ def _as_arrays(df: pd.DataFrame, source: str) -> list:
     ]
 
 
-def upsert_bars(conn, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"], notify: bool = True, commit: bool = True) -> UpsertResult:
-    """Write bars in one transaction (COPY → staging → one INSERT … ON CONFLICT) and NOTIFY them.
+class BarStore:
+    """The bar write path of one connection: the upsert statements are prepared once per session
+    and remembered here, so a live write is one EXECUTE (or COPY + EXECUTE), with no planning.
 
-    A bar that violates a CHECK constraint aborts the whole batch: nothing of it is stored, and
-    the error names the constraint. Returns how many rows were inserted and revised."""
-    if mode not in _UPSERT_SQL:
-        raise ValueError(f"invalid upsert mode {mode!r}: expected 'keep' or 'replace'")
-    if source not in ("live", "history"):
-        raise ValueError(f"invalid bar source {source!r}: expected 'live' or 'history'")
-    df = _validate_frame(bars)
-    if df.empty:
-        return UpsertResult(0, 0, 0, 0)
-    arrays = _as_arrays(df, source) if len(df) <= SMALL_BATCH else None
-    # COPY and the INSERT must share a transaction; a single-statement write in autocommit mode
-    # is atomic on its own
-    own_transaction = conn.autocommit and arrays is None
-    if own_transaction:
-        conn.autocommit = False
-    try:
+    Lives as long as the caller keeps it: create one per connection (a new one after a reconnect).
+    Nothing outlives the connection, unlike a module-level cache keyed by connection.
+
+    Works inside the caller's transaction and never commits or rolls back (see `upsert`)."""
+
+    def __init__(self, conn: psycopg2.extensions.connection):
+        self.conn = conn
+        self._backend_pid: int | None = None
+        self._prepared: set[str] = set()
+
+    def upsert(self, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"], notify: bool = True) -> UpsertResult:
+        """Write bars (staging → one INSERT … ON CONFLICT) and NOTIFY them, in the caller's transaction.
+
+        The caller commits (listeners hear of the bars then) or rolls back; on an autocommit
+        connection the write is atomic on its own, one statement touching the shared tables. A
+        bar that violates a CHECK constraint fails the whole batch: nothing of it is stored, and
+        the error names the constraint. Returns how many rows were inserted and revised."""
+        if mode not in _UPSERT_SQL:
+            raise ValueError(f"invalid upsert mode {mode!r}: expected 'keep' or 'replace'")
+        if source not in ("live", "history"):
+            raise ValueError(f"invalid bar source {source!r}: expected 'live' or 'history'")
+        df = _validate_frame(bars)
+        if df.empty:
+            return UpsertResult(0, 0, 0, 0)
+        arrays = _as_arrays(df, source) if len(df) <= SMALL_BATCH else None
         for attempt in (1, 2):
             try:
-                _session_statements(conn)
-                with conn.cursor() as cur:
+                with self.conn.cursor() as cur:
                     if arrays is None:
+                        cur.execute(_STAGE_SQL)
                         cur.copy_expert(f"COPY _bars_stage ({_STAGE_COLS_SQL}) FROM STDIN WITH (FORMAT binary)", _copy_binary(df, source))
-                    inserted, revised, notified = _execute_upsert(cur, conn, mode, notify, arrays)
-                if commit and not conn.autocommit:
-                    conn.commit()
+                    inserted, revised, notified = self._execute_upsert(cur, mode, notify, arrays)
                 break
-            except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSqlStatementName):
-                # the session was replaced under the same connection object: prepare again, once
-                if not conn.autocommit:
-                    conn.rollback()
-                _prepared_sessions.pop(id(conn), None)
-                if attempt == 2:
+            except psycopg2.errors.InvalidSqlStatementName:
+                # the session's statements were deallocated (DISCARD ALL) under the same
+                # connection: prepare again. Only an autocommit connection can simply retry; in a
+                # transaction the caller rolls back and retries, as after any failed statement.
+                self._prepared.clear()
+                if attempt == 2 or not self.conn.autocommit:
                     raise
-            except BaseException:
-                if not conn.autocommit:
-                    conn.rollback()
-                _prepared_sessions.pop(id(conn), None)  # the stage may have been created in this transaction
-                raise
-    finally:
-        if own_transaction:
-            conn.autocommit = True
-    return UpsertResult(len(df), inserted, revised, notified)
+        return UpsertResult(len(df), inserted, revised, notified)
+
+    def _session_statements(self) -> set[str]:
+        """The upsert statements this session has prepared. Read from the server once per session:
+        PREPARE outlives a rolled-back transaction, and another BarStore may have prepared them."""
+        pid = self.conn.info.backend_pid
+        if self._backend_pid != pid:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'")
+                self._prepared = {name for (name,) in cur.fetchall()}
+            self._backend_pid = pid
+        return self._prepared
+
+    def _execute_upsert(self, cur, mode: UpsertMode, notify: bool, arrays: list | None = None) -> tuple:
+        name = f"projectx_upsert_{mode}{'_notify' if notify else ''}{'_arrays' if arrays is not None else ''}"
+        prepared = self._session_statements()
+        if name not in prepared:
+            params = f"({_ARRAYS_PARAMS})" if arrays is not None else ""
+            cur.execute(f"PREPARE {name}{params} AS {_statement(mode, notify, arrays is not None)}")
+            prepared.add(name)
+        if arrays is None:
+            cur.execute(f"EXECUTE {name}")
+        else:
+            cur.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(arrays))})", arrays)
+        return cur.fetchone()
+
+
+def upsert_bars(conn: psycopg2.extensions.connection, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"],
+                notify: bool = True) -> UpsertResult:
+    """One write with a BarStore of its own (`BarStore.upsert`): for a caller writing once; one
+    that writes repeatedly keeps a BarStore, which reads the session's statements only once."""
+    return BarStore(conn).upsert(bars, mode=mode, source=source, notify=notify)
 
 
 _READ_COLUMNS = 'contract_id, "timestamp", open, high, low, close, volume, timeframe_unit, timeframe_value'
 
 
-def read_bars(conn, contract_id: str, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None, *, with_source: bool = False) -> pd.DataFrame:
+def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None, *, with_source: bool = False) -> pd.DataFrame:
     """Stored bars of one contract and timeframe with start in [start, end), ascending."""
     validate_contract_id(contract_id)
     sql = f"SELECT {_READ_COLUMNS}{', source' if with_source else ''} FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
@@ -292,7 +295,6 @@ def read_bars(conn, contract_id: str, timeframe: Timeframe, start: datetime | No
     with conn.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
-    conn.rollback()  # end the read transaction: never hold a snapshot open
     if not rows:
         out = empty_bars()
         if with_source:
@@ -307,22 +309,24 @@ def read_bars(conn, contract_id: str, timeframe: Timeframe, start: datetime | No
     return out
 
 
-def last_bar_times(conn, contract_id: str, timeframes: Iterable[Timeframe]) -> dict[Timeframe, datetime | None]:
-    """Start of the newest stored bar per timeframe (None when there is none)."""
+def last_bar_times(conn: psycopg2.extensions.connection, contract_id: str, timeframes: Iterable[Timeframe],
+                   before: Mapping[Timeframe, datetime] | None = None) -> dict[Timeframe, datetime | None]:
+    """Start of the newest stored bar per timeframe (None when there is none); with `before`, the
+    newest of those starting before `before[tf]`."""
     validate_contract_id(contract_id)
+    sql = 'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s'
     out: dict[Timeframe, datetime | None] = {}
     with conn.cursor() as cur:
         for tf in timeframes:
-            cur.execute(
-                'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s',
-                (contract_id, tf.unit, tf.value),
-            )
+            if before is None:
+                cur.execute(sql, (contract_id, tf.unit, tf.value))
+            else:
+                cur.execute(sql + ' AND "timestamp" < %s', (contract_id, tf.unit, tf.value, before[tf]))
             out[tf] = cur.fetchone()[0]
-    conn.rollback()
     return out
 
 
-def read_live_versions(conn, contract_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+def read_live_versions(conn: psycopg2.extensions.connection, contract_id: str, start: datetime, end: datetime) -> pd.DataFrame:
     """The bars the live daemon built in [start, end), every timeframe: the stored bar when it is
     still the live one, else the live values a history replace overwrote (from bar_revisions)."""
     validate_contract_id(contract_id)
@@ -338,7 +342,43 @@ def read_live_versions(conn, contract_id: str, start: datetime, end: datetime) -
     with conn.cursor() as cur:
         cur.execute(sql, {"c": contract_id, "s": start, "e": end})
         rows = cur.fetchall()
-    conn.rollback()
     if not rows:
         return empty_bars()
     return normalize_bars(pd.DataFrame(rows, columns=BAR_COLUMNS))
+
+
+# --------------------------------------------------------------------------- reads for the trend analysis
+
+def _bars_sql(after: bool) -> str:
+    return (
+        'SELECT "timestamp", open, high, low, close, revisions, ingested_at FROM ohlc_bars'
+        " WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
+        + (' AND "timestamp" > %s' if after else "")
+        + ' ORDER BY "timestamp"'
+    )
+
+
+def read_analysis_bars(conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, after: datetime | None) -> list[tuple]:
+    """Rows (timestamp, open, high, low, close, revisions, ingested_at) of the stored bars starting
+    after `after` (all when None), ascending: what the trend analysis feeds its detector."""
+    validate_contract_id(contract_id)
+    params: list = [contract_id, tf.unit, tf.value]
+    if after is not None:
+        params.append(after)
+    with conn.cursor() as cur:
+        cur.execute(_bars_sql(after is not None), params)
+        return cur.fetchall()
+
+
+def bars_fingerprint(conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, through: datetime) -> tuple[int, int, datetime | None]:
+    """(count, sum of revisions, newest ingested_at) of the stored bars starting at or before
+    `through`: a bar added behind a watermark or replaced since changes it."""
+    validate_contract_id(contract_id)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), coalesce(sum(revisions), 0), max(ingested_at) FROM ohlc_bars"
+            ' WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s AND "timestamp" <= %s',
+            (contract_id, tf.unit, tf.value, through),
+        )
+        count, revisions, ingested = cur.fetchone()
+    return int(count), int(revisions), ingested

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from .urls import redact_url
+
 log = logging.getLogger("projectx.storage")
 
 APPLICATION_NAME = "projectx_pipeline"
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def connect(url: str, *, application_name: str = APPLICATION_NAME, connect_timeout: int = 10, **kwargs):
+def connect(url: str, *, application_name: str = APPLICATION_NAME, connect_timeout: int = 10, **kwargs) -> psycopg2.extensions.connection:
     """A new connection; every session works in UTC so timestamps never depend on the server's zone."""
     try:
         conn = psycopg2.connect(
@@ -31,6 +27,27 @@ def connect(url: str, *, application_name: str = APPLICATION_NAME, connect_timeo
         # psycopg2 messages can echo the DSN; keep only the first line and redact it.
         raise StorageUnavailable(f"cannot connect to {redact_url(url)}: {redact_url(str(exc).strip().splitlines()[0])}") from None
     return conn
+
+
+def close_quietly(conn: psycopg2.extensions.connection | None) -> None:
+    """Close a connection that may be broken already: closing is cleanup, never a new error."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg2.extensions.connection) -> Iterator[psycopg2.extensions.connection]:
+    """For a caller that owns the transaction of a non-autocommit connection (storage functions
+    never commit): commit when the block succeeds, roll back when it raises. A failed rollback
+    (the connection is gone) never hides the error that caused it."""
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        raise
 
 
 class StorageUnavailable(RuntimeError):
@@ -59,6 +76,31 @@ def is_transient_error(exc: BaseException) -> bool:
     """True for a server-side failure worth retrying on the same connection (disk full, timeout)."""
     code = getattr(exc, "pgcode", None) or ""
     return code.startswith("53") or code in _TRANSIENT_STATES
+
+
+def begin_read_committed(conn: psycopg2.extensions.connection) -> None:
+    """Open a READ COMMITTED transaction on an idle, non-autocommit connection, for a run that
+    owns it (commits or rolls back itself): each statement then sees what overlapping runs
+    committed before the run got its lock."""
+    if conn.autocommit:
+        raise ValueError("the connection is in autocommit mode: analysis runs need one transaction (set autocommit = False)")
+    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        raise ValueError("the connection has an open transaction: commit or roll back before an analysis run")
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
+def commit_asynchronously(conn: psycopg2.extensions.connection) -> None:
+    """From now on this session's commits do not wait for the WAL flush (a server crash may lose
+    the last few hundred milliseconds of them; see the ingest writer, which writes them again)."""
+    with conn.cursor() as cur:
+        cur.execute("SET synchronous_commit TO off")
+
+
+def commit_durably(conn: psycopg2.extensions.connection) -> None:
+    """The current transaction's commit waits for the WAL flush, whatever the session's setting."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit TO on")
 
 
 class ConnectionPool:

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+import psycopg2.extensions
+
 log = logging.getLogger("projectx.storage")
 
 # Any constant works as long as every migrator uses the same one: it serialises them.
@@ -88,10 +90,9 @@ def migrate(conn) -> list[int]:
     return applied_now
 
 
-def timescaledb_active(conn) -> str | None:
-    """The installed TimescaleDB version, or None on plain PostgreSQL."""
+def timescaledb_active(conn: psycopg2.extensions.connection) -> str | None:
+    """The installed TimescaleDB version, or None on plain PostgreSQL (in the caller's transaction)."""
     with conn.cursor() as cur:
         cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
         row = cur.fetchone()
-    conn.rollback()
     return row[0] if row else None

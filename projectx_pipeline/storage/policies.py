@@ -1,6 +1,8 @@
 """Retention and compression: TimescaleDB policies when the extension is active, the
 platform's own deletes on plain PostgreSQL. Nothing else in the code cares which.
 
+Both work inside the caller's transaction: the caller commits.
+
 TimescaleDB 2.18 renamed compression to the columnstore (`timescaledb.enable_columnstore`,
 `add_columnstore_policy`) and deprecated the old names; the current API is used where the
 server has it, the old one on older servers.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
+
+import psycopg2.extensions
 
 from .migrate import timescaledb_active
 
@@ -28,7 +32,7 @@ def has_columnstore_api(version: str) -> bool:
     return _version(version) >= COLUMNSTORE_SINCE
 
 
-def apply_policies(conn, *, trades_retention_days: int, bars_compress_after_days: int) -> str:
+def apply_policies(conn: psycopg2.extensions.connection, *, trades_retention_days: int, bars_compress_after_days: int) -> str:
     """(Re)apply the settings' policies; returns 'timescaledb' or 'postgresql'. Idempotent: the
     services call it at every start, so a changed setting takes effect on the next start."""
     version = timescaledb_active(conn)
@@ -46,13 +50,12 @@ def apply_policies(conn, *, trades_retention_days: int, bars_compress_after_days
             else:
                 cur.execute("SELECT remove_compression_policy(%s, if_exists => true)", (table,))
                 cur.execute("SELECT add_compression_policy(%s, %s::interval)", (table, after))
-    conn.commit()
     log.info("event=storage_policies_applied backend=timescaledb version=%s api=%s trades_retention_days=%d compress_after_days=%d",
              version, "columnstore" if columnstore else "compression", trades_retention_days, bars_compress_after_days)
     return "timescaledb"
 
 
-def enforce_trade_retention(conn, *, trades_retention_days: int, now: datetime | None = None) -> int:
+def enforce_trade_retention(conn: psycopg2.extensions.connection, *, trades_retention_days: int, now: datetime | None = None) -> int:
     """Plain PostgreSQL: delete raw trades older than the retention (TimescaleDB drops chunks itself)."""
     if timescaledb_active(conn):
         return 0
@@ -60,7 +63,6 @@ def enforce_trade_retention(conn, *, trades_retention_days: int, now: datetime |
     with conn.cursor() as cur:
         cur.execute('DELETE FROM trades WHERE "timestamp" < %s', (cutoff,))
         deleted = cur.rowcount
-    conn.commit()
     if deleted:
         log.info("event=trades_retention deleted=%d cutoff=%s", deleted, cutoff.isoformat())
     return deleted

@@ -49,6 +49,15 @@ class TestDatabaseServer:
         conn.autocommit = True
         return conn
 
+    def _admin_execute(self, statement: str) -> None:
+        """One statement on a fresh autocommit admin connection (CREATE/DROP DATABASE need one)."""
+        conn = self._admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
     def _build_template(self) -> None:
         conn = self._admin()
         try:
@@ -83,22 +92,12 @@ class TestDatabaseServer:
         """A new database, with every migration applied unless `migrated=False`; returns its URL."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         template = f' TEMPLATE "{TEMPLATE_DB}"' if migrated else ""
-        conn = self._admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"{template}')
-        finally:
-            conn.close()
+        self._admin_execute(f'CREATE DATABASE "{name}"{template}')
         return _with_database(self.admin_url, name)
 
     def drop_database(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")
-        conn = self._admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
+        self._admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
         if self.cluster is not None:

@@ -1,4 +1,4 @@
-"""Trend-start analysis and multi-timeframe coordination against the database (no Dagster).
+"""Trend-start analysis against the database (no Dagster).
 
 `run_trend_analysis` — one (analyzer, contract, timeframe) per call, one transaction:
 
@@ -26,35 +26,25 @@
   what was removed. Outputs with signal_ts at or before that time are unaffected: every changed
   signal became known strictly after it.
 
-`run_coordination` — one contract, every rule, one transaction, serialized by an advisory lock
-on the contract. Per rule with watermark W it re-reads the signals with
-known_at >= replay_start(W, [rule]), runs `coordinate`, inserts the outputs with signal_ts > W
-(ON CONFLICT DO NOTHING) and advances W.
-
-Coordinator watermark rule. W may only advance to a time up to which EVERY input of the rule is
-complete: W_new = max(W, min over the rule's anchor and trigger timeframes of the close of the
-last bar the analyzer has processed). A 15m trigger can be analysed before the 1h anchor it
-belongs to: the watermark then stays at the 1h analysis' close, so the next run re-reads that
-trigger and pairs it when the anchor arrives. Any output found is final and inserted even when
-it lies beyond W_new: its trigger exists, so the trigger timeframe is analysed through the
-trigger's bar, and no trigger known earlier can still appear. The analyzer watermarks are read
-BEFORE the signals (READ COMMITTED), so every signal known up to W_new is in what was read.
+Every storage call here works in the run's transaction; the run owns it (begins it, commits on
+success, rolls back on error).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.coordination import CoordinationRule, coordinate, known_at, replay_start
 from ..domain.timeframes import Timeframe, validate_contract_id
 from ..domain.trend_starts import ANALYZER_ID, Signal, TrendStartDetector
-from ..storage import signals as store
+from ..storage import bars, locks
+from ..storage import coordinated_signals as coordinated
+from ..storage import trend_signals as store
+from ..storage.db import begin_read_committed
 
 _STATE_FORMAT = 1
 LATEST_ROWS = 10
@@ -80,59 +70,6 @@ class AnalysisResult:
     last_bar_ts: datetime | None = None
     changed_from: datetime | None = None  # first confirm time rewritten by a recompute / first run
     mode: str = "incremental"  # incremental | initial | recompute
-
-
-@dataclass(frozen=True)
-class CoordinationResult:
-    new_outputs: int
-    latest: pd.DataFrame
-    contract_id: str = ""
-    total_outputs: int = 0
-    watermarks: dict = field(default_factory=dict)  # rule name -> last_known_at (None: not yet)
-
-
-# --------------------------------------------------------------------------- transactions
-
-def _begin(conn) -> None:
-    """The run owns one READ COMMITTED transaction on an idle, non-autocommit connection."""
-    if conn.autocommit:
-        raise ValueError("the connection is in autocommit mode: analysis runs need one transaction (set autocommit = False)")
-    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-        raise ValueError("the connection has an open transaction: commit or roll back before an analysis run")
-    with conn.cursor() as cur:
-        # Each statement must see what overlapping runs committed before we got the lock.
-        cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-
-
-# --------------------------------------------------------------------------- trend analysis
-
-def _bars_sql(after: bool) -> str:
-    return (
-        'SELECT "timestamp", open, high, low, close, revisions, ingested_at FROM ohlc_bars'
-        " WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
-        + (' AND "timestamp" > %s' if after else "")
-        + ' ORDER BY "timestamp"'
-    )
-
-
-def _read_bar_rows(conn, contract_id: str, tf: Timeframe, after: datetime | None) -> list[tuple]:
-    params: list = [contract_id, tf.unit, tf.value]
-    if after is not None:
-        params.append(after)
-    with conn.cursor() as cur:
-        cur.execute(_bars_sql(after is not None), params)
-        return cur.fetchall()
-
-
-def _bars_fingerprint(conn, contract_id: str, tf: Timeframe, through: datetime) -> tuple[int, int, datetime | None]:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*), coalesce(sum(revisions), 0), max(ingested_at) FROM ohlc_bars"
-            ' WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s AND "timestamp" <= %s',
-            (contract_id, tf.unit, tf.value, through),
-        )
-        count, revisions, ingested = cur.fetchone()
-    return int(count), int(revisions), ingested
 
 
 def _feed(detector: TrendStartDetector, rows: list[tuple]) -> list[Signal]:
@@ -168,6 +105,15 @@ def _state(detector: TrendStartDetector, rows: list[tuple], previous: dict | Non
     }
 
 
+def _save_watermark(conn, analyzer_id: str, contract_id: str, tf: Timeframe, detector: TrendStartDetector,
+                    rows: list[tuple], previous: dict | None) -> None:
+    """Record that the detector has seen every bar through the last of `rows`, and its state."""
+    store.save_analyzer_watermark(
+        conn, analyzer_id, contract_id, tf,
+        last_bar_ts=rows[-1][0], bars_processed=detector.bars_processed, state=_state(detector, rows, previous),
+    )
+
+
 def _first_difference(stored: pd.DataFrame, computed: pd.DataFrame) -> pd.Timestamp | None:
     """The earliest confirm_ts at which stored and computed signals differ (None: identical).
 
@@ -192,7 +138,7 @@ def _first_difference(stored: pd.DataFrame, computed: pd.DataFrame) -> pd.Timest
 
 
 def run_trend_analysis(
-    conn, contract_id: str, tf: Timeframe, *, analyzer_id: str = ANALYZER_ID, latest: int = LATEST_ROWS
+    conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, *, analyzer_id: str = ANALYZER_ID, latest: int = LATEST_ROWS
 ) -> AnalysisResult:
     """Bring the detected signals of (analyzer, contract, tf) up to date with the stored bars.
 
@@ -203,9 +149,9 @@ def run_trend_analysis(
         raise ValueError(f"unknown analyzer {analyzer_id!r}: expected {ANALYZER_ID!r} (the only one implemented)")
     if not isinstance(tf, Timeframe):
         raise TypeError(f"invalid timeframe {tf!r}: expected a Timeframe")
-    _begin(conn)
+    begin_read_committed(conn)
     try:
-        store.lock_analysis(conn, analyzer_id, contract_id, tf)
+        locks.lock_analysis(conn, analyzer_id, contract_id, tf)
         watermark = store.load_analyzer_watermark(conn, analyzer_id, contract_id, tf)
         detector = previous = None
         if watermark is not None:
@@ -234,7 +180,7 @@ def _resumable(conn, watermark: store.AnalyzerWatermark) -> tuple[TrendStartDete
         return None, None
     if detector.bars_processed != watermark.bars_processed:
         return None, None
-    count, revisions, ingested = _bars_fingerprint(conn, watermark.contract_id, watermark.timeframe, watermark.last_bar_ts)
+    count, revisions, ingested = bars.bars_fingerprint(conn, watermark.contract_id, watermark.timeframe, watermark.last_bar_ts)
     if count != watermark.bars_processed or revisions != recorded_revisions:
         return None, None
     if ingested is not None and (recorded_ingested is None or ingested > recorded_ingested):
@@ -243,17 +189,14 @@ def _resumable(conn, watermark: store.AnalyzerWatermark) -> tuple[TrendStartDete
 
 
 def _incremental(conn, analyzer_id, contract_id, tf, watermark, detector, previous, latest) -> AnalysisResult:
-    rows = _read_bar_rows(conn, contract_id, tf, after=watermark.last_bar_ts)
+    rows = bars.read_analysis_bars(conn, contract_id, tf, after=watermark.last_bar_ts)
     new = 0
     last_bar_ts = watermark.last_bar_ts
     if rows:
         signals = _feed(detector, rows)
         new = store.insert_detected_signals(conn, analyzer_id, contract_id, tf, _signals_to_frame(signals))
         last_bar_ts = rows[-1][0]
-        store.save_analyzer_watermark(
-            conn, analyzer_id, contract_id, tf,
-            last_bar_ts=last_bar_ts, bars_processed=detector.bars_processed, state=_state(detector, rows, previous),
-        )
+        _save_watermark(conn, analyzer_id, contract_id, tf, detector, rows, previous)
     return AnalysisResult(
         bars_processed=len(rows),
         new_signals=new,
@@ -268,7 +211,7 @@ def _incremental(conn, analyzer_id, contract_id, tf, watermark, detector, previo
 
 
 def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -> AnalysisResult:
-    rows = _read_bar_rows(conn, contract_id, tf, after=None)
+    rows = bars.read_analysis_bars(conn, contract_id, tf, after=None)
     detector = TrendStartDetector()
     computed = _signals_to_frame(_feed(detector, rows))
     stored = store.read_detected_signals(conn, analyzer_id, contract_id, tf)
@@ -277,25 +220,17 @@ def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -
     if changed_from is not None:
         # Before any delete: coordination runs of this contract hold this lock while they insert
         # rows referencing signals, so taking it first rules out a lock-order deadlock.
-        store.lock_coordination(conn, contract_id)
+        locks.lock_coordination(conn, contract_id)
         deleted = store.delete_signals_confirmed_from(conn, analyzer_id, contract_id, tf, changed_from)
         inserted = store.insert_detected_signals(
             conn, analyzer_id, contract_id, tf, computed[computed["confirm_ts"] >= changed_from]
         )
-        store.rewind_coordinator_watermarks(conn, contract_id, changed_from)
+        coordinated.rewind_coordinator_watermarks(conn, contract_id, changed_from)
     last_bar_ts = rows[-1][0] if rows else None
     if rows:
-        store.save_analyzer_watermark(
-            conn, analyzer_id, contract_id, tf,
-            last_bar_ts=last_bar_ts, bars_processed=detector.bars_processed, state=_state(detector, rows, None),
-        )
-    else:
-        with conn.cursor() as cur:  # no bars at all (any more): nothing to resume from
-            cur.execute(
-                "DELETE FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s"
-                " AND timeframe_unit = %s AND timeframe_value = %s",
-                (analyzer_id, contract_id, tf.unit, tf.value),
-            )
+        _save_watermark(conn, analyzer_id, contract_id, tf, detector, rows, None)
+    else:  # no bars at all (any more): nothing to resume from
+        store.delete_analyzer_watermark(conn, analyzer_id, contract_id, tf)
     return AnalysisResult(
         bars_processed=len(rows),
         new_signals=inserted,
@@ -309,65 +244,3 @@ def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -
         changed_from=changed_from.to_pydatetime() if changed_from is not None else None,
         mode="recompute" if recompute else "initial",
     )
-
-
-# --------------------------------------------------------------------------- coordination
-
-def run_coordination(
-    conn,
-    contract_id: str,
-    rules: Iterable[CoordinationRule],
-    *,
-    analyzer_id: str = ANALYZER_ID,
-    latest: int = LATEST_ROWS,
-) -> CoordinationResult:
-    """Coordinate the contract's detected signals under every rule, incrementally (module docstring).
-
-    Commits on success, rolls back on error."""
-    validate_contract_id(contract_id)
-    store.validate_analyzer_id(analyzer_id)
-    rules = tuple(rules)
-    names = [r.name for r in rules]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate coordination rule names in {names}: names must be unique")
-    _begin(conn)
-    try:
-        store.lock_coordination(conn, contract_id)
-        # Analyzer progress FIRST: signals read afterwards include everything it covers.
-        last_bars = store.analyzer_last_bars(conn, analyzer_id, contract_id)
-        watermarks = store.load_coordinator_watermarks(conn, contract_id, names)
-        starts = {r.name: None if watermarks[r.name] is None else replay_start(watermarks[r.name], [r]) for r in rules}
-        new = 0
-        if rules:
-            since = None if any(s is None for s in starts.values()) else min(starts.values())
-            timeframes = {tf for r in rules for tf in (r.anchor_timeframe, r.trigger_timeframe)}
-            signals = store.read_signals(conn, contract_id, since, analyzer_id=analyzer_id, timeframes=timeframes)
-        for rule in rules:
-            wm = watermarks[rule.name]
-            subset = signals if starts[rule.name] is None else signals[signals["known_at"] >= starts[rule.name]]
-            out = coordinate(subset, [rule])
-            if wm is not None:
-                out = out[out["signal_ts"] > pd.Timestamp(wm)]
-            new += store.insert_coordinated(conn, out)
-            closes = [
-                known_at(last_bars[tf], tf)
-                for tf in (rule.anchor_timeframe, rule.trigger_timeframe)
-                if tf in last_bars
-            ]
-            if len(closes) == 2:
-                caught_up = min(closes).to_pydatetime()
-                if wm is None or caught_up > wm:
-                    store.save_coordinator_watermark(conn, rule.name, contract_id, caught_up)
-                    watermarks[rule.name] = caught_up
-        result = CoordinationResult(
-            new_outputs=new,
-            latest=store.read_coordinated(conn, contract_id, latest=latest),
-            contract_id=contract_id,
-            total_outputs=store.count_coordinated(conn, contract_id),
-            watermarks=dict(watermarks),
-        )
-        conn.commit()
-        return result
-    except BaseException:
-        conn.rollback()
-        raise

@@ -1,17 +1,16 @@
-"""Signal tables: detected trend starts, analyzer watermarks, coordinated signals and their watermarks.
+"""Detected trend-start signals and the analyzer watermarks that say how far each
+(analyzer, contract, timeframe) has been analysed.
 
 Every function here works inside the CALLER's transaction: none of them commits or rolls back,
-so a service can write signals and advance a watermark atomically (see `signals.analysis`).
+so a run can write signals and advance its watermark atomically (see `analysis.trend_analysis`).
 Every query is parameterized; contract ids, analyzer ids and timeframes are validated first.
 
 Writes are idempotent: detected signals are unique on (analyzer, contract, timeframe, type,
-start time) and coordinated signals on (rule, contract, anchor signal); both inserts are
-`ON CONFLICT DO NOTHING` and return how many rows were really added.
+start time); the insert is `ON CONFLICT DO NOTHING` and returns how many rows were really added.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -21,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import psycopg2.extras
+import psycopg2.extensions
 
 from ..domain.coordination import known_at_ns
 from ..domain.timeframes import DomainError, Timeframe, validate_contract_id
@@ -42,10 +41,10 @@ SIGNAL_COLUMNS = [
     "rule",
     "analyzer_id",
 ]
-COORDINATED_COLUMNS = ["rule", "label", "contract_id", "signal_ts", "anchor_signal_id", "trigger_signal_id"]
 
 _ANALYZER_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TF_LABEL_SQL = (
+# A timeframe's label ('15m') from the columns of the detected_signals row aliased `d`.
+TF_LABEL_SQL = (
     "d.timeframe_value::text || CASE d.timeframe_unit WHEN 1 THEN 's' WHEN 2 THEN 'm' WHEN 3 THEN 'h'"
     " WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
 )
@@ -60,44 +59,26 @@ def validate_analyzer_id(analyzer_id: object) -> str:
     return analyzer_id
 
 
-def _check_tf(tf: object) -> Timeframe:
+def check_timeframe(tf: object) -> Timeframe:
     if not isinstance(tf, Timeframe):
         raise DomainError(f"invalid timeframe {tf!r}: expected a Timeframe (use parse_timeframe)")
     return tf
 
 
-def _utc_series(values) -> pd.Series:
+def _check_key(analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
+    """Validate the (analyzer, contract, timeframe) a query is about, before it reaches SQL."""
+    validate_analyzer_id(analyzer_id)
+    validate_contract_id(contract_id)
+    check_timeframe(tf)
+
+
+def utc_series(values) -> pd.Series:
     return pd.to_datetime(pd.Series(values), utc=True).astype("datetime64[ns, UTC]")
 
 
 def _utc_ns(column: pd.Series) -> np.ndarray:
-    return _utc_series(column).dt.tz_convert(None).to_numpy().view(np.int64)
+    return utc_series(column).dt.tz_convert(None).to_numpy().view(np.int64)
 
-
-# --------------------------------------------------------------------------- locks
-
-def advisory_lock_key(*parts: str) -> int:
-    """A stable signed 64-bit key for pg_advisory_xact_lock from text parts."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def lock_analysis(conn, analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
-    """Serialize analysis runs of one (analyzer, contract, timeframe) until the transaction ends."""
-    _xact_lock(conn, "analysis", validate_analyzer_id(analyzer_id), validate_contract_id(contract_id), _check_tf(tf).label)
-
-
-def lock_coordination(conn, contract_id: str) -> None:
-    """Serialize coordination runs of one contract (and the analysis recomputes that rewind them)."""
-    _xact_lock(conn, "coordination", validate_contract_id(contract_id))
-
-
-def _xact_lock(conn, *parts: str) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_lock_key(*parts),))
-
-
-# --------------------------------------------------------------------------- detected signals
 
 def _copy_escape(values: Iterable[str]) -> list[str]:
     """COPY text-format escaping of free text (backslash, tab, newline, carriage return)."""
@@ -110,15 +91,13 @@ def _ts_text(ns: np.ndarray) -> list[str]:
     return list(np.datetime_as_string(ns.view("datetime64[ns]"), unit="us", timezone="UTC"))
 
 
-def insert_detected_signals(conn, analyzer_id: str, contract_id: str, tf: Timeframe, frame: pd.DataFrame) -> int:
+def insert_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe, frame: pd.DataFrame) -> int:
     """Insert detected signals (`detect_trend_starts_frame` layout) and return how many were new.
 
     known_at is derived here (the close of the confirming bar) so that it can never disagree with
     confirm_ts. Bulk: COPY into a session-temporary stage, then one INSERT … ON CONFLICT DO NOTHING.
     """
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+    _check_key(analyzer_id, contract_id, tf)
     missing = [c for c in DETECTED_FRAME_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"signals frame lacks column(s) {', '.join(missing)}: expected {', '.join(DETECTED_FRAME_COLUMNS)}")
@@ -169,13 +148,11 @@ def insert_detected_signals(conn, analyzer_id: str, contract_id: str, tf: Timefr
         return int(cur.fetchone()[0])
 
 
-def delete_signals_confirmed_from(conn, analyzer_id: str, contract_id: str, tf: Timeframe, ts: datetime) -> int:
+def delete_signals_confirmed_from(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe, ts: datetime) -> int:
     """Delete the signals of (analyzer, contract, tf) confirmed at or after `ts` (used on recompute).
 
     Coordinated signals built on them go with them (ON DELETE CASCADE). Returns the rows deleted."""
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+    _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
             "DELETE FROM detected_signals WHERE analyzer_id = %s AND contract_id = %s AND timeframe_unit = %s"
@@ -186,7 +163,7 @@ def delete_signals_confirmed_from(conn, analyzer_id: str, contract_id: str, tf: 
 
 
 _SELECT_SIGNALS = f"""
-    SELECT d.id, d.contract_id, {_TF_LABEL_SQL}, d.signal_type, d.start_ts, d.confirm_ts, d.known_at,
+    SELECT d.id, d.contract_id, {TF_LABEL_SQL}, d.signal_type, d.start_ts, d.confirm_ts, d.known_at,
            d.price, d.rule, d.analyzer_id
     FROM detected_signals d"""
 
@@ -194,7 +171,7 @@ _SELECT_SIGNALS = f"""
 def _signals_frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=SIGNAL_COLUMNS)
     for c in ("start_ts", "confirm_ts", "known_at"):
-        df[c] = _utc_series(df[c])
+        df[c] = utc_series(df[c])
     df["signal_id"] = df["signal_id"].astype(np.int64)
     df["price"] = df["price"].astype(np.float64)
     for c in ("contract_id", "timeframe", "type", "rule", "analyzer_id"):
@@ -203,7 +180,7 @@ def _signals_frame(rows: list[tuple]) -> pd.DataFrame:
 
 
 def read_signals(
-    conn,
+    conn: psycopg2.extensions.connection,
     contract_id: str,
     since_known_at: datetime | None = None,
     *,
@@ -222,7 +199,7 @@ def read_signals(
         sql += " AND d.analyzer_id = %s"
         params.append(validate_analyzer_id(analyzer_id))
     if timeframes is not None:
-        tfs = [_check_tf(tf) for tf in timeframes]
+        tfs = [check_timeframe(tf) for tf in timeframes]
         if not tfs:
             return _signals_frame([])
         sql += " AND (d.timeframe_unit, d.timeframe_value) IN (" + ", ".join(["(%s, %s)"] * len(tfs)) + ")"
@@ -234,11 +211,9 @@ def read_signals(
         return _signals_frame(cur.fetchall())
 
 
-def read_detected_signals(conn, analyzer_id: str, contract_id: str, tf: Timeframe) -> pd.DataFrame:
+def read_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe) -> pd.DataFrame:
     """Every stored signal of one (analyzer, contract, timeframe), ordered by (start_ts, type)."""
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+    _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
             _SELECT_SIGNALS + " WHERE d.analyzer_id = %s AND d.contract_id = %s AND d.timeframe_unit = %s"
@@ -248,14 +223,14 @@ def read_detected_signals(conn, analyzer_id: str, contract_id: str, tf: Timefram
         return _signals_frame(cur.fetchall())
 
 
-def latest_signals(conn, analyzer_id: str, contract_id: str, tf: Timeframe | None = None, limit: int = 10) -> pd.DataFrame:
+def latest_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe | None = None, limit: int = 10) -> pd.DataFrame:
     """The `limit` most recently known signals (newest first)."""
     validate_analyzer_id(analyzer_id)
     validate_contract_id(contract_id)
     sql = _SELECT_SIGNALS + " WHERE d.analyzer_id = %s AND d.contract_id = %s"
     params: list = [analyzer_id, contract_id]
     if tf is not None:
-        _check_tf(tf)
+        check_timeframe(tf)
         sql += " AND d.timeframe_unit = %s AND d.timeframe_value = %s"
         params += [tf.unit, tf.value]
     sql += " ORDER BY d.known_at DESC, d.start_ts DESC, d.signal_type LIMIT %s"
@@ -265,10 +240,8 @@ def latest_signals(conn, analyzer_id: str, contract_id: str, tf: Timeframe | Non
         return _signals_frame(cur.fetchall())
 
 
-def count_signals(conn, analyzer_id: str, contract_id: str, tf: Timeframe) -> int:
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+def count_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe) -> int:
+    _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM detected_signals WHERE analyzer_id = %s AND contract_id = %s"
@@ -292,10 +265,8 @@ class AnalyzerWatermark:
     state: dict
 
 
-def load_analyzer_watermark(conn, analyzer_id: str, contract_id: str, tf: Timeframe) -> AnalyzerWatermark | None:
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+def load_analyzer_watermark(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe) -> AnalyzerWatermark | None:
+    _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT last_bar_ts, bars_processed, state FROM analyzer_watermarks WHERE analyzer_id = %s"
@@ -309,12 +280,10 @@ def load_analyzer_watermark(conn, analyzer_id: str, contract_id: str, tf: Timefr
 
 
 def save_analyzer_watermark(
-    conn, analyzer_id: str, contract_id: str, tf: Timeframe, *, last_bar_ts: datetime, bars_processed: int, state: dict
+    conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe, *, last_bar_ts: datetime, bars_processed: int, state: dict
 ) -> None:
     """Insert or replace the watermark (state must be JSON data: no NaN/inf)."""
-    validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
-    _check_tf(tf)
+    _check_key(analyzer_id, contract_id, tf)
     payload = json.dumps(state, allow_nan=False)
     with conn.cursor() as cur:
         cur.execute(
@@ -329,7 +298,7 @@ def save_analyzer_watermark(
         )
 
 
-def analyzer_last_bars(conn, analyzer_id: str, contract_id: str) -> dict[Timeframe, datetime]:
+def analyzer_last_bars(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str) -> dict[Timeframe, datetime]:
     """last_bar_ts of every analysed timeframe of (analyzer, contract)."""
     validate_analyzer_id(analyzer_id)
     validate_contract_id(contract_id)
@@ -342,131 +311,12 @@ def analyzer_last_bars(conn, analyzer_id: str, contract_id: str) -> dict[Timefra
         return {Timeframe(u, v): ts for u, v, ts in cur.fetchall()}
 
 
-# --------------------------------------------------------------------------- coordinated signals
-
-def insert_coordinated(conn, frame: pd.DataFrame) -> int:
-    """Insert coordinated signals (`domain.coordination.coordinate` layout); returns the rows added.
-
-    Idempotent: unique on (rule, contract, anchor signal), ON CONFLICT DO NOTHING."""
-    missing = [c for c in COORDINATED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"coordinated frame lacks column(s) {', '.join(missing)}: expected {', '.join(COORDINATED_COLUMNS)}")
-    if frame.empty:
-        return 0
-    for cid in pd.unique(frame["contract_id"]):
-        validate_contract_id(cid)
-    signal_ts = _utc_series(frame["signal_ts"])
-    if signal_ts.isna().any():
-        raise ValueError("coordinated frame has a missing signal_ts")
-    rows = list(
-        zip(
-            frame["rule"].astype(str).tolist(),
-            frame["label"].astype(str).tolist(),
-            frame["contract_id"].tolist(),
-            [t.to_pydatetime() for t in signal_ts],
-            [int(v) for v in frame["anchor_signal_id"].tolist()],
-            [int(v) for v in frame["trigger_signal_id"].tolist()],
-        )
-    )
-    with conn.cursor() as cur:
-        inserted = psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO coordinated_signals (rule, label, contract_id, signal_ts, anchor_signal_id, trigger_signal_id)"
-            " VALUES %s ON CONFLICT ON CONSTRAINT coordinated_signals_unique DO NOTHING RETURNING 1",
-            rows,
-            page_size=1000,
-            fetch=True,
-        )
-    return len(inserted)
-
-
-_COORDINATED_READ_COLUMNS = [
-    "id",
-    "rule",
-    "label",
-    "contract_id",
-    "signal_ts",
-    "anchor_signal_id",
-    "trigger_signal_id",
-    "anchor_timeframe",
-    "anchor_known_at",
-    "trigger_timeframe",
-    "trigger_known_at",
-]
-
-
-def read_coordinated(conn, contract_id: str, *, latest: int | None = None) -> pd.DataFrame:
-    """Coordinated signals of a contract with their inputs' timeframes and known_at; ordered by
-    (signal_ts, rule, anchor), or the `latest` newest first."""
-    validate_contract_id(contract_id)
-    a_label, t_label = _TF_LABEL_SQL.replace("d.", "a."), _TF_LABEL_SQL.replace("d.", "t.")
-    sql = f"""
-        SELECT c.id, c.rule, c.label, c.contract_id, c.signal_ts, c.anchor_signal_id, c.trigger_signal_id,
-               {a_label}, a.known_at, {t_label}, t.known_at
-        FROM coordinated_signals c
-        JOIN detected_signals a ON a.id = c.anchor_signal_id
-        JOIN detected_signals t ON t.id = c.trigger_signal_id
-        WHERE c.contract_id = %s"""
-    params: list = [contract_id]
-    if latest is None:
-        sql += " ORDER BY c.signal_ts, c.rule, c.anchor_signal_id"
-    else:
-        sql += " ORDER BY c.signal_ts DESC, c.rule, c.anchor_signal_id LIMIT %s"
-        params.append(int(latest))
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        df = pd.DataFrame(cur.fetchall(), columns=_COORDINATED_READ_COLUMNS)
-    for c in ("signal_ts", "anchor_known_at", "trigger_known_at"):
-        df[c] = _utc_series(df[c])
-    for c in ("id", "anchor_signal_id", "trigger_signal_id"):
-        df[c] = df[c].astype(np.int64)
-    return df
-
-
-def count_coordinated(conn, contract_id: str) -> int:
-    validate_contract_id(contract_id)
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM coordinated_signals WHERE contract_id = %s", (contract_id,))
-        return int(cur.fetchone()[0])
-
-
-# --------------------------------------------------------------------------- coordinator watermarks
-
-def load_coordinator_watermarks(conn, contract_id: str, rules: Iterable[str]) -> dict[str, datetime | None]:
-    """last_known_at per rule name (None for a rule that has never advanced)."""
-    validate_contract_id(contract_id)
-    names = list(rules)
-    out: dict[str, datetime | None] = dict.fromkeys(names)
-    if not names:
-        return out
+def delete_analyzer_watermark(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
+    """Forget how far (analyzer, contract, tf) was analysed: there are no bars to resume from."""
+    _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT rule, last_known_at FROM coordinator_watermarks WHERE contract_id = %s AND rule = ANY(%s)",
-            (contract_id, names),
+            "DELETE FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s"
+            " AND timeframe_unit = %s AND timeframe_value = %s",
+            (analyzer_id, contract_id, tf.unit, tf.value),
         )
-        out.update(dict(cur.fetchall()))
-    return out
-
-
-def save_coordinator_watermark(conn, rule: str, contract_id: str, last_known_at: datetime) -> None:
-    validate_contract_id(contract_id)
-    with conn.cursor() as cur:
-        cur.execute(
-            """
-            INSERT INTO coordinator_watermarks (rule, contract_id, last_known_at, updated_at)
-            VALUES (%s, %s, %s, now())
-            ON CONFLICT (rule, contract_id) DO UPDATE SET last_known_at = EXCLUDED.last_known_at, updated_at = now()""",
-            (str(rule), contract_id, last_known_at),
-        )
-
-
-def rewind_coordinator_watermarks(conn, contract_id: str, ts: datetime) -> int:
-    """Move every coordinator watermark of the contract back to `ts` if it is later; returns how many moved."""
-    validate_contract_id(contract_id)
-    with conn.cursor() as cur:
-        cur.execute(
-            "UPDATE coordinator_watermarks SET last_known_at = %s, updated_at = now()"
-            " WHERE contract_id = %s AND last_known_at > %s",
-            (ts, contract_id, ts),
-        )
-        return cur.rowcount
