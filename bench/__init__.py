@@ -184,7 +184,7 @@ def loadavg() -> list[float]:
 def synthetic_trades(n: int, seed: int = 7, contract_id: str = MES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first `n` trades of the simulator's synthetic market (CME hours, bursts, tick grid)
     from Monday 2025-01-06 00:00 UTC on: int64 ns timestamps, float64 prices, int64 sizes."""
-    from projectx_pipeline.domain.timeframes import NS_PER_DAY
+    from projectx_pipeline.domain.timestamps import NS_PER_DAY
     from projectx_pipeline.domain.timestamps import to_ns
     from projectx_pipeline.gateway.simulator.market import SyntheticSource
 

@@ -30,7 +30,8 @@ import pandas as pd
 
 from projectx_pipeline.backfill import backfill_trade_date
 from projectx_pipeline.domain.quality import validate_bars
-from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
+from projectx_pipeline.domain.sessions import trade_date_session
+from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from projectx_pipeline.domain.market import Trade
-from projectx_pipeline.domain.timeframes import NS_PER_SECOND
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 from projectx_pipeline.domain.timestamps import from_ns
 from projectx_pipeline.ingest.counters import Counters
 from projectx_pipeline.ingest.writer import StoreWriter

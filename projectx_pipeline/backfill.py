@@ -11,7 +11,8 @@ import pandas as pd
 import psycopg2.extensions
 
 from .domain.quality import Session, find_gaps
-from .domain.timeframes import Timeframe, trade_date_session
+from .domain.sessions import trade_date_session
+from .domain.timeframes import Timeframe
 from .history import HistorySource, replace_from_history
 from .storage.bars import BarStore
 from .storage.db import transaction

@@ -22,10 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line, exit 2 (argparse prints usage + error)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -45,10 +41,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # absolute imports: under `python -m projectx_pipeline.cli` this module is __main__, and
-    # the command modules raise projectx_pipeline.cli.UsageError, not __main__.UsageError
-    from projectx_pipeline.cli import UsageError
-    from projectx_pipeline.domain.timeframes import DomainError
+    # imported here, not at the top, so that `projectx --help` stays fast
+    from projectx_pipeline.domain.errors import DomainError
+    from projectx_pipeline.errors import UsageError
     from projectx_pipeline.settings import SettingsError
 
     argv = sys.argv[1:] if argv is None else argv

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import UsageError
+from .errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .domain.timeframes import DomainError, Timeframe, parse_timeframe, validate_contract_id
+from .domain.contracts import ContractId
+from .domain.errors import DomainError
+from .domain.timeframes import Timeframe, parse_timeframes
 
 ENV_SETTINGS = "PROJECTX_SETTINGS"
 ENV_GATEWAY = "PROJECTX_GATEWAY"
@@ -65,18 +67,7 @@ class ContractSettings(_Model):
     @field_validator("id")
     @classmethod
     def _valid_id(cls, v: str) -> str:
-        return validate_contract_id(v)
-
-
-def _timeframes(v: Any) -> list[Timeframe]:
-    if isinstance(v, str):
-        v = v.split(",")
-    if not isinstance(v, list) or not v:
-        raise ValueError("expected a non-empty list of timeframes such as [1m, 5m, 1h]")
-    tfs = [parse_timeframe(x) for x in v]
-    if len(set(tfs)) != len(tfs):
-        raise ValueError("expected each timeframe once")
-    return sorted(tfs, key=lambda t: t.nominal_seconds)
+        return ContractId(v)
 
 
 class IngestSettings(_Model):
@@ -95,7 +86,7 @@ class IngestSettings(_Model):
     def _valid_shards(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         for ids in v.values():
             for cid in ids:
-                validate_contract_id(cid)
+                ContractId(cid)
         return v
 
 
@@ -124,7 +115,7 @@ class AnalyzerSettings(_Model):
     id: str
     timeframes: list[Timeframe]
 
-    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: _timeframes(v)))
+    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: parse_timeframes(v)))
 
 
 class AnalysisSettings(_Model):
@@ -154,7 +145,7 @@ class FileSettings(_Model):
     analysis: AnalysisSettings = AnalysisSettings()
     coordination: CoordinationSettings = CoordinationSettings()
 
-    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: _timeframes(v)))
+    _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: parse_timeframes(v)))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "FileSettings":

@@ -20,16 +20,9 @@ from projectx_pipeline.domain.aggregation import (
     split_valid,
 )
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
-from projectx_pipeline.domain.timeframes import (
-    DEFAULT_TIMEFRAMES,
-    NS_PER_SECOND,
-    UNIT_DAY,
-    Timeframe,
-    bar_end,
-    bar_start,
-    parse_timeframes,
-    trade_date_session,
-)
+from projectx_pipeline.domain.sessions import trade_date_session
+from projectx_pipeline.domain.timeframes import bar_end, bar_start, DEFAULT_TIMEFRAMES, parse_timeframes, Timeframe, UNIT_DAY
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
 CONTRACT = MES

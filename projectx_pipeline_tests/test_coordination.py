@@ -18,7 +18,8 @@ from projectx_pipeline.domain.coordination import (
     parse_rules,
     replay_start,
 )
-from projectx_pipeline.domain.timeframes import DomainError, bar_end, bar_starts_ns, parse_timeframe
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import bar_end, bar_starts_ns, parse_timeframe
 
 from .support.coordination import LONG, RULES, SHORT
 from .support.market import MES

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
-from projectx_pipeline.domain.timeframes import parse_timeframe, trade_date_session
+from projectx_pipeline.domain.sessions import trade_date_session
+from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.orchestration.bar_assets import build_bar_assets
 from projectx_pipeline.orchestration.checks import build_bar_checks
 from projectx_pipeline.orchestration.partitions import build_partitions, partition_key

@@ -18,7 +18,8 @@ import pytest
 import requests
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from projectx_pipeline.domain.timeframes import parse_timeframe, parse_timeframes, trade_date_session
+from projectx_pipeline.domain.sessions import trade_date_session
+from projectx_pipeline.domain.timeframes import parse_timeframe, parse_timeframes
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
 from projectx_pipeline.gateway.simulator.control import SimulatorControl

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projectx_pipeline.domain.market import BAR_COLUMNS
-from projectx_pipeline.domain.timeframes import DomainError, parse_timeframe
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.gateway import (
     GatewayClient,
     GatewayConfig,

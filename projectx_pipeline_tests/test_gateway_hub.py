@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from projectx_pipeline.domain.market import Quote, Trade
-from projectx_pipeline.domain.timeframes import DomainError
+from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.server import SimulatorServer

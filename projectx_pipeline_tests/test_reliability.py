@@ -34,7 +34,8 @@ import pytest
 
 from projectx_pipeline.backfill import backfill_trade_date
 from projectx_pipeline.domain.market import normalize_bars
-from projectx_pipeline.domain.timeframes import Timeframe, bar_end, parse_timeframe, trade_date_session
+from projectx_pipeline.domain.sessions import trade_date_session
+from projectx_pipeline.domain.timeframes import bar_end, parse_timeframe, Timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig

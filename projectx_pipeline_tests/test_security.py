@@ -49,7 +49,8 @@ from hypothesis import strategies as st
 from projectx_pipeline.domain.aggregation import BarAggregator, aggregate_trades, split_valid
 from projectx_pipeline.domain.market import Quote, Trade, normalize_bars
 from projectx_pipeline.domain.quality import validate_bars
-from projectx_pipeline.domain.timeframes import DomainError, Timeframe, parse_timeframe, parse_timeframes
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import parse_timeframe, parse_timeframes, Timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.domain.trend_starts import (
     TrendStartDetector,
@@ -1250,11 +1251,11 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
 
 def test_ids_with_a_trailing_newline_are_refused(conn):
     from projectx_pipeline.domain.coordination import CoordinationRule
-    from projectx_pipeline.domain.timeframes import validate_contract_id
+    from projectx_pipeline.domain.contracts import ContractId
     from projectx_pipeline.storage.trend_signals import validate_analyzer_id
 
     problems = []
-    for check, value in ((validate_contract_id, MES + "\n"), (validate_analyzer_id, "trend_starts_v1\n")):
+    for check, value in ((ContractId, MES + "\n"), (validate_analyzer_id, "trend_starts_v1\n")):
         try:
             check(value)
             problems.append(f"{check.__name__} accepted {value!r}")

@@ -10,7 +10,8 @@ from pandas.testing import assert_frame_equal
 
 from projectx_pipeline.domain.coordination import coordinate
 from projectx_pipeline.domain.market import read_bars_csv
-from projectx_pipeline.domain.timeframes import DomainError, bar_end, parse_timeframe
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import bar_end, parse_timeframe
 from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
 from projectx_pipeline.analysis.coordination_runner import run_coordination
 from projectx_pipeline.analysis.trend_analysis import run_trend_analysis

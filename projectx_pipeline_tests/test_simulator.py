@@ -21,7 +21,7 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from projectx_pipeline.cli import UsageError
+from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.aggregation import aggregate_trades
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
 from projectx_pipeline.domain.timeframes import bar_starts_ns, parse_timeframe

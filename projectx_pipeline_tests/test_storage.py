@@ -10,7 +10,8 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from projectx_pipeline.domain.timeframes import DomainError, parse_timeframe
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, upsert_bars
 from projectx_pipeline.storage.db import connect
 from projectx_pipeline.storage.migrate import available_migrations, migrate, timescaledb_active

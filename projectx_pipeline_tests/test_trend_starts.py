@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .support.paths import SAMPLE_DIR
-from projectx_pipeline.cli import UsageError
+from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.trend_starts import (
     ANALYZER_ID,

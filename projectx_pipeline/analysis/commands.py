@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from projectx_pipeline.cli import UsageError
+from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars
 from projectx_pipeline.domain.trend_starts import detect_trend_starts_frame
 

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.timeframes import Timeframe, validate_contract_id
+from ..domain.contracts import ContractId
+from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID, Signal, TrendStartDetector
 from ..storage import bars, locks
 from ..storage import coordinated_signals as coordinated
@@ -143,7 +144,7 @@ def run_trend_analysis(
     """Bring the detected signals of (analyzer, contract, tf) up to date with the stored bars.
 
     Commits on success, rolls back on error (see the module docstring for the rules)."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     store.validate_analyzer_id(analyzer_id)
     if analyzer_id != ANALYZER_ID:
         raise ValueError(f"unknown analyzer {analyzer_id!r}: expected {ANALYZER_ID!r} (the only one implemented)")

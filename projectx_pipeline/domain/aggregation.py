@@ -19,16 +19,10 @@ import numpy as np
 import pandas as pd
 
 from .market import BAR_COLUMNS
-from .timeframes import (
-    DEFAULT_TIMEFRAMES,
-    NS_PER_SECOND,
-    DomainError,
-    Timeframe,
-    bar_end,
-    bar_starts_ns,
-    parse_timeframes,
-    validate_contract_id,
-)
+from .contracts import ContractId
+from .errors import DomainError
+from .timeframes import bar_end, bar_starts_ns, DEFAULT_TIMEFRAMES, parse_timeframes, Timeframe
+from .timestamps import NS_PER_SECOND
 from .timestamps import from_ns, to_ns
 
 
@@ -405,7 +399,7 @@ class BarAggregator:
     """
 
     def __init__(self, contract_id: str, timeframes=DEFAULT_TIMEFRAMES, *, grace_ns: int = 2 * NS_PER_SECOND):
-        self.contract_id = validate_contract_id(contract_id)
+        self.contract_id = ContractId(contract_id)
         # Sorted by (unit, value), the order of the output frames.
         self.timeframes: tuple[Timeframe, ...] = tuple(sorted(parse_timeframes(timeframes)))
         if isinstance(grace_ns, bool) or not isinstance(grace_ns, (int, np.integer)) or grace_ns < 0:

@@ -40,7 +40,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from .timeframes import DomainError, Timeframe, bar_end, bar_starts_ns, parse_timeframe
+from .errors import DomainError
+from .timeframes import bar_end, bar_starts_ns, parse_timeframe, Timeframe
 from .timestamps import from_ns, to_ns
 from .trend_starts import DOWNTREND, UPTREND
 

@@ -1,4 +1,4 @@
-"""Timeframes, contract ids, CME sessions and bar alignment.
+"""Timeframes and bar alignment (CME sessions: `sessions`; contract ids: `contracts`).
 
 Pure domain code (no I/O), shared by the simulator, the live aggregator, the backfill and
 the checks, so that every part of the platform labels a bar the same way as the gateway:
@@ -21,40 +21,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-from functools import lru_cache
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
 from .errors import DomainError
-from .timestamps import from_ns, to_ns, utc
+from .sessions import session_open_for, session_opens_ns, trade_date_of, trade_date_session
+from .timestamps import NS_PER_DAY, NS_PER_SECOND, from_ns, to_ns, utc
 
-NEW_YORK = ZoneInfo("America/New_York")
-SESSION_OPEN_LOCAL = time(18, 0)
-SESSION_CLOSE_LOCAL = time(17, 0)
 
 UNIT_SECOND, UNIT_MINUTE, UNIT_HOUR, UNIT_DAY, UNIT_WEEK, UNIT_MONTH = 1, 2, 3, 4, 5, 6
 _UNIT_SUFFIX = {UNIT_SECOND: "s", UNIT_MINUTE: "m", UNIT_HOUR: "h", UNIT_DAY: "d", UNIT_WEEK: "w", UNIT_MONTH: "mo"}
 _SUFFIX_UNIT = {v: k for k, v in _UNIT_SUFFIX.items()}
 _UNIT_SECONDS = {UNIT_SECOND: 1, UNIT_MINUTE: 60, UNIT_HOUR: 3600}
 _TIMEFRAME_RE = re.compile(r"^([1-9][0-9]{0,3})(s|m|h|d|w|mo)$")
-
-NS_PER_SECOND = 1_000_000_000
-NS_PER_DAY = 86_400 * NS_PER_SECOND
-
-# Contract ids look like CON.F.US.MES.M25 (inferred from examples, not documented): the
-# pattern is strict on purpose, because ids reach SQL, URLs and log lines.
-CONTRACT_ID_RE = re.compile(r"^CON\.F\.[A-Z]{2}\.[A-Z0-9]{1,8}\.[FGHJKMNQUVXZ][0-9]{2}$")
-
-
-def validate_contract_id(contract_id: object) -> str:
-    if not isinstance(contract_id, str) or not CONTRACT_ID_RE.fullmatch(contract_id):
-        raise DomainError(
-            f"invalid contract id {contract_id!r}: expected the gateway's form "
-            "CON.F.<country>.<root>.<month code><2-digit year>, e.g. CON.F.US.MES.M25"
-        )
-    return contract_id
 
 
 @dataclass(frozen=True, order=True)
@@ -114,42 +94,23 @@ def parse_timeframe(text: object) -> Timeframe:
     return Timeframe(_SUFFIX_UNIT[m.group(2)], int(m.group(1)))
 
 
-def parse_timeframes(text: str | list) -> list[Timeframe]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    tfs = sorted({parse_timeframe(t) for t in items if not (isinstance(t, str) and not t.strip())}, key=lambda t: t.nominal_seconds)
+def parse_timeframes(text: object) -> list[Timeframe]:
+    """The one parser of a timeframe list ("1m,5m,1h" or a list of labels/Timeframes): at least one,
+    each once (a repeated timeframe is a mistake worth naming), sorted shortest first."""
+    try:
+        items = text.split(",") if isinstance(text, str) else list(text)  # type: ignore[call-overload]
+    except TypeError:
+        raise DomainError(f"invalid timeframes {text!r}: expected a list such as 1m,5m,1h") from None
+    tfs = [parse_timeframe(t) for t in items if not (isinstance(t, str) and not t.strip())]
     if not tfs:
         raise DomainError(f"invalid timeframes {text!r}: expected at least one, e.g. 1m,5m,1h")
-    return tfs
+    repeated = sorted({tf.label for tf in tfs if tfs.count(tf) > 1})
+    if repeated:
+        raise DomainError(f"invalid timeframes {text!r}: {', '.join(repeated)} given more than once, expected each timeframe once")
+    return sorted(tfs, key=lambda t: t.nominal_seconds)
 
 
 DEFAULT_TIMEFRAMES = tuple(parse_timeframe(t) for t in ("1m", "5m", "15m", "1h", "4h", "1d"))
-
-
-# --------------------------------------------------------------------------- sessions
-
-def session_open_for(ts: datetime) -> datetime:
-    """UTC start of the CME session containing `ts` (the latest 18:00 New York at or before it)."""
-    local = utc(ts).astimezone(NEW_YORK)
-    d = local.date() if local.time() >= SESSION_OPEN_LOCAL else local.date() - timedelta(days=1)
-    return _session_open_of_calendar_date(d)
-
-
-@lru_cache(maxsize=8192)
-def _session_open_of_calendar_date(d: date) -> datetime:
-    return datetime.combine(d, SESSION_OPEN_LOCAL, NEW_YORK).astimezone(timezone.utc)
-
-
-def trade_date_of(ts: datetime) -> date:
-    """CME trade date of an instant: the session that opens at 18:00 New York on D-1 is trade date D."""
-    local = utc(ts).astimezone(NEW_YORK)
-    return local.date() + timedelta(days=1) if local.time() >= SESSION_OPEN_LOCAL else local.date()
-
-
-def trade_date_session(trade_date: date) -> tuple[datetime, datetime]:
-    """UTC (open, close) of the session of `trade_date`: 18:00 New York on the day before to 17:00 on the day."""
-    open_ = _session_open_of_calendar_date(trade_date - timedelta(days=1))
-    close = datetime.combine(trade_date, SESSION_CLOSE_LOCAL, NEW_YORK).astimezone(timezone.utc)
-    return open_, close
 
 
 def _midnight_utc(d: date) -> datetime:
@@ -200,26 +161,6 @@ def bar_end(start: datetime, tf: Timeframe) -> datetime:
 
 # --------------------------------------------------------------------------- vectorized
 
-@lru_cache(maxsize=256)
-def _session_open_table(first_day: int, last_day: int) -> np.ndarray:
-    """UTC ns of 18:00 New York for every calendar day (days since epoch) in [first_day, last_day]."""
-    epoch = date(1970, 1, 1)
-    return np.array(
-        [to_ns(_session_open_of_calendar_date(epoch + timedelta(days=d))) for d in range(first_day, last_day + 1)],
-        dtype=np.int64,
-    )
-
-
-def _session_opens_ns(ts_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each ts: (UTC ns of its session open, calendar day number (since epoch) of that open)."""
-    # Tables are cached per 64-day block so that a stream of small batches reuses them.
-    lo = (int(ts_ns.min()) // NS_PER_DAY - 2) // 64 * 64
-    hi = (int(ts_ns.max()) // NS_PER_DAY + 2) // 64 * 64 + 63
-    table = _session_open_table(lo, hi)
-    idx = np.searchsorted(table, ts_ns, side="right") - 1
-    return table[idx], idx + lo
-
-
 def bar_starts_ns(ts_ns: np.ndarray, tf: Timeframe) -> np.ndarray:
     """Vectorized `bar_start` on int64 ns since the epoch; identical results (property-tested)."""
     ts_ns = np.asarray(ts_ns, dtype=np.int64)
@@ -227,7 +168,7 @@ def bar_starts_ns(ts_ns: np.ndarray, tf: Timeframe) -> np.ndarray:
         return ts_ns.copy()
     if tf.is_clock_aligned:
         return ts_ns - ts_ns % tf.step_ns
-    opens, open_day = _session_opens_ns(ts_ns)
+    opens, open_day = session_opens_ns(ts_ns)
     if tf.unit == UNIT_HOUR:
         step = tf.step_ns
         return opens + (ts_ns - opens) // step * step

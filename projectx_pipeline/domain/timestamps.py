@@ -24,6 +24,9 @@ import pandas as pd
 
 from .errors import DomainError
 
+NS_PER_SECOND = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # An ISO string ends in its offset when it has one: Z, ±HH, ±HHMM or ±HH:MM.
 _ISO_OFFSET_RE = r"(?:[Zz]|[+-]\d\d(?::?\d\d)?)\s*$"
@@ -44,7 +47,7 @@ def utc(ts: datetime, what: str = "timestamp") -> datetime:
 def to_ns(ts: datetime) -> int:
     """Nanoseconds since the epoch for an aware datetime (microsecond precision)."""
     delta = utc(ts) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
 
 
 def from_ns(ns: int) -> datetime:

@@ -19,7 +19,9 @@ import pandas as pd
 import requests
 
 from projectx_pipeline.domain.market import empty_bars, normalize_bars
-from projectx_pipeline.domain.timeframes import DomainError, Timeframe, validate_contract_id
+from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import utc
 
 from .config import GatewayConfig
@@ -292,7 +294,7 @@ class GatewayClient:
     def contract_by_id(self, contract_id: str) -> dict:
         """One contract, expired ones included. The answer carries `contract`, or a `contracts`
         array in older versions of the API: both are accepted."""
-        validate_contract_id(contract_id)
+        ContractId(contract_id)
         envelope = self._post(SEARCH_BY_ID_ENDPOINT, {"contractId": contract_id})
         contract = envelope.get("contract")
         if contract is None:
@@ -322,7 +324,7 @@ class GatewayClient:
         so a long window is paged backwards: each request ends at the oldest bar received,
         until a page comes back short or makes no progress. Pages may come newest first or
         oldest first; bars are de-duplicated on their timestamp."""
-        validate_contract_id(contract_id)
+        ContractId(contract_id)
         if not isinstance(timeframe, Timeframe):
             raise DomainError(f"timeframe={timeframe!r}: expected a Timeframe")
         start_utc, end_utc = _aware_utc("start", start), _aware_utc("end", end)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from projectx_pipeline.domain.market import Quote, Trade
-from projectx_pipeline.domain.timeframes import CONTRACT_ID_RE
+from projectx_pipeline.domain.contracts import CONTRACT_ID_RE
 
 _UTC = timezone.utc
 PREVIEW_CHARS = 500

@@ -36,7 +36,7 @@ from signalrcore.hub_connection_builder import HubConnectionBuilder
 from signalrcore.messages.handshake.response import HandshakeResponseMessage
 from signalrcore.protocol.json_hub_protocol import JsonHubProtocol
 
-from projectx_pipeline.domain.timeframes import validate_contract_id
+from projectx_pipeline.domain.contracts import ContractId
 
 from .config import validate_url
 from .errors import kv, redact
@@ -368,7 +368,7 @@ class MarketHub:
         logger: logging.Logger | None = None,
     ):
         self.hub_url = _market_hub_url(rtc_url)
-        self.contracts = tuple(dict.fromkeys(validate_contract_id(c) for c in contracts))
+        self.contracts = tuple(dict.fromkeys(ContractId(c) for c in contracts))
         if not self.contracts:
             raise ValueError("MarketHub needs at least one contract id")
         self.contract_set = frozenset(self.contracts)

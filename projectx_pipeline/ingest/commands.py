@@ -8,7 +8,7 @@ import signal
 import sys
 from datetime import timedelta
 
-from ..cli import UsageError
+from ..errors import UsageError
 
 log = logging.getLogger("projectx.ingest")
 
@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_daemon(args: argparse.Namespace):
-    from ..domain.timeframes import parse_timeframes, validate_contract_id
+    from ..domain.contracts import ContractId
+    from ..domain.timeframes import parse_timeframes
     from ..gateway.client import GatewayClient
     from ..gateway.config import GatewayConfig
     from ..settings import load_settings
@@ -27,7 +28,7 @@ def build_daemon(args: argparse.Namespace):
     from .daemon import IngestConfig, IngestDaemon
 
     settings = load_settings()
-    contracts = [validate_contract_id(c) for c in args.contracts] if args.contracts else settings.contract_ids
+    contracts = [ContractId(c) for c in args.contracts] if args.contracts else settings.contract_ids
     if len(set(contracts)) != len(contracts):
         raise UsageError(f"--contracts {' '.join(contracts)}: expected each contract once")
     timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes

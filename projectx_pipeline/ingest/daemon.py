@@ -22,7 +22,8 @@ import numpy as np
 
 from ..domain.aggregation import BarAggregator, split_valid
 from ..domain.market import Quote, Trade
-from ..domain.timeframes import NS_PER_SECOND, Timeframe, bar_end
+from ..domain.timeframes import bar_end, Timeframe
+from ..domain.timestamps import NS_PER_SECOND
 from ..domain.timestamps import from_ns, to_ns
 from ..gateway.events import HubEvent
 from ..history import HistorySource

@@ -46,7 +46,8 @@ from dagster import (
 )
 
 from ..domain.coordination import parse_rules
-from ..domain.timeframes import Timeframe, validate_contract_id
+from ..domain.contracts import ContractId
+from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID
 from ..settings import Settings
 from ..analysis.coordination_runner import CoordinationResult, run_coordination
@@ -80,7 +81,7 @@ def _contracts(context: AssetExecutionContext, config: AnalysisConfig, settings:
     requested = config.contracts or settings.contract_ids
     out: list[str] = []
     for cid in requested:
-        validate_contract_id(cid)
+        ContractId(cid)
         if cid not in out:
             out.append(cid)
     unconfigured = [c for c in out if c not in settings.contract_ids]
@@ -231,7 +232,7 @@ class AnalysisAssets:
 
     def run_config(self, contracts: list[str] | tuple[str, ...] = ()) -> dict:
         """Run config of the analysis job for these contracts (empty: every configured contract)."""
-        ids = [validate_contract_id(c) for c in contracts]
+        ids = [ContractId(c) for c in contracts]
         return {"ops": {a.op.name: {"config": {"contracts": list(ids)}} for a in self.assets}}
 
 

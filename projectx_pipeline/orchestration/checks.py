@@ -15,7 +15,8 @@ from dagster import (
 )
 
 from ..domain.quality import find_gaps, reconcile, sessions_from_calendar, validate_bars
-from ..domain.timeframes import UNIT_DAY, Timeframe, trade_date_session
+from ..domain.sessions import trade_date_session
+from ..domain.timeframes import Timeframe, UNIT_DAY
 from ..settings import Settings
 from ..storage.bars import read_bars, read_live_versions
 from .metadata import md_table

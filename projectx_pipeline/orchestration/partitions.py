@@ -5,6 +5,7 @@ from datetime import date
 
 from dagster import DailyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
+from ..domain.contracts import ContractId
 from ..settings import Settings
 
 TRADE_DATE = "trade_date"
@@ -26,9 +27,9 @@ def partition_key(trade_date: date | str, contract_id: str) -> MultiPartitionKey
     return MultiPartitionKey({TRADE_DATE: str(trade_date), CONTRACT: contract_id})
 
 
-def split_partition_key(partitions: MultiPartitionsDefinition, key) -> tuple[date, str]:
+def split_partition_key(partitions: MultiPartitionsDefinition, key) -> tuple[date, ContractId]:
     """(trade date, contract id) of a key of the bars `partitions`."""
     if not isinstance(key, MultiPartitionKey):
         key = partitions.get_partition_key_from_str(key)
     keys = key.keys_by_dimension
-    return date.fromisoformat(keys[TRADE_DATE]), keys[CONTRACT]
+    return date.fromisoformat(keys[TRADE_DATE]), ContractId(keys[CONTRACT])

@@ -21,7 +21,8 @@ from dagster import (
     sensor,
 )
 
-from ..domain.timeframes import Timeframe, trade_date_of
+from ..domain.sessions import trade_date_of
+from ..domain.timeframes import Timeframe
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
 from .analysis_assets import AnalysisAssets, analyzed_timeframes

@@ -27,7 +27,8 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from ..domain.market import BAR_COLUMNS, empty_bars, normalize_bars
-from ..domain.timeframes import Timeframe, validate_contract_id
+from ..domain.contracts import ContractId
+from ..domain.timeframes import Timeframe
 
 OHLC_CHANNEL = "ohlc_update"
 # Bars per NOTIFY payload. A bar's JSON is at most ~290 bytes (22-char contract id, five
@@ -64,7 +65,7 @@ def _validate_frame(df: pd.DataFrame) -> pd.DataFrame:
         df = normalize_bars(df)
     contracts = pd.unique(df["contract_id"])
     for cid in contracts:
-        validate_contract_id(cid)
+        ContractId(cid)
     key = np.empty(len(df), dtype=[("c", np.int64), ("u", np.int64), ("v", np.int64), ("t", np.int64)])
     key["c"] = pd.Index(contracts).get_indexer(df["contract_id"]) if len(contracts) > 1 else 0
     key["u"], key["v"] = df["timeframe_unit"].to_numpy(), df["timeframe_value"].to_numpy()
@@ -282,7 +283,7 @@ _READ_COLUMNS = 'contract_id, "timestamp", open, high, low, close, volume, timef
 
 def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None, *, with_source: bool = False) -> pd.DataFrame:
     """Stored bars of one contract and timeframe with start in [start, end), ascending."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     sql = f"SELECT {_READ_COLUMNS}{', source' if with_source else ''} FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
     params: list = [contract_id, timeframe.unit, timeframe.value]
     if start is not None:
@@ -309,19 +310,21 @@ def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe:
     return out
 
 
+_LAST_BAR_SQL = 'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s'
+
+
 def last_bar_times(conn: psycopg2.extensions.connection, contract_id: str, timeframes: Iterable[Timeframe],
                    before: Mapping[Timeframe, datetime] | None = None) -> dict[Timeframe, datetime | None]:
     """Start of the newest stored bar per timeframe (None when there is none); with `before`, the
     newest of those starting before `before[tf]`."""
-    validate_contract_id(contract_id)
-    sql = 'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s'
+    ContractId(contract_id)
     out: dict[Timeframe, datetime | None] = {}
     with conn.cursor() as cur:
         for tf in timeframes:
             if before is None:
-                cur.execute(sql, (contract_id, tf.unit, tf.value))
+                cur.execute(_LAST_BAR_SQL, (contract_id, tf.unit, tf.value))
             else:
-                cur.execute(sql + ' AND "timestamp" < %s', (contract_id, tf.unit, tf.value, before[tf]))
+                cur.execute(_LAST_BAR_SQL + ' AND "timestamp" < %s', (contract_id, tf.unit, tf.value, before[tf]))
             out[tf] = cur.fetchone()[0]
     return out
 
@@ -329,7 +332,7 @@ def last_bar_times(conn: psycopg2.extensions.connection, contract_id: str, timef
 def read_live_versions(conn: psycopg2.extensions.connection, contract_id: str, start: datetime, end: datetime) -> pd.DataFrame:
     """The bars the live daemon built in [start, end), every timeframe: the stored bar when it is
     still the live one, else the live values a history replace overwrote (from bar_revisions)."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     sql = f"""
         SELECT {_READ_COLUMNS} FROM ohlc_bars
         WHERE contract_id = %(c)s AND "timestamp" >= %(s)s AND "timestamp" < %(e)s AND source = 'live'
@@ -361,7 +364,7 @@ def _bars_sql(after: bool) -> str:
 def read_analysis_bars(conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, after: datetime | None) -> list[tuple]:
     """Rows (timestamp, open, high, low, close, revisions, ingested_at) of the stored bars starting
     after `after` (all when None), ascending: what the trend analysis feeds its detector."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     params: list = [contract_id, tf.unit, tf.value]
     if after is not None:
         params.append(after)
@@ -373,7 +376,7 @@ def read_analysis_bars(conn: psycopg2.extensions.connection, contract_id: str, t
 def bars_fingerprint(conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, through: datetime) -> tuple[int, int, datetime | None]:
     """(count, sum of revisions, newest ingested_at) of the stored bars starting at or before
     `through`: a bar added behind a watermark or replaced since changes it."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT count(*), coalesce(sum(revisions), 0), max(ingested_at) FROM ohlc_bars"

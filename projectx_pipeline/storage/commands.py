@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli import UsageError
+from ..errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from ..domain.coordination import STORED_OUTPUT_COLUMNS
-from ..domain.timeframes import validate_contract_id
+from ..domain.contracts import ContractId
 from .trend_signals import TF_LABEL_SQL, utc_series
 
 # What a frame of coordinated signals must have: the output columns the table stores.
@@ -36,7 +36,7 @@ def insert_coordinated(conn: psycopg2.extensions.connection, frame: pd.DataFrame
     if frame.empty:
         return 0
     for cid in pd.unique(frame["contract_id"]):
-        validate_contract_id(cid)
+        ContractId(cid)
     signal_ts = utc_series(frame["signal_ts"])
     if signal_ts.isna().any():
         raise ValueError("coordinated frame has a missing signal_ts")
@@ -75,7 +75,7 @@ _COORDINATED_READ_COLUMNS = [
 def read_coordinated(conn: psycopg2.extensions.connection, contract_id: str, *, latest: int | None = None) -> pd.DataFrame:
     """Coordinated signals of a contract with their inputs' timeframes and known_at; ordered by
     (signal_ts, rule, anchor), or the `latest` newest first."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     a_label, t_label = TF_LABEL_SQL.replace("d.", "a."), TF_LABEL_SQL.replace("d.", "t.")
     sql = f"""
         SELECT c.id, c.rule, c.label, c.contract_id, c.signal_ts, c.anchor_signal_id, c.trigger_signal_id,
@@ -101,7 +101,7 @@ def read_coordinated(conn: psycopg2.extensions.connection, contract_id: str, *, 
 
 
 def count_coordinated(conn: psycopg2.extensions.connection, contract_id: str) -> int:
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM coordinated_signals WHERE contract_id = %s", (contract_id,))
         return int(cur.fetchone()[0])
@@ -111,7 +111,7 @@ def count_coordinated(conn: psycopg2.extensions.connection, contract_id: str) ->
 
 def load_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_id: str, rules: Iterable[str]) -> dict[str, datetime | None]:
     """last_known_at per rule name (None for a rule that has never advanced)."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     names = list(rules)
     out: dict[str, datetime | None] = dict.fromkeys(names)
     if not names:
@@ -126,7 +126,7 @@ def load_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_i
 
 
 def save_coordinator_watermark(conn: psycopg2.extensions.connection, rule: str, contract_id: str, last_known_at: datetime) -> None:
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             """
@@ -139,7 +139,7 @@ def save_coordinator_watermark(conn: psycopg2.extensions.connection, rule: str, 
 
 def rewind_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_id: str, ts: datetime) -> int:
     """Move every coordinator watermark of the contract back to `ts` if it is later; returns how many moved."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE coordinator_watermarks SET last_known_at = %s, updated_at = now()"

@@ -23,7 +23,9 @@ import pandas as pd
 import psycopg2.extensions
 
 from ..domain.coordination import known_at_ns
-from ..domain.timeframes import DomainError, Timeframe, validate_contract_id
+from ..domain.contracts import ContractId
+from ..domain.errors import DomainError
+from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import DOWNTREND, UPTREND
 
 # Columns a frame of detected signals must have (`detect_trend_starts_frame` has them all).
@@ -68,7 +70,7 @@ def check_timeframe(tf: object) -> Timeframe:
 def _check_key(analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
     """Validate the (analyzer, contract, timeframe) a query is about, before it reaches SQL."""
     validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     check_timeframe(tf)
 
 
@@ -189,7 +191,7 @@ def read_signals(
 ) -> pd.DataFrame:
     """Detected signals of a contract with known_at >= `since_known_at` (all when None), ordered by
     (known_at, timeframe, start_ts, type). Columns SIGNAL_COLUMNS; `timeframe` is a label ('15m')."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     sql = _SELECT_SIGNALS + " WHERE d.contract_id = %s"
     params: list = [contract_id]
     if since_known_at is not None:
@@ -226,7 +228,7 @@ def read_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: str
 def latest_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe | None = None, limit: int = 10) -> pd.DataFrame:
     """The `limit` most recently known signals (newest first)."""
     validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     sql = _SELECT_SIGNALS + " WHERE d.analyzer_id = %s AND d.contract_id = %s"
     params: list = [analyzer_id, contract_id]
     if tf is not None:
@@ -301,7 +303,7 @@ def save_analyzer_watermark(
 def analyzer_last_bars(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str) -> dict[Timeframe, datetime]:
     """last_bar_ts of every analysed timeframe of (analyzer, contract)."""
     validate_analyzer_id(analyzer_id)
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT timeframe_unit, timeframe_value, last_bar_ts FROM analyzer_watermarks"

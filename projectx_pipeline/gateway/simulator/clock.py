@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from projectx_pipeline.domain.timeframes import NS_PER_SECOND
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 
 from .market import MarketSource
 

@@ -7,8 +7,9 @@ import signal
 import threading
 from pathlib import Path
 
-from projectx_pipeline.cli import UsageError
-from projectx_pipeline.domain.timeframes import DomainError, validate_contract_id
+from projectx_pipeline.errors import UsageError
+from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.domain.errors import DomainError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: expected 0..65535")
     try:
         for contract_id in args.synthetic or []:
-            validate_contract_id(contract_id)
+            ContractId(contract_id)
         simulator = SimulatorServer(
             host=args.host, port=args.port, replay=args.replay, speed=speed, synthetic=args.synthetic,
             seed=args.seed, username=args.username, api_key=args.api_key, rate_limits=not args.no_rate_limit,

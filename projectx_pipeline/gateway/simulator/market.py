@@ -26,19 +26,10 @@ import pandas as pd
 
 from projectx_pipeline.domain.aggregation import aggregate_trades
 from projectx_pipeline.domain.market import empty_bars, normalize_bars, read_bars_csv
-from projectx_pipeline.domain.timeframes import (
-    NEW_YORK,
-    NS_PER_DAY,
-    NS_PER_SECOND,
-    UNIT_DAY,
-    UNIT_MONTH,
-    UNIT_WEEK,
-    Timeframe,
-    bar_end,
-    bar_starts_ns,
-    trade_date_session,
-    validate_contract_id,
-)
+from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.domain.sessions import NEW_YORK, trade_date_session
+from projectx_pipeline.domain.timeframes import bar_end, bar_starts_ns, Timeframe, UNIT_DAY, UNIT_MONTH, UNIT_WEEK
+from projectx_pipeline.domain.timestamps import NS_PER_DAY, NS_PER_SECOND
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 from projectx_pipeline.sample_data import sample_path
 
@@ -106,7 +97,7 @@ class Contract:
 
 def contract_for(contract_id: str) -> Contract:
     """Contract metadata for an id such as CON.F.US.MES.M25 (name MESM5, symbolId F.US.MES)."""
-    validate_contract_id(contract_id)
+    ContractId(contract_id)
     _, _, country, root, expiry = contract_id.split(".")
     spec = _ROOTS.get(root, _Root(f"{root} futures", 0.25, 1.25, 100.0))
     month, year = _MONTHS[expiry[0]], 2000 + int(expiry[1:])

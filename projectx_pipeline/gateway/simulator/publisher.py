@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from projectx_pipeline.domain.timeframes import NS_PER_SECOND
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 
 from ..protocol import DEPTH_EVENT, ISO_SECONDS_FORMAT, QUOTE_EVENT, TRADE_EVENT
 from . import market

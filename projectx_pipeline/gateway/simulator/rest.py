@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 import pandas as pd
 from aiohttp import web
 
-from projectx_pipeline.domain.timeframes import DomainError, Timeframe
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 
 from ..protocol import (
