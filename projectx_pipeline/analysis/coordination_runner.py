@@ -70,7 +70,8 @@ def run_coordination(
         starts = {r.name: None if watermarks[r.name] is None else replay_start(watermarks[r.name], [r]) for r in rules}
         new = 0
         if rules:
-            since = None if any(s is None for s in starts.values()) else min(starts.values())
+            known_starts = [s for s in starts.values() if s is not None]
+            since = min(known_starts) if len(known_starts) == len(starts) else None
             timeframes = {tf for r in rules for tf in (r.anchor_timeframe, r.trigger_timeframe)}
             signals = trend_signals.read_signals(conn, contract_id, since, analyzer_id=analyzer_id, timeframes=timeframes)
         for rule in rules:

@@ -25,6 +25,7 @@ class FeedClock:
                 self._event_ns, self._at = int(event_ns), now
 
     def now_ns_locked(self, mono: float) -> int:
+        assert self._event_ns is not None, "now_ns_locked before the first event"
         return self._event_ns + int((mono - self._at) * 1e9)
 
     def now_ns(self) -> int | None:

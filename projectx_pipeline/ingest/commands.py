@@ -28,7 +28,7 @@ def build_daemon(args: argparse.Namespace):
     from .daemon import IngestConfig, IngestDaemon
 
     settings = load_settings()
-    contracts = [ContractId(c) for c in args.contracts] if args.contracts else settings.contract_ids
+    contracts: list[str] = [ContractId(c) for c in args.contracts] if args.contracts else settings.contract_ids
     if len(set(contracts)) != len(contracts):
         raise UsageError(f"--contracts {' '.join(contracts)}: expected each contract once")
     timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes

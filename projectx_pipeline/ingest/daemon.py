@@ -289,7 +289,8 @@ class IngestDaemon:
             c = self.counters[cid]
             c.trades += ts.size
             last = int(ts.max())
-            if self._last_trade_ns[cid] is None or last > self._last_trade_ns[cid]:
+            previous = self._last_trade_ns[cid]
+            if previous is None or last > previous:
                 self._last_trade_ns[cid] = last
             # the bars a trade closes go to the writer before the trade itself, so the bar's write
             # and NOTIFY never wait behind the raw-trade and tick work of the same batch

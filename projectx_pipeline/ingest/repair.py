@@ -184,6 +184,7 @@ class Repairer(threading.Thread):
         transaction when one is open; returns the bars inserted or revised."""
         if end <= start:
             return 0
+        assert self.bar_store is not None, "repairs run on an open connection"
         _, result = replace_from_history(self.gateway, self.bar_store, cid, tf, start, end, windows=windows)
         changed = result.inserted + result.revised
         self.counters[cid].repairs += changed

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no ingestion heartbeats yet: is `projectx ingest` running?")
         return 1 if args.check else 0
+    assert now is not None  # the server's clock comes with every row
     # only this deployment's contracts count: another shard's daemon, or a rolled contract's
     # last 'stopped' row, must not make this one unhealthy
     own = set(settings.contract_ids)

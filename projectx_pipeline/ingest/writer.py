@@ -220,26 +220,38 @@ class StoreWriter(threading.Thread):
         self._backoff = 0.5
         return True
 
+    def _open_conn(self) -> psycopg2.extensions.connection:
+        """The connection, for code that runs only after `_ensure_connection` succeeded."""
+        assert self.conn is not None, "no database connection"
+        return self.conn
+
+    def _store(self) -> BarStore:
+        """The bar store of the connection, under the same condition."""
+        assert self.bar_store is not None, "no database connection"
+        return self.bar_store
+
     def _lock_contracts(self) -> None:
-        self.conn.autocommit = True
+        conn = self._open_conn()
+        conn.autocommit = True
         for cid in self.contracts:
-            if not try_lock_contract(self.conn, cid):
-                held = heartbeat_holder(self.conn, cid)
+            if not try_lock_contract(conn, cid):
+                held = heartbeat_holder(conn, cid)
                 holder = f" (instance {held[0]}, last heartbeat {held[1].isoformat()})" if held else ""
                 raise AnotherDaemonRunning(f"another ingestion daemon is already running for {cid}{holder}: refusing to start a second one")
 
     @contextlib.contextmanager
     def _transaction(self, durable: bool = False):
         """Several statements, or a durable commit, on the autocommit connection."""
-        self.conn.autocommit = False
+        conn = self._open_conn()
+        conn.autocommit = False
         try:
             if durable:
-                commit_durably(self.conn)
+                commit_durably(conn)
             yield
-            self.conn.commit()
+            conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):
-                self.conn.rollback()
+                conn.rollback()
             raise
         finally:
             if self.conn is not None and not self.conn.closed:
@@ -270,7 +282,7 @@ class StoreWriter(threading.Thread):
         else:
             log.error("event=db_error during=%s error=%r", what, str(exc).strip())
             try:
-                self.conn.rollback()
+                self._open_conn().rollback()
             except Exception:
                 self._close()
 
@@ -299,7 +311,7 @@ class StoreWriter(threading.Thread):
             return
         if self._rewrite_bars:
             try:
-                self.bar_store.upsert(pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
+                self._store().upsert(pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
                     ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep="last"), mode="keep", source="live")
             except psycopg2.Error as exc:
                 self._on_db_error(exc, "bars")
@@ -311,12 +323,12 @@ class StoreWriter(threading.Thread):
         while p.bars:
             if self.conn is None:  # lost while handling a refused batch: retry next round
                 return
-            frames = []
+            frames: list[pd.DataFrame] = []
             while p.bars and sum(len(f) for f in frames) < MAX_BARS_PER_STATEMENT:
                 frames.append(p.bars.popleft())
             df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             try:
-                result = self.bar_store.upsert(df, mode="keep", source="live")
+                result = self._store().upsert(df, mode="keep", source="live")
             except psycopg2.Error as exc:
                 if is_connection_error(exc) or is_transient_error(exc):
                     p.bars.extendleft(reversed(frames))

@@ -30,7 +30,7 @@ makes all of them from the settings it is given.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dagster import (
     AssetExecutionContext,
@@ -114,7 +114,7 @@ def _run_per_contract(
     return results, errors
 
 
-def _latest_rows(results: list[R], newest_first: Callable[[dict], object]) -> list[dict]:
+def _latest_rows(results: list[R], newest_first: Callable[[dict], Any]) -> list[dict]:
     """The LATEST_ROWS newest rows of every contract's `latest` frame together."""
     rows = (row for r in results for row in r.latest.to_dict("records"))
     return sorted(rows, key=newest_first, reverse=True)[:LATEST_ROWS]

@@ -10,7 +10,7 @@ simulator; `gateway_resource` picks one from `Settings.gateway`, the platform's 
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Iterator
+from typing import Any, Iterator
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr
@@ -78,7 +78,7 @@ def gateway_resource(settings: Settings) -> GatewayResource:
         # an EnvVar that would fail to resolve
         return EnvVar(name) if value else None
 
-    common = dict(
+    common: dict[str, Any] = dict(
         api_url=env_or_none("PROJECTX_API_URL", settings.projectx_api_url),
         rtc_url=env_or_none("PROJECTX_RTC_URL", settings.projectx_rtc_url),
         rate_limits=settings.file.gateway.rate_limits,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
+import psycopg2.extensions
+
 
 class IngestedBars(NamedTuple):
     """The bars of one (contract, timeframe) written after a point in time."""
@@ -16,11 +18,11 @@ class IngestedBars(NamedTuple):
     timeframe_unit: int
     timeframe_value: int
     newest_bar: datetime       # the latest bar's start time
-    count: int
+    bar_count: int
     last_ingested_at: datetime  # when the latest of them was written
 
 
-def bars_ingested_since(conn, since: datetime) -> list[IngestedBars]:
+def bars_ingested_since(conn: psycopg2.extensions.connection, since: datetime) -> list[IngestedBars]:
     """Per (contract, timeframe), the bars whose `ingested_at` is after `since`."""
     with conn.cursor() as cur:
         cur.execute(

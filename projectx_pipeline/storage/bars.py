@@ -303,10 +303,10 @@ def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe:
         return out
     cols = BAR_COLUMNS + (["source"] if with_source else [])
     df = pd.DataFrame(rows, columns=cols)
-    extra = df["source"] if with_source else None
+    source = df["source"].to_numpy() if with_source else None
     out = normalize_bars(df)
-    if with_source:
-        out["source"] = extra.to_numpy()
+    if source is not None:
+        out["source"] = source
     return out
 
 

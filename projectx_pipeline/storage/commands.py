@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
                 applied = migrate(conn)
             finally:
                 conn.close()
-            print(f"local PostgreSQL running in {cluster.base} on 127.0.0.1:{cluster.state().port}")
+            state = cluster.state()
+            assert state is not None, "a started cluster has a state file"
+            print(f"local PostgreSQL running in {cluster.base} on 127.0.0.1:{state.port}")
             print(f"migrations applied now: {applied or 'none (up to date)'}")
             for k, v in urls.items():
                 print(f"{k}={redact_url(v)}")

@@ -35,7 +35,9 @@ class TradeBatch:
 
 def tick_payloads(batch: TradeBatch) -> list[str]:
     """Compact JSON arrays of trades, each under the NOTIFY payload limit."""
-    payloads, current, size = [], [], 2
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 2
     for ts, px, sz, side in zip(batch.ts_ns, batch.price, batch.size, batch.side):
         item = json.dumps({"c": batch.contract_id, "t": from_ns(ts).isoformat().replace("+00:00", "Z"), "p": px, "s": sz, "a": side}, separators=(",", ":"))
         if current and size + len(item) + 1 > TICK_PAYLOAD_LIMIT:
