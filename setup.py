@@ -30,7 +30,6 @@ setup(
         "numba>=0.60",
         "pyyaml>=6",
         "pydantic>=2.6",
-        "tabulate>=0.9",
         "requests>=2.31",
         "aiohttp>=3.9",
         "tzdata",
