@@ -98,6 +98,12 @@ def test_unknown_contract_is_a_gateway_error_with_code_and_meaning(sim):
     assert "History/retrieveBars failed with error code 1 (contract not found)" in str(caught.value)
 
 
+@pytest.mark.parametrize("code", [[1], {"a": 1}, "1", None])
+def test_a_malformed_error_code_is_an_undocumented_gateway_error(code):
+    error = GatewayError.from_envelope(HISTORY_ENDPOINT, {"success": False, "errorCode": code})
+    assert (error.error_code, error.meaning) == (code, "undocumented error code")
+
+
 def test_login_errors_name_the_meaning_and_never_the_key():
     sim = SimulatorServer(speed="max", username="alice", api_key="right-key").start()
     try:

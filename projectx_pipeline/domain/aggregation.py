@@ -155,7 +155,7 @@ def split_valid(ts_ns, price, size) -> tuple[np.ndarray, np.ndarray]:
         for i in np.flatnonzero(mask):
             if reasons[i] is None:
                 reasons[i] = message(i)
-    return np.equal(reasons, None), reasons
+    return np.equal(reasons, None), reasons  # type: ignore[call-overload]  # numpy's stubs reject None, which object arrays compare elementwise
 
 
 def _raise_if_invalid(ts: np.ndarray, px: np.ndarray, sz: np.ndarray) -> None:
@@ -203,7 +203,9 @@ def _window_bounds(tf: Timeframe, label: int) -> tuple[int, int, int]:
     starts at 18:00 New York on D-1) and for session-anchored bars (the last 4h bar ends at the
     17:00 close, but trades in the halt still fall in it)."""
     if tf.is_clock_aligned:
-        return label, label + tf.step_ns, label + tf.step_ns
+        step = tf.step_ns
+        assert step is not None  # clock-aligned (second and minute) bars have a fixed length
+        return label, label + step, label + step
     end = to_ns(bar_end(from_ns(label), tf))
     # Window bounds of these timeframes are whole UTC hours (see _base_step_ns): scan the hours
     # around the label and keep those that `bar_starts_ns` assigns to it.
@@ -352,8 +354,8 @@ class _Collector:
     __slots__ = ("bars", "repairs", "late_trades")
 
     def __init__(self, n_timeframes: int):
-        self.bars = [[] for _ in range(n_timeframes)]
-        self.repairs = []
+        self.bars: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_timeframes)]  # (rows, complete)
+        self.repairs: list[tuple[Timeframe, np.ndarray, np.ndarray]] = []  # (timeframe, starts, late trades)
         self.late_trades = 0
 
 
@@ -363,11 +365,11 @@ class _TimeframeState:
     def __init__(self, tf: Timeframe, index: int):
         self.tf = tf
         self.index = index
-        self.open = None  # the bar being built: a _ROW tuple
-        self.open_end = self.open_next = None  # its _window_bounds
+        self.open: tuple | None = None  # the bar being built: a _ROW tuple
+        self.open_end = self.open_next = _NAT  # its _window_bounds (read only while open is set)
         self.floor = _NAT  # every window before this instant is closed
         self.complete_from = _NAT  # bars labelled before this may miss trades (feed restart)
-        self.clock_window = None  # (label, first, end, next) of the window the clock was last in
+        self.clock_window: tuple[int, int, int, int] | None = None  # (label, first, end, next) of the window the clock was last in
 
 
 # ..................................................................... aggregator
@@ -472,7 +474,7 @@ class BarAggregator:
 
     def open_bars(self) -> pd.DataFrame:
         """The bars in progress, BAR_COLUMNS + `complete` (the flag they would close with now)."""
-        pieces = []
+        pieces: list[tuple[Timeframe, np.ndarray, np.ndarray]] = []
         for st in self._states:
             if st.open is not None:
                 bar = np.array([st.open], dtype=_ROW)
@@ -497,7 +499,9 @@ class BarAggregator:
     @staticmethod
     def _bounds(tf: Timeframe, label: int) -> tuple[int, int, int]:
         if tf.is_clock_aligned:
-            return label, label + tf.step_ns, label + tf.step_ns
+            step = tf.step_ns
+            assert step is not None  # clock-aligned (second and minute) bars have a fixed length
+            return label, label + step, label + step
         return _window_bounds(tf, label)
 
     def _label_of(self, st: _TimeframeState, ts: np.ndarray) -> np.ndarray:
@@ -589,7 +593,9 @@ class BarAggregator:
     def _clock_floor(self, st: _TimeframeState, t: int) -> int:
         """First instant of the earliest window not closed by a clock at t + grace."""
         if st.tf.is_clock_aligned:
-            return t - t % st.tf.step_ns  # this window ends after t
+            step = st.tf.step_ns
+            assert step is not None  # clock-aligned (second and minute) bars have a fixed length
+            return t - t % step  # this window ends after t
         cw = st.clock_window
         if cw is None or not cw[1] <= t < cw[3]:
             label = int(bar_starts_ns(np.array([t], dtype=np.int64), st.tf)[0])

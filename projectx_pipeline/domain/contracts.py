@@ -25,7 +25,7 @@ class ContractId(str):
 
     def __new__(cls, value: object) -> ContractId:
         if type(value) is cls:
-            return value  # type: ignore[return-value]
+            return value
         if not isinstance(value, str) or not CONTRACT_ID_RE.fullmatch(value):
             raise DomainError(
                 f"invalid contract id {value!r}: expected the gateway's form "

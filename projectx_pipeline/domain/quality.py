@@ -99,6 +99,7 @@ def expected_bar_starts(tf: Timeframe, session: Session) -> pd.DatetimeIndex:
     if tf.unit >= UNIT_DAY:
         return pd.DatetimeIndex([pd.Timestamp(session.trade_date, tz="UTC")]) if tf.unit == UNIT_DAY else pd.DatetimeIndex([], tz="UTC")
     step = tf.step_ns
+    assert step is not None  # second, minute and hour bars have a fixed length
     open_ns, close_ns = to_ns(session.open), to_ns(session.close)
     # every base instant of the session, aligned and de-duplicated
     grid = np.arange(open_ns, close_ns, min(step, 60_000_000_000), dtype=np.int64)

@@ -130,7 +130,9 @@ def bar_start(ts: datetime, tf: Timeframe) -> datetime:
     ts = utc(ts)
     if tf.is_clock_aligned:
         ns = to_ns(ts)
-        return from_ns(ns - ns % tf.step_ns)
+        step_ns = tf.step_ns
+        assert step_ns is not None  # clock-aligned (second and minute) bars have a fixed length
+        return from_ns(ns - ns % step_ns)
     if tf.unit == UNIT_HOUR:
         open_ = session_open_for(ts)
         step = timedelta(hours=tf.value)

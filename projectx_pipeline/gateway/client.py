@@ -46,7 +46,9 @@ from .protocol import (
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .hub import MarketHub
+    from typing import Unpack
+
+    from .hub import MarketHub, MarketHubOptions
 
 log = logging.getLogger("projectx.gateway")
 
@@ -72,7 +74,7 @@ def jwt_expiry(token: str) -> float | None:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None
-    if type(exp) not in (int, float) or not math.isfinite(exp):
+    if not (type(exp) is int or type(exp) is float) or not math.isfinite(exp):
         return None
     return float(exp)
 
@@ -251,7 +253,7 @@ class GatewayClient:
                 status = response.status_code
                 if 200 <= status < 300:
                     return self._envelope(endpoint, response)
-                if status == 401 and authenticate and not relogged:
+                if status == 401 and authenticate and token is not None and not relogged:  # token() never gives None
                     relogged = True
                     log.warning(kv("unauthorized", endpoint=endpoint, action="login"))
                     self.invalidate_token(token)
@@ -370,7 +372,7 @@ class GatewayClient:
 
     # ----------------------------------------------------------------------- hub
 
-    def market_hub(self, contracts: list[str], out: queue.Queue, **options: object) -> "MarketHub":
+    def market_hub(self, contracts: list[str], out: queue.Queue, **options: Unpack[MarketHubOptions]) -> "MarketHub":
         """A MarketHub on this client's gateway, using this client for its tokens (including a
         fresh login after the gateway rejects or logs out a token). `options` go to MarketHub."""
         from .hub import MarketHub

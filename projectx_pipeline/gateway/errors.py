@@ -61,6 +61,9 @@ def kv(event: str, **fields: object) -> str:
 def meaning_of(endpoint: str, error_code: object) -> str:
     if error_code == 0:
         return "success"
+    if not isinstance(error_code, int):
+        # the documented codes are integers; an untrusted list or object code made dict.get raise TypeError
+        return "undocumented error code"
     return ERROR_MEANINGS.get(endpoint, {}).get(error_code, "undocumented error code")
 
 

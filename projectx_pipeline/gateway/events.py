@@ -149,20 +149,19 @@ def payload_problem(obj: object, limits: EventLimits = DEFAULT_LIMITS) -> str | 
         node, depth = stack.pop()
         if depth > limits.max_depth:
             return f"payload nested deeper than {limits.max_depth} levels"
-        kind = type(node)
-        if kind is dict:
+        if type(node) is dict:
             size += 2 + 6 * len(node)  # lower bound of '"k":v,' per entry, before walking it
             if size > limits.max_payload_chars:
                 break
             for key, value in node.items():
                 size += len(key) if type(key) is str else 8
                 stack.append((value, depth + 1))
-        elif kind is list or kind is tuple:
+        elif type(node) is list or type(node) is tuple:
             size += 2 + len(node)
             if size > limits.max_payload_chars:
                 break
             stack.extend((value, depth + 1) for value in node)
-        elif kind is str:
+        elif type(node) is str:
             size += len(node) + 2
         else:
             size += 8
@@ -205,6 +204,7 @@ def _positive_price(name: str, value: object, limits: EventLimits = DEFAULT_LIMI
         return f"{name}: missing"
     if type(value) not in (int, float):
         return f"{_field(name, value)}: expected a number, got {type(value).__name__}"
+    assert isinstance(value, (int, float))  # its type is exactly int or float (checked above)
     try:
         price = float(value)
     except OverflowError:
@@ -223,9 +223,9 @@ def _whole_number(name: str, value: object) -> int | str:
     if value is _MISSING:
         return f"{name}: missing"
     kind = type(value)
-    if kind is int:
+    if type(value) is int:
         return value
-    if kind is float and math.isfinite(value) and value.is_integer():
+    if type(value) is float and math.isfinite(value) and value.is_integer():
         return int(value)
     if kind is float:
         return f"{_field(name, value)}: not an integer"
@@ -250,7 +250,7 @@ def _plausible_time(name: str, value: object, latest: datetime, limits: EventLim
 
 def _event_contract(args: object, subscribed: Collection[str] | None, limits: EventLimits) -> tuple[str, object] | Rejected:
     """Validate the hub's `[contractId, data]` argument list; return (contract id, data)."""
-    if type(args) not in (list, tuple) or len(args) != 2:
+    if not (type(args) is list or type(args) is tuple) or len(args) != 2:
         return Rejected("arguments: expected [contractId, data]", preview(args))
     problem = payload_problem(args, limits)
     if problem:
@@ -284,7 +284,7 @@ def _parse_event(
     items). `parse_item` returns the parsed item or a reason string; `noun` names the item in
     reasons ("trade", "quote")."""
     checked = _event_contract(args, subscribed, limits)
-    if type(checked) is Rejected:
+    if isinstance(checked, Rejected):
         return [], [checked]
     contract_id, data = checked
     items = _items(data)
@@ -309,17 +309,17 @@ def _trade(item: object, contract_id: str, latest: datetime, limits: EventLimits
     if type(item) is not dict:
         return f"expected an object, got {type(item).__name__}"
     price = _positive_price("price", item.get("price", _MISSING), limits)
-    if type(price) is str:
+    if isinstance(price, str):
         return price
     size = _whole_number("volume", item.get("volume", _MISSING))
-    if type(size) is str:
+    if isinstance(size, str):
         return size
     if size <= 0:
         return f"volume={size}: not positive"
     if size > limits.max_trade_size:
         return f"volume={size}: absurd, above {limits.max_trade_size}"
     ts = _plausible_time("timestamp", item.get("timestamp", _MISSING), latest, limits)
-    if type(ts) is str:
+    if isinstance(ts, str):
         return ts
     side = item.get("type")
     if side is not None and (type(side) is not int or side not in (0, 1)):
@@ -358,13 +358,13 @@ def _quote(item: object, contract_id: str, latest: datetime, limits: EventLimits
             prices[name] = None
             continue
         price = _positive_price(wire_name, value, limits)
-        if type(price) is str:
+        if isinstance(price, str):
             return price
         prices[name] = price
     volume = item.get("volume")
     if volume is not None:
         volume = _whole_number("volume", volume)
-        if type(volume) is str:
+        if isinstance(volume, str):
             return volume
         if volume < 0:
             return f"volume={volume}: negative"
@@ -372,11 +372,9 @@ def _quote(item: object, contract_id: str, latest: datetime, limits: EventLimits
     stamp_name = "timestamp"
     if stamp is None:
         stamp, stamp_name = item.get("lastUpdated"), "lastUpdated"
-    ts = None
-    if stamp is not None:
-        ts = _plausible_time(stamp_name, stamp, latest, limits)
-        if type(ts) is str:
-            return ts
+    ts = None if stamp is None else _plausible_time(stamp_name, stamp, latest, limits)
+    if isinstance(ts, str):
+        return ts
     # `volume` is the session's running total: carried for display, never a trade size.
     return Quote(contract_id=contract_id, timestamp=ts, volume=volume, **prices)
 

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from typing import TypedDict
 from urllib.parse import quote
 
 from signalrcore.hub_connection_builder import HubConnectionBuilder
@@ -335,6 +336,20 @@ class _Connection:
         self.hub._emit(HubEvent("logout", _utcnow(), preview(args, 200)))
         self.token_refused = True
         self.end("logged out by the gateway")
+
+
+class MarketHubOptions(TypedDict, total=False):
+    """MarketHub's keyword options other than `token_rejected`, for callers that pass them on."""
+
+    stale_after: float
+    backoff_base: float
+    backoff_cap: float
+    stop_timeout: float
+    connect_timeout: float
+    keep_alive_interval: float
+    subscribe_quotes: bool
+    event_limits: EventLimits
+    logger: logging.Logger | None
 
 
 class MarketHub:

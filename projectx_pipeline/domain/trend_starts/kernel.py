@@ -47,8 +47,9 @@ def _compiled(fn):
         return njit(cache=True)(fn)
     except RuntimeError:  # "cannot cache function …: no locator available"
         pass
-    if not numba_config.CACHE_DIR:
-        numba_config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"projectx-numba-cache-{os.getuid()}")
+    # numba sets its config attributes at run time (_EnvReloader), so mypy cannot see them
+    if not numba_config.CACHE_DIR:  # type: ignore[attr-defined]
+        numba_config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"projectx-numba-cache-{os.getuid()}")  # type: ignore[attr-defined]
         try:
             return njit(cache=True)(fn)
         except RuntimeError:

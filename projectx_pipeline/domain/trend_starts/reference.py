@@ -95,7 +95,10 @@ def reference_emissions(
             R = d0 if d0 is not None else u0
             if R is not None and H[n] <= H[R] and L[n] >= L[R]:
                 cont, RH, RL, s = True, H[R], L[R], n
-        deep = cont and n > s + containment_grace
+        deep = False
+        if cont:
+            assert s is not None  # s is set together with cont
+            deep = n > s + containment_grace
 
         # D. CUS
         cus_rule = None
@@ -138,6 +141,7 @@ def reference_emissions(
 
         # F. apply the CUS
         if cus_rule is not None:
+            assert u0 is not None  # D looks for a CUS only under a pending uptrend start
             if last_type == UPTREND and u0 > last_bar:
                 j = extreme_between(last_bar, u0, "highest high")
                 if j is not None:
@@ -151,6 +155,7 @@ def reference_emissions(
 
         # G. apply the CDS
         if cds_rule is not None:
+            assert d0 is not None  # E looks for a CDS only under a pending downtrend start
             if last_type == DOWNTREND and d0 > last_bar:
                 j = extreme_between(last_bar, d0, "lowest low")
                 if j is not None:

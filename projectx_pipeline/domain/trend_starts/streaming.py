@@ -179,6 +179,7 @@ class TrendStartDetector:
         emissions = []
         # F. apply the CUS
         if cus is not None:
+            assert u0 is not None  # a CUS is only looked for under a pending uptrend start (D)
             if self._last_type == UPTREND and u0 > self._last_bar:
                 j = self._extreme_between(self._last_bar, u0, H, max)
                 if j is not None:
@@ -196,6 +197,7 @@ class TrendStartDetector:
 
         # G. apply the CDS
         if cds is not None:
+            assert d0 is not None  # a CDS is only looked for under a pending downtrend start (E)
             if self._last_type == DOWNTREND and d0 > self._last_bar:
                 j = self._extreme_between(self._last_bar, d0, L, min)
                 if j is not None:
@@ -318,7 +320,7 @@ class TrendStartDetector:
             raise ValueError(f"not a trend-start detector snapshot: {exc!r}") from None
 
         expected_bars = n - first + 1 if n else 0
-        if any(len(col) != expected_bars for col in [ts_ns, *columns]):
+        if len(ts_ns) != expected_bars or any(len(col) != expected_bars for col in columns):
             raise ValueError(f"snapshot keeps bars {first}..{n} but holds {len(ts_ns)} rows")
         previous = None
         for k, (t, *prices) in enumerate(zip(ts_ns, *columns), start=first):

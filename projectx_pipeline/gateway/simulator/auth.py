@@ -25,8 +25,8 @@ def _jwt(user: str, expires_at: float) -> str:
     header = {"alg": "HS256", "typ": "JWT"}
     claims = {"sub": user, "name": user, "iat": int(time.time()), "exp": int(expires_at),
               "jti": uuid.uuid4().hex, "iss": "projectx-simulator"}
-    compact = {"separators": (",", ":")}
-    return ".".join((part(json.dumps(header, **compact).encode()), part(json.dumps(claims, **compact).encode()),
+    compact = (",", ":")
+    return ".".join((part(json.dumps(header, separators=compact).encode()), part(json.dumps(claims, separators=compact).encode()),
                      part(secrets.token_bytes(32))))
 
 

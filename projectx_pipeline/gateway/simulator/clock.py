@@ -10,16 +10,17 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Final, Literal
 
 from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 
 from .market import MarketSource
 
-MAX_SPEED = "max"
+MAX_SPEED: Final = "max"
 TICK_SECONDS = 0.05  # how often the clock advances at a numeric speed
 
 
-def parse_speed(value: object) -> float | str:
+def parse_speed(value: object) -> float | Literal["max"]:
     """A replay speed: "max" or a positive finite multiple of real time."""
     if isinstance(value, str) and value.strip().lower() == MAX_SPEED:
         return MAX_SPEED
@@ -38,7 +39,7 @@ class MarketClock:
     `paused` and `waiting_for_subscriber` hold it; `run` moves it and hands every new position
     to `advance`, and once a replay is over keeps calling `finished_tick` so that quotes go on."""
 
-    def __init__(self, source: MarketSource, speed: float | str, wait_for_subscriber: bool):
+    def __init__(self, source: MarketSource, speed: float | Literal["max"], wait_for_subscriber: bool):
         self._source = source
         self.now_ns = source.start_ns
         self.speed = speed
@@ -70,6 +71,7 @@ class MarketClock:
                 await asyncio.sleep(TICK_SECONDS)
                 continue
             if self.speed == MAX_SPEED:
+                assert end_ns is not None  # speed "max" is refused without a replay (set_speed, SimulatorServer)
                 target = self._source.next_step_ns(self.now_ns) or end_ns
             else:
                 target = self.now_ns + int(elapsed * self.speed * NS_PER_SECOND)

@@ -62,7 +62,7 @@ def hub_event(target: str, contract_id: str, data) -> str:
 @dataclass(eq=False)
 class HubClient:
     ws: web.WebSocketResponse
-    transport: asyncio.BaseTransport | None
+    transport: asyncio.Transport | None
     user: str
     handshaken: bool = False
     trades: set[str] = field(default_factory=set)
@@ -208,6 +208,7 @@ class MarketHubEndpoint:
             await self.send(client, hub_record({**completion, "error": error} if error else completion))
         if error is not None:
             return
+        assert target is not None and contract_id is not None  # no error: both were checked above
         feed, subscribe = _SUBSCRIPTION_METHODS[target]
         subscriptions = getattr(client, feed)
         if not subscribe:
@@ -240,7 +241,7 @@ class MarketHubEndpoint:
         await self.broadcast([c for c in self.clients if c.handshaken], records)
 
     async def close_client(self, client: HubClient, error: str | None = None, allow_reconnect: bool | None = None) -> None:
-        close = {"type": _CLOSE}
+        close: dict[str, object] = {"type": _CLOSE}
         if error is not None:
             close["error"] = error
         if allow_reconnect is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from projectx_pipeline.domain.aggregation import aggregate_trades
@@ -141,7 +142,9 @@ class MarketSource(Protocol):
     contracts: dict[str, Contract]
     first_ns: int  # no trade exists before this instant
     start_ns: int  # where the clock starts
-    end_ns: int | None  # where the replay ends (None: the market never ends)
+
+    @property
+    def end_ns(self) -> int | None: ...  # where the replay ends (None: the market never ends); read-only
 
     def trades_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> Trades: ...
 
@@ -403,7 +406,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _uniform(key: np.uint64, *counters: np.ndarray) -> np.ndarray:
+def _uniform(key: np.uint64, *counters: npt.ArrayLike) -> np.ndarray:
     """Uniform [0, 1) numbers that are a pure function of (key, counters...)."""
     h = np.full(np.broadcast(*counters).shape, key, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -414,7 +417,7 @@ def _uniform(key: np.uint64, *counters: np.ndarray) -> np.ndarray:
 
 def _normal(key, *counters) -> np.ndarray:
     """Approximately standard normal (Irwin-Hall with 4 uniforms), deterministic."""
-    total = sum(_uniform(key, *counters, np.int64(i)) for i in range(4))
+    total = sum((_uniform(key, *counters, np.int64(i)) for i in range(4)), np.zeros(()))  # an array start: an array sum
     return (total - 2.0) * math.sqrt(3.0)
 
 

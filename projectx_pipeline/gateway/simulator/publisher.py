@@ -146,6 +146,7 @@ class MarketPublisher:
         stats = self._stats[contract_id]
         if stats.last is None:
             return None
+        assert stats.open is not None and stats.last_trade_ns is not None  # add() sets them with last
         contract = self._source.contracts[contract_id]
         change = stats.last - stats.open
         clock_ns = self._clock.now_ns
@@ -176,6 +177,7 @@ class MarketPublisher:
             depth_subscribers = self._hub.subscribers("depth", cid)
             if depth_subscribers:
                 stats, stamp = self._stats[cid], format_timestamp(self._clock.now_ns, 0)
+                assert stats.last is not None  # there is a quote
                 # a deterministic book size per price keeps the depth feed reproducible
                 size = 10 + int(stats.last / contract.tick_size) % 40
                 levels = [
