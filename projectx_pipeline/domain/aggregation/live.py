@@ -1,13 +1,4 @@
-"""Trades → OHLCV bars (pure domain code).
-
-`aggregate_trades` is the batch form: every trade of a window in one call. The simulator
-builds its history with it, and the live aggregator must produce identical bars.
-
-`BarAggregator` is the live form, used by the ingestion daemon for one contract: numpy
-batches of trades in, closed bars of several timeframes out, with late trades, feed restarts
-and a grace period handled explicitly (see its docstring). `split_valid` screens raw trade
-columns for rows the aggregator would reject.
-"""
+"""The live form of aggregation: the daemon's per-contract `BarAggregator`."""
 
 from __future__ import annotations
 
@@ -18,49 +9,12 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .market import BAR_COLUMNS
-from .contracts import ContractId
-from .errors import DomainError
-from .timeframes import bar_end, bar_starts_ns, DEFAULT_TIMEFRAMES, parse_timeframes, Timeframe
-from .timestamps import NS_PER_SECOND
-from .timestamps import from_ns, to_ns
-
-
-def aggregate_trades(contract_id: str, ts_ns, price, size, tf: Timeframe) -> pd.DataFrame:
-    """Bars of timeframe `tf` from trades (int64 ns timestamps, prices, sizes).
-
-    Trades are ordered by timestamp (stable, so equal timestamps keep their given order):
-    the open is the earliest trade, the close the latest. Windows without trades have no bar.
-    """
-    ts_ns = np.asarray(ts_ns, dtype=np.int64)
-    price = np.asarray(price, dtype=np.float64)
-    size = np.asarray(size, dtype=np.int64)
-    if ts_ns.size == 0:
-        from .market import empty_bars
-
-        return empty_bars()
-    order = np.argsort(ts_ns, kind="stable")
-    ts_ns, price, size = ts_ns[order], price[order], size[order]
-    starts = bar_starts_ns(ts_ns, tf)
-    # starts is non-decreasing because ts is sorted and alignment is monotone
-    cut = np.flatnonzero(np.diff(starts)) + 1
-    first = np.concatenate(([0], cut))
-    last = np.concatenate((cut - 1, [ts_ns.size - 1]))
-    out = pd.DataFrame(
-        {
-            "contract_id": contract_id,
-            "timestamp": pd.to_datetime(starts[first], utc=True).astype("datetime64[ns, UTC]"),
-            "open": price[first],
-            "high": np.maximum.reduceat(price, first),
-            "low": np.minimum.reduceat(price, first),
-            "close": price[last],
-            "volume": np.add.reduceat(size, first),
-            "timeframe_unit": tf.unit,
-            "timeframe_value": tf.value,
-        }
-    )
-    return out[BAR_COLUMNS]
-
+from ..contracts import ContractId
+from ..errors import DomainError
+from ..timeframes import DEFAULT_TIMEFRAMES, Timeframe, bar_end, bar_starts_ns, parse_timeframes
+from ..timestamps import NS_PER_SECOND, from_ns, to_ns
+from .trade_checks import NAT
+from .trade_checks import check_now, coerce_trades, raise_if_invalid
 
 # --------------------------------------------------------------------------- live aggregation
 #
@@ -71,9 +25,6 @@ def aggregate_trades(contract_id: str, ts_ns, price, size, tf: Timeframe) -> pd.
 # is a union of base windows); each timeframe then reduces the base groups, so the per-trade
 # work is independent of the number of timeframes.
 
-_NAT = np.iinfo(np.int64).min
-_TS_MIN_NS = 631_152_000 * NS_PER_SECOND  # 1990-01-01 UTC
-_TS_MAX_NS = 7_258_118_400 * NS_PER_SECOND  # 2200-01-01 UTC
 _NS_PER_HOUR = 3600 * NS_PER_SECOND
 
 # One row per bar being built or closed; first_ts/last_ts are the timestamps of the open and
@@ -92,92 +43,6 @@ _ROW = np.dtype(
 )
 
 REPAIR_COLUMNS = ["contract_id", "timestamp", "timeframe_unit", "timeframe_value", "late_trades"]
-
-
-# ..................................................................... input validation
-
-def _coerce_trades(ts_ns, price, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three trade columns as 1-D int64/float64/int64 arrays of equal length, or DomainError."""
-    ts = np.asarray(ts_ns)
-    px = np.asarray(price)
-    sz = np.asarray(size)
-    for name, a in (("timestamps", ts), ("prices", px), ("sizes", sz)):
-        if a.ndim != 1:
-            raise DomainError(f"trade {name} have shape {a.shape}: expected a 1-D array")
-    if not ts.size == px.size == sz.size:
-        raise DomainError(
-            f"trade arrays of different lengths: {ts.size} timestamps, {px.size} prices, {sz.size} sizes: "
-            "expected one of each per trade"
-        )
-    if ts.dtype.kind == "M":
-        ts = ts.astype("datetime64[ns]").view(np.int64)
-    elif ts.dtype.kind in "iu":
-        ts = ts.astype(np.int64, copy=False)
-    else:
-        raise DomainError(f"trade timestamps of dtype {ts.dtype}: expected int64 ns since the epoch (or datetime64)")
-    if px.dtype.kind not in "fiu":
-        raise DomainError(f"trade prices of dtype {px.dtype}: expected float64")
-    if sz.dtype.kind not in "iu":
-        raise DomainError(f"trade sizes of dtype {sz.dtype}: expected int64")
-    return ts, px.astype(np.float64, copy=False), sz.astype(np.int64, copy=False)
-
-
-def _row_checks(ts: np.ndarray, px: np.ndarray, sz: np.ndarray):
-    """(mask of offending rows, message for row i) per rule, in order of precedence."""
-
-    def ts_message(i):
-        return (
-            f"trade timestamp {int(ts[i])} ns ({np.datetime64(int(ts[i]), 'ns')}) at index {i} out of range: "
-            "expected ns since the epoch between 1990-01-01 and 2200-01-01"
-        )
-
-    return (
-        (ts == _NAT, lambda i: f"trade timestamp NaT at index {i}: expected int64 ns since the epoch"),
-        ((ts != _NAT) & ((ts < _TS_MIN_NS) | (ts >= _TS_MAX_NS)), ts_message),
-        (~np.isfinite(px), lambda i: f"trade price {float(px[i])!r} at index {i}: expected a finite price > 0"),
-        (px <= 0, lambda i: f"trade price {float(px[i])!r} at index {i}: expected a finite price > 0"),
-        (sz <= 0, lambda i: f"trade size {int(sz[i])} at index {i}: expected an integer size > 0"),
-    )
-
-
-def split_valid(ts_ns, price, size) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise validation of trade columns, for callers that drop bad rows instead of failing.
-
-    Returns `(valid, reasons)`: a bool mask, and an object array holding None for valid rows
-    and, for each invalid row, the message `BarAggregator.add_trades` would raise for it (NaT or
-    out-of-range timestamp, non-finite or non-positive price, size <= 0). Problems that concern
-    the arrays as a whole (lengths, dimensions, dtypes) still raise DomainError (a ValueError).
-    Usage: `ok, why = split_valid(ts, px, sz); agg.add_trades(ts[ok], px[ok], sz[ok])`.
-    """
-    ts, px, sz = _coerce_trades(ts_ns, price, size)
-    reasons = np.full(ts.size, None, dtype=object)
-    for mask, message in _row_checks(ts, px, sz):
-        for i in np.flatnonzero(mask):
-            if reasons[i] is None:
-                reasons[i] = message(i)
-    return np.equal(reasons, None), reasons  # type: ignore[call-overload]  # numpy's stubs reject None, which object arrays compare elementwise
-
-
-def _raise_if_invalid(ts: np.ndarray, px: np.ndarray, sz: np.ndarray) -> None:
-    # One combined test first (false for NaN too): messages are worked out only for a bad batch.
-    if ((ts >= _TS_MIN_NS) & (ts < _TS_MAX_NS) & (px > 0) & (px < np.inf) & (sz > 0)).all():
-        return
-    checks = _row_checks(ts, px, sz)
-    bad = np.zeros(ts.size, dtype=bool)
-    for mask, _ in checks:
-        bad |= mask
-    i = int(np.argmax(bad))
-    message = next(msg(i) for mask, msg in checks if mask[i])
-    more = int(bad.sum()) - 1
-    raise DomainError(message + (f" ({more} more invalid trades in the batch)" if more else ""))
-
-
-def _check_now(now_ns) -> int:
-    if isinstance(now_ns, bool) or not isinstance(now_ns, (int, np.integer)):
-        raise DomainError(f"invalid clock {now_ns!r}: expected int ns since the epoch")
-    if not _TS_MIN_NS <= now_ns < _TS_MAX_NS:
-        raise DomainError(f"invalid clock {now_ns} ns: expected ns since the epoch between 1990-01-01 and 2200-01-01")
-    return int(now_ns)
 
 
 # ..................................................................... windows
@@ -366,9 +231,9 @@ class _TimeframeState:
         self.tf = tf
         self.index = index
         self.open: tuple | None = None  # the bar being built: a _ROW tuple
-        self.open_end = self.open_next = _NAT  # its _window_bounds (read only while open is set)
-        self.floor = _NAT  # every window before this instant is closed
-        self.complete_from = _NAT  # bars labelled before this may miss trades (feed restart)
+        self.open_end = self.open_next = NAT  # its _window_bounds (read only while open is set)
+        self.floor = NAT  # every window before this instant is closed
+        self.complete_from = NAT  # bars labelled before this may miss trades (feed restart)
         self.clock_window: tuple[int, int, int, int] | None = None  # (label, first, end, next) of the window the clock was last in
 
 
@@ -410,9 +275,9 @@ class BarAggregator:
         self._base_step = _base_step_ns(self.timeframes)
         self._states = [_TimeframeState(tf, i) for i, tf in enumerate(self.timeframes)]
         self._clock: int | None = None
-        self._accept_from = _NAT
+        self._accept_from = NAT
         self._restart_pending = True
-        self._resumed_at = _NAT
+        self._resumed_at = NAT
         self._trades = self._late_trades = self._late_volume = 0
         self._bars_complete = self._bars_incomplete = self._repairs_reported = self._restarts = 0
 
@@ -425,8 +290,8 @@ class BarAggregator:
         changes, for arrays of different lengths or dtypes, NaT or implausible timestamps
         (outside 1990..2200: e.g. seconds or ms given as ns), non-finite or non-positive prices
         and sizes <= 0. See `split_valid` to drop such rows instead."""
-        ts, px, sz = _coerce_trades(ts_ns, price, size)
-        _raise_if_invalid(ts, px, sz)
+        ts, px, sz = coerce_trades(ts_ns, price, size)
+        raise_if_invalid(ts, px, sz)
         if ts.size == 0:
             return AggregatorOutput(self.contract_id)
         if ts.size > 1 and not (ts[1:] >= ts[:-1]).all():
@@ -448,7 +313,7 @@ class BarAggregator:
     def advance_clock(self, now_ns: int) -> AggregatorOutput:
         """Move the clock to `now_ns` (ignored if earlier than the clock) and close every bar whose
         `bar_end + grace_ns` is reached."""
-        now = _check_now(now_ns)
+        now = check_now(now_ns)
         out = _Collector(len(self._states))
         self._advance(now, out)
         return self._output(out)
@@ -463,7 +328,7 @@ class BarAggregator:
         `complete=False` (it may lack trades still to come). Their windows count as closed."""
         out = _Collector(len(self._states))
         if now_ns is not None:
-            self._advance(_check_now(now_ns), out)
+            self._advance(check_now(now_ns), out)
         for st in self._states:
             if st.open is not None:
                 st.floor = max(st.floor, st.open_next)
