@@ -57,7 +57,7 @@ class _Children:
 
     def stop_all(self, timeout: float = 30.0) -> None:
         # dagster-daemon waits for its threads' current iteration; give it time before SIGKILL
-        for name, proc in reversed(self.procs):
+        for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout

@@ -75,8 +75,8 @@ class AnalysisResult:
 
 def _feed(detector: TrendStartDetector, rows: list[tuple]) -> list[Signal]:
     out: list[Signal] = []
-    for ts, o, h, l, c, _revisions, _ingested in rows:
-        out.extend(detector.update(ts, o, h, l, c))
+    for ts, open_, high, low, close, _revisions, _ingested in rows:
+        out.extend(detector.update(ts, open_, high, low, close))
     return out
 
 

@@ -43,8 +43,13 @@ def _on_tick_grid(values: pd.Series, tick: float) -> pd.Series:
 
 def bar_schema(tick_size: float) -> pa.DataFrameSchema:
     """Types, OHLC invariants, tick grid, non-negative volume, unique keys, ascending timestamps."""
-    price = lambda name: pa.Column(float, [pa.Check(np.isfinite, element_wise=False, error=f"{name} must be finite"),
-                                           pa.Check(lambda s: _on_tick_grid(s, tick_size), error=f"{name} must be a multiple of the tick size {tick_size}")])
+
+    def price(name: str) -> pa.Column:
+        return pa.Column(float, [
+            pa.Check(np.isfinite, element_wise=False, error=f"{name} must be finite"),
+            pa.Check(lambda s: _on_tick_grid(s, tick_size), error=f"{name} must be a multiple of the tick size {tick_size}"),
+        ])
+
     return pa.DataFrameSchema(
         {
             "contract_id": pa.Column(str),

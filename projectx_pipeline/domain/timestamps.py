@@ -94,7 +94,7 @@ def _first_naive(column: pd.Series) -> object | None:
         present = column.dropna()
         return present.iloc[0] if len(present) else None
     present = column.dropna()
-    is_text = present.map(type) == str
+    is_text = present.map(lambda v: type(v) is str)
     naive = pd.Series(False, index=present.index)
     naive[is_text] = ~present[is_text].astype(object).str.contains(_ISO_OFFSET_RE, regex=True)
     naive[~is_text] = present[~is_text].map(

@@ -61,7 +61,7 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
         last: dict[str, str] = cursor["last"]
         new_by_contract: dict[str, dict[str, datetime]] = {}
         high_water = cursor["since"]
-        for cid, unit, value, max_ts, count, max_ingested in rows:
+        for cid, unit, value, max_ts, _bar_count, max_ingested in rows:
             key = f"{cid}|{unit}|{value}"
             high_water = max(high_water or max_ingested.isoformat(), max_ingested.isoformat())
             if last.get(key) and datetime.fromisoformat(last[key]) >= max_ts:
