@@ -58,6 +58,20 @@ def redact_tokens(text: object) -> str:
     return out
 
 
+def kv(event: str, **fields: object) -> str:
+    """A structured log message: `event=<event> key=value ...`, secrets redacted.
+
+    Values containing spaces, quotes, equals signs or line breaks are quoted (line breaks escaped)
+    so that the line stays one line and machine-splittable."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        text = redact_tokens(value)
+        if not text or any(c in text for c in ' "=\n\r\t'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
 def redact(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)

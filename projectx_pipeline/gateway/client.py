@@ -23,6 +23,7 @@ from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import utc
+from projectx_pipeline.logs import kv
 
 from .config import GatewayConfig
 from .errors import (
@@ -30,7 +31,6 @@ from .errors import (
     GatewayHTTPError,
     GatewayResponseError,
     GatewayRetriesExhausted,
-    kv,
     meaning_of,
 )
 from .protocol import (

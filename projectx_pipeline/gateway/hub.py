@@ -37,9 +37,10 @@ from signalrcore.messages.handshake.response import HandshakeResponseMessage
 from signalrcore.protocol.json_hub_protocol import JsonHubProtocol
 
 from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.logs import kv
 
 from .config import validate_url
-from .errors import kv, redact
+from .errors import redact
 from .events import (
     DEFAULT_LIMITS,
     EventLimits,
