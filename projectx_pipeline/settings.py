@@ -7,7 +7,6 @@ Secrets are held as `Secret` so that printing the settings never shows them.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .domain.contracts import ContractId
 from .domain.errors import DomainError
 from .domain.timeframes import Timeframe, parse_timeframes
+from .logs import get_logger
 
 ENV_SETTINGS = "PROJECTX_SETTINGS"
 ENV_GATEWAY = "PROJECTX_GATEWAY"
@@ -29,7 +29,7 @@ GATEWAY_PROJECTX = "projectx"    # the real ProjectX gateway, with PROJECTX_USER
 GATEWAYS = (GATEWAY_SIMULATOR, GATEWAY_PROJECTX)
 _CREDENTIALS = ("PROJECTX_USERNAME", "PROJECTX_API_KEY")
 
-log = logging.getLogger("projectx.gateway")
+log = get_logger("projectx.gateway")
 
 
 class SettingsError(ValueError):

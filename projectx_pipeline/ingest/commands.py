@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from datetime import timedelta
 
 from ..errors import UsageError
+from ..logs import get_logger
 
-log = logging.getLogger("projectx.ingest")
+log = get_logger("projectx.ingest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,6 @@ Threads and what they own:
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from ..domain.timestamps import NS_PER_SECOND
 from ..domain.timestamps import from_ns, to_ns
 from ..gateway.events import HubEvent
 from ..history import HistorySource
+from ..logs import get_logger
 from ..storage.db import connect, transaction
 from ..storage.migrate import migrate
 from ..storage.policies import apply_policies
@@ -37,7 +37,7 @@ from .counters import Counters
 from .repair import Repairer
 from .writer import StoreWriter, instance_name
 
-log = logging.getLogger("projectx.ingest")
+log = get_logger("projectx.ingest")
 
 DRAIN_MAX_ITEMS = 20_000
 IDLE_WAIT_SECONDS = 0.05

@@ -13,7 +13,6 @@ never stalls the feed. The repairer owns that connection's transactions: every u
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -24,6 +23,7 @@ import psycopg2.extensions
 from ..domain.timeframes import Timeframe, bar_end, bar_start
 from ..domain.timestamps import from_ns
 from ..history import HistorySource, replace_from_history
+from ..logs import get_logger
 from ..storage.bars import BarStore, last_bar_times
 from ..storage.db import close_quietly, connect, is_connection_error, transaction
 from ..storage.policies import enforce_trade_retention
@@ -31,7 +31,7 @@ from ..storage.repairs import due_repairs, remove_repairs
 from .clock import FeedClock
 from .counters import Counters
 
-log = logging.getLogger("projectx.ingest.repair")
+log = get_logger("projectx.ingest.repair")
 
 # Wait this long for the first event after a connect (which tells the feed's "now") before
 # falling back to the machine's clock for the end of a gap repair.

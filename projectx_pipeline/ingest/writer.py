@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import queue
 import socket
 import threading
@@ -28,6 +27,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..domain.timeframes import Timeframe, bar_end
+from ..logs import get_logger
 from ..storage.bars import BarStore
 from ..storage.db import close_quietly, commit_asynchronously, commit_durably, connect, is_connection_error, is_transient_error
 from ..storage.heartbeats import Heartbeat, heartbeat_holder, write_heartbeats
@@ -37,7 +37,7 @@ from ..storage.trades import TradeBatch, copy_trades, notify_ticks
 from ..storage.urls import redact_url
 from .counters import Counters
 
-log = logging.getLogger("projectx.ingest.writer")
+log = get_logger("projectx.ingest.writer")
 
 MAX_BARS_PER_STATEMENT = 50_000
 # Bars commit asynchronously (see _ensure_connection); a server crash can lose at most the last

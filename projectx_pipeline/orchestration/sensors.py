@@ -2,7 +2,6 @@
 
 
 import json
-import logging
 import os
 from datetime import datetime, timedelta, timezone
 
@@ -23,13 +22,14 @@ from dagster import (
 
 from ..domain.sessions import trade_date_of
 from ..domain.timeframes import Timeframe
+from ..logs import get_logger
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
 from .analysis_assets import AnalysisAssets, analyzed_timeframes
 from .partitions import partition_key
 from .resources import StorageResource
 
-log = logging.getLogger("projectx.dagster")
+log = get_logger("projectx.dagster")
 
 # Bars are stamped with their transaction's start time, and a transaction can commit a little
 # after a later one: re-read this far behind the cursor; run keys stop anything running twice.

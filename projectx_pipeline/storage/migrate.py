@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg2.extensions
 
-log = logging.getLogger("projectx.storage")
+from ..logs import get_logger
+
+log = get_logger("projectx.storage")
 
 # Any constant works as long as every migrator uses the same one: it serialises them.
 MIGRATION_LOCK_KEY = 0x70726F6A78  # "projx"

@@ -10,14 +10,14 @@ server has it, the old one on older servers.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.extensions
 
+from ..logs import get_logger
 from .migrate import timescaledb_active
 
-log = logging.getLogger("projectx.storage")
+log = get_logger("projectx.storage")
 
 # The hypertables (0002 makes them so and sets their segment-by / order-by)
 HYPERTABLES = ("ohlc_bars", "trades")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from ...logs import get_logger
 from ..protocol import (
     RECORD_SEPARATOR,
     SUBSCRIBE_DEPTH,
@@ -32,7 +32,7 @@ from ..protocol import (
 )
 from .auth import SessionStore, bearer_token, unauthorized
 
-log = logging.getLogger(__name__)
+log = get_logger("projectx.simulator")
 
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 

@@ -14,7 +14,6 @@ runs them on one event loop in a background thread:
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from datetime import datetime
@@ -26,6 +25,7 @@ from aiohttp import web
 from projectx_pipeline.domain.timeframes import Timeframe, parse_timeframe
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
+from ...logs import get_logger
 from ..protocol import MARKET_HUB_PATH
 from . import market
 from .auth import SessionStore
@@ -36,7 +36,7 @@ from .market import Contract, MarketSource, ReplaySource, SyntheticSource
 from .publisher import MarketPublisher
 from .rest import RestApi
 
-log = logging.getLogger(__name__)
+log = get_logger("projectx.simulator")
 
 _FAR_FUTURE_NS = 2**62
 
