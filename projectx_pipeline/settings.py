@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .domain.contracts import ContractId
 from .domain.errors import DomainError
 from .domain.timeframes import Timeframe, parse_timeframes
-from .logs import get_logger
+from .logs import get_logger, kv
 
 ENV_SETTINGS = "PROJECTX_SETTINGS"
 ENV_GATEWAY = "PROJECTX_GATEWAY"
@@ -277,7 +277,7 @@ def choose_gateway(environ: Mapping[str, str]) -> str:
     if present:
         # Half a set of credentials is almost certainly a mistake: say so rather than
         # silently talking to the simulator.
-        log.warning("event=config_incomplete_credentials missing=%s using=%s", missing[0], GATEWAY_SIMULATOR)
+        log.warning(kv("config_incomplete_credentials", missing=missing[0], using=GATEWAY_SIMULATOR))
     return GATEWAY_SIMULATOR
 
 
