@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ...logs import get_logger
+from ...logs import get_logger, kv
 from ..protocol import LOGOUT_EVENT, RECORD_SEPARATOR, TRADE_EVENT
 from .auth import SessionStore
 from .clock import MarketClock
@@ -112,7 +112,7 @@ class FaultInjector:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
         except (TypeError, ValueError) as exc:
             return web.json_response({"ok": False, "error": f"bad parameters for {action}: {exc}"}, status=400)
-        log.info("control: %s %s", action, params)
+        log.info(kv("control_action", action=action, params=params))
         return web.json_response({"ok": True, "status": self._status()})
 
     async def _fault_drop(self) -> None:

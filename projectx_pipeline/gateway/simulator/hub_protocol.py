@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from ...logs import get_logger
+from ...logs import get_logger, kv
 from ..protocol import (
     RECORD_SEPARATOR,
     SUBSCRIBE_DEPTH,
@@ -122,14 +122,14 @@ class MarketHubEndpoint:
         await ws.prepare(request)
         client = HubClient(ws, request.transport, session.user)
         self.clients.add(client)
-        log.debug("hub client connected (user %s)", session.user)
+        log.debug(kv("hub_client_connected", user=session.user))
         try:
             await self._serve_client(client)
         finally:
             self.clients.discard(client)
             if not ws.closed:
                 await self._close_ws(client)
-            log.debug("hub client gone (user %s)", session.user)
+            log.debug(kv("hub_client_gone", user=session.user))
         return ws
 
     async def _serve_client(self, client: HubClient) -> None:
