@@ -3,6 +3,8 @@
 Every record passes a redaction filter installed on the root handler, so a secret that reaches
 a message by any path (an exception text, a URL with a token, a library's own log line) is
 replaced before it is written. Secrets are registered from the environment at start.
+Platform loggers (`get_logger`) carry the same filter on the logger itself, so a handler that
+another framework attaches under "projectx" sees only redacted records too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def redact_tokens(text: object) -> str:
     return out
 
 
+def kv(event: str, **fields: object) -> str:
+    """A structured log message: `event=<event> key=value ...`, secrets redacted.
+
+    Values containing spaces, quotes, equals signs or line breaks are quoted (line breaks escaped)
+    so that the line stays one line and machine-splittable."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        text = redact_tokens(value)
+        if not text or any(c in text for c in ' "=\n\r\t'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
 def redact(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
@@ -79,6 +95,23 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         record.msg, record.args = redact(msg), None
         return True
+
+
+_LOGGER_FILTER = RedactingFilter()
+_logger_lock = threading.Lock()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The platform logger `name` (under "projectx."), with a RedactingFilter on the logger itself.
+
+    A logger's filters run on the records it creates before any handler sees them, so a handler
+    attached to "projectx" by someone else (Dagster's managed_python_loggers) never gets a secret;
+    configure_logging's root-handler filter alone would not cover such a handler."""
+    logger = logging.getLogger(name)
+    with _logger_lock:
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(_LOGGER_FILTER)
+    return logger
 
 
 class KeyValueFormatter(logging.Formatter):

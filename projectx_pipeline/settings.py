@@ -7,7 +7,6 @@ Secrets are held as `Secret` so that printing the settings never shows them.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .domain.contracts import ContractId
 from .domain.errors import DomainError
 from .domain.timeframes import Timeframe, parse_timeframes
+from .logs import get_logger, kv
 
 ENV_SETTINGS = "PROJECTX_SETTINGS"
 ENV_GATEWAY = "PROJECTX_GATEWAY"
@@ -29,7 +29,7 @@ GATEWAY_PROJECTX = "projectx"    # the real ProjectX gateway, with PROJECTX_USER
 GATEWAYS = (GATEWAY_SIMULATOR, GATEWAY_PROJECTX)
 _CREDENTIALS = ("PROJECTX_USERNAME", "PROJECTX_API_KEY")
 
-log = logging.getLogger("projectx.gateway")
+log = get_logger("projectx.gateway")
 
 
 class SettingsError(ValueError):
@@ -277,7 +277,7 @@ def choose_gateway(environ: Mapping[str, str]) -> str:
     if present:
         # Half a set of credentials is almost certainly a mistake: say so rather than
         # silently talking to the simulator.
-        log.warning("event=config_incomplete_credentials missing=%s using=%s", missing[0], GATEWAY_SIMULATOR)
+        log.warning(kv("config_incomplete_credentials", missing=missing[0], using=GATEWAY_SIMULATOR))
     return GATEWAY_SIMULATOR
 
 

@@ -29,9 +29,10 @@ from projectx_pipeline.gateway import (
     RateLimiter,
 )
 from projectx_pipeline.gateway.client import jwt_expiry, retry_after_seconds
-from projectx_pipeline.gateway.errors import kv, redact
+from projectx_pipeline.gateway.errors import redact
 from projectx_pipeline.gateway.protocol import HISTORY_ENDPOINT
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+from projectx_pipeline.logs import kv
 
 from .support.market import MES
 from .support.simulator import finished_simulator

@@ -64,6 +64,7 @@ from projectx_pipeline.gateway.events import decode_hub_record, parse_quote_even
 from projectx_pipeline.gateway.hub import MarketHub, _Connection, _SupervisedJsonProtocol
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+from projectx_pipeline import logs as platform_logs
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
@@ -762,7 +763,11 @@ class _AllRecords(logging.Handler):
 
 
 class capture_all_logs:
+    """Every record, raw: the platform loggers' own RedactingFilter (logs.get_logger) is lifted
+    meanwhile, so a key that reaches a log call is caught here rather than hidden by redaction."""
+
     def __enter__(self) -> _AllRecords:
+        platform_logs._LOGGER_FILTER.filter = lambda record: True
         self.handler = _AllRecords()
         root = logging.getLogger()
         self.saved = {name: logging.getLogger(name).level for name in DEBUG_LOGGERS}
@@ -774,6 +779,7 @@ class capture_all_logs:
         return self.handler
 
     def __exit__(self, *exc) -> None:
+        del platform_logs._LOGGER_FILTER.filter
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self.root_level)
@@ -985,6 +991,45 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     assert_no_secret(logs.texts(), *secrets, where="log records")
     out, err = capfd.readouterr()
     assert_no_secret([out, err], *secrets, where="console output")
+
+
+def test_a_handler_on_the_projectx_logger_sees_only_redacted_records():
+    """Dagster (dagster.yaml `managed_python_loggers: [projectx]`) attaches its own handler to the
+    "projectx" logger, without the RedactingFilter configure_logging puts on the root handler: the
+    platform loggers redact their records themselves, before any handler sees them."""
+    bearer = "Bearer opaque-token-9d1c5e"
+    seen: list[str] = []
+
+    class Plain(logging.Handler):  # what Dagster's handler does: format the record, keep the text
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    handler = Plain(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    projectx = logging.getLogger("projectx")
+    level = projectx.level
+    log = platform_logs.get_logger("projectx.ingest")
+    assert platform_logs.get_logger("projectx.ingest").filters.count(platform_logs._LOGGER_FILTER) == 1  # attached once
+    platform_logs.register_secret(SECRET)
+    projectx.addHandler(handler)
+    projectx.setLevel(logging.DEBUG)
+    try:
+        log.warning("login with %s failed, header %s", SECRET, bearer)
+        log.info(platform_logs.kv("login_failed", key=SECRET))
+        try:
+            raise RuntimeError(f"refused: {SECRET} / Authorization: {bearer}")
+        except RuntimeError:
+            log.exception(platform_logs.kv("writer_failed", error="refused"))
+    finally:
+        projectx.removeHandler(handler)
+        projectx.setLevel(level)
+        with platform_logs._lock:
+            platform_logs._secrets.discard(SECRET)
+    assert len(seen) == 3
+    assert_no_secret(seen, SECRET, "opaque-token-9d1c5e", where="a handler on the projectx logger")
+    assert seen[0] == "login with *** failed, header Bearer ***"
+    assert seen[1] == "event=login_failed key=***"
+    assert seen[2].startswith("event=writer_failed error=refused\nTraceback") and "RuntimeError: refused: *** / Authorization: Bearer ***" in seen[2]
 
 
 # =========================================================================== SQL: parameterized statements

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import math
 import queue
 import random
@@ -23,6 +22,7 @@ from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import utc
+from projectx_pipeline.logs import get_logger, kv
 
 from .config import GatewayConfig
 from .errors import (
@@ -30,7 +30,6 @@ from .errors import (
     GatewayHTTPError,
     GatewayResponseError,
     GatewayRetriesExhausted,
-    kv,
     meaning_of,
 )
 from .protocol import (
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
 
     from .hub import MarketHub, MarketHubOptions
 
-log = logging.getLogger("projectx.gateway")
+log = get_logger("projectx.gateway")
 
 # Tokens are renewed this long before their `exp` at most; short-lived tokens are renewed
 # when a fifth of their life is left, so that a refresh never races the expiry.

@@ -45,19 +45,6 @@ ERROR_MEANINGS: dict[str, dict[int, str]] = {
 redact = redact_tokens
 
 
-def kv(event: str, **fields: object) -> str:
-    """A structured log message: `event=<event> key=value ...`, secrets redacted.
-
-    Values containing spaces or quotes are quoted so that the line stays machine-splittable."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = redact(value)
-        if not text or any(c in text for c in ' "='):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
 def meaning_of(endpoint: str, error_code: object) -> str:
     if error_code == 0:
         return "success"

@@ -38,9 +38,10 @@ from signalrcore.messages.handshake.response import HandshakeResponseMessage
 from signalrcore.protocol.json_hub_protocol import JsonHubProtocol
 
 from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.logs import get_logger, kv
 
 from .config import validate_url
-from .errors import kv, redact
+from .errors import redact
 from .events import (
     DEFAULT_LIMITS,
     EventLimits,
@@ -60,7 +61,7 @@ from .protocol import (
     TRADE_EVENT,
 )
 
-log = logging.getLogger("projectx.gateway")
+log = get_logger("projectx.gateway")
 
 SIGNALRCORE_LOGGER = "SignalRCoreClient"
 _HTTP_401_RE = re.compile(r"HTTP/\d(?:\.\d)? 401\b")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from datetime import timedelta
 
 from ..errors import UsageError
+from ..logs import get_logger, kv
 
-log = logging.getLogger("projectx.ingest")
+log = get_logger("projectx.ingest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +52,8 @@ def build_daemon(args: argparse.Namespace):
         bars_compress_after_days=settings.file.storage.bars_compress_after_days,
     )
     daemon = IngestDaemon(config, client, lambda out: client.market_hub(contracts, out, stale_after=ing.stale_after_seconds))
-    log.info("event=ingest_config gateway=%s api_url=%s rtc_url=%s", "simulator" if gateway_config.use_simulator else "projectx",
-             gateway_config.api_url, gateway_config.rtc_url)
+    log.info(kv("ingest_config", gateway="simulator" if gateway_config.use_simulator else "projectx",
+                api_url=gateway_config.api_url, rtc_url=gateway_config.rtc_url))
     return daemon
 
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     daemon = build_daemon(args)
 
     def on_signal(signum, _frame):
-        log.info("event=signal_received signal=%s", signal.Signals(signum).name)
+        log.info(kv("signal_received", signal=signal.Signals(signum).name))
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

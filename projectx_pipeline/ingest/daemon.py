@@ -10,7 +10,6 @@ Threads and what they own:
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from ..domain.timestamps import NS_PER_SECOND
 from ..domain.timestamps import from_ns, to_ns
 from ..gateway.events import HubEvent
 from ..history import HistorySource
+from ..logs import get_logger, kv
 from ..storage.db import connect, transaction
 from ..storage.migrate import migrate
 from ..storage.policies import apply_policies
@@ -37,7 +37,7 @@ from .counters import Counters
 from .repair import Repairer
 from .writer import StoreWriter, instance_name
 
-log = logging.getLogger("projectx.ingest")
+log = get_logger("projectx.ingest")
 
 DRAIN_MAX_ITEMS = 20_000
 IDLE_WAIT_SECONDS = 0.05
@@ -156,7 +156,7 @@ class IngestDaemon:
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("event=db_wait error=%r retry_in_s=%.1f", str(exc).splitlines()[0], delay)
+                log.warning(kv("db_wait", error=str(exc).splitlines()[0], retry_in_s=f"{delay:.1f}"))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -169,8 +169,8 @@ class IngestDaemon:
         # the first connect is a feed start: repair from the newest stored bar to now
         self.repairer.request_gap_repair()
         self.hub.start()
-        log.info("event=ingest_started instance=%s contracts=%s timeframes=%s", self.instance_id,
-                 ",".join(self.config.contracts), ",".join(tf.label for tf in self.config.timeframes))
+        log.info(kv("ingest_started", instance=self.instance_id,
+                    contracts=",".join(self.config.contracts), timeframes=",".join(tf.label for tf in self.config.timeframes)))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -183,7 +183,7 @@ class IngestDaemon:
                 self._process(items)
             self._advance_clocks()
             if self.writer.fatal is not None:
-                log.error("event=ingest_fatal error=%r", str(self.writer.fatal))
+                log.error(kv("ingest_fatal", error=str(self.writer.fatal)))
                 self.shutdown()
                 return 1
         self.shutdown()
@@ -191,11 +191,11 @@ class IngestDaemon:
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
-        log.info("event=ingest_stopping")
+        log.info(kv("ingest_stopping"))
         try:
             self.hub.stop()
         except Exception as exc:  # a hub that fails to stop must not block the flush
-            log.warning("event=hub_stop_failed error=%r", str(exc))
+            log.warning(kv("hub_stop_failed", error=str(exc)))
         items = self._drain(wait=False)
         if items:
             self._process(items)
@@ -206,8 +206,8 @@ class IngestDaemon:
         self.repairer.stop(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
         self._connection_state = "stopped"
         flushed = self.writer.stop(timeout=max(0.5, deadline - time.monotonic()))
-        log.info("event=ingest_stopped flushed=%s counters=%s", flushed,
-                 {cid: c.as_dict() for cid, c in self.counters.items()})
+        log.info(kv("ingest_stopped", flushed=flushed,
+                    counters={cid: c.as_dict() for cid, c in self.counters.items()}))
 
     # ------------------------------------------------------------------ main loop
     def _drain(self, wait: bool = True) -> list:
@@ -253,12 +253,12 @@ class IngestDaemon:
                     self.counters[cid].reconnects += 1
             self._awaiting_resume = set(self.aggregators)
             self.repairer.request_gap_repair()
-            log.info("event=feed_connected detail=%r", event.detail)
+            log.info(kv("feed_connected", detail=event.detail))
         elif event.kind == "disconnected":
             self._connection_state = "disconnected"
-            log.warning("event=feed_disconnected detail=%r", event.detail)
+            log.warning(kv("feed_disconnected", detail=event.detail))
         elif event.kind == "logout":
-            log.warning("event=gateway_logout detail=%r", event.detail)
+            log.warning(kv("gateway_logout", detail=event.detail))
         # 'malformed' events are counted by the hub itself (feed-wide, see _heartbeat_state)
 
     def _aggregate(self, trades: dict[str, list[Trade]]) -> None:
@@ -274,7 +274,7 @@ class IngestDaemon:
             if not valid.all():
                 bad = np.flatnonzero(~valid)
                 self.counters[cid].rejected_trades += bad.size
-                log.warning("event=trades_rejected contract=%s count=%d first_reason=%r", cid, bad.size, reasons[bad[0]])
+                log.warning(kv("trades_rejected", contract=cid, count=bad.size, first_reason=reasons[bad[0]]))
                 keep = np.flatnonzero(valid)
                 batch = [batch[i] for i in keep]
                 ts, px, sz = ts[valid], px[valid], sz[valid]
@@ -326,7 +326,7 @@ class IngestDaemon:
                     repairs.append(self._repair(cid, row.timeframe_unit, row.timeframe_value, row.timestamp, delay, "partial"))
         if out.late_trades:
             c.late_trades += out.late_trades
-            log.warning("event=late_trades contract=%s count=%d action=queued_for_repair", cid, out.late_trades)
+            log.warning(kv("late_trades", contract=cid, count=out.late_trades, action="queued_for_repair"))
         if out.n_repairs:
             for row in out.repairs.itertuples(index=False):
                 repairs.append(self._repair(cid, row.timeframe_unit, row.timeframe_value, row.timestamp, delay, "late_trade"))

@@ -13,7 +13,6 @@ never stalls the feed. The repairer owns that connection's transactions: every u
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -24,6 +23,7 @@ import psycopg2.extensions
 from ..domain.timeframes import Timeframe, bar_end, bar_start
 from ..domain.timestamps import from_ns
 from ..history import HistorySource, replace_from_history
+from ..logs import get_logger, kv
 from ..storage.bars import BarStore, last_bar_times
 from ..storage.db import close_quietly, connect, is_connection_error, transaction
 from ..storage.policies import enforce_trade_retention
@@ -31,7 +31,7 @@ from ..storage.repairs import due_repairs, remove_repairs
 from .clock import FeedClock
 from .counters import Counters
 
-log = logging.getLogger("projectx.ingest.repair")
+log = get_logger("projectx.ingest.repair")
 
 # Wait this long for the first event after a connect (which tells the feed's "now") before
 # falling back to the machine's clock for the end of a gap repair.
@@ -99,12 +99,12 @@ class Repairer(threading.Thread):
                     self.idle.set()
             except Exception as exc:  # noqa: BLE001 — logged, retried; the feed must go on
                 if is_connection_error(exc):
-                    log.warning("event=repair_db_unavailable error=%r", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    log.warning(kv("repair_db_unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                     self._close()
                 else:
                     for c in self.counters.values():
                         c.gateway_errors += 1
-                    log.error("event=repair_failed error=%r", str(exc))
+                    log.error(kv("repair_failed", error=str(exc)))
                 self._stop_event.wait(min(5.0, self.poll_seconds * 4))
                 continue
             self._stop_event.wait(self.poll_seconds)
@@ -176,7 +176,7 @@ class Repairer(threading.Thread):
             if self._gap_requested_at == requested_at:
                 self._gap_requested_at = None  # a newer request (another reconnect) stays pending
         self.gap_repairs_done += 1
-        log.info("event=gap_repair_done contracts=%d timeframes=%d until=%s", len(self.contracts), len(self.timeframes), now.isoformat())
+        log.info(kv("gap_repair_done", contracts=len(self.contracts), timeframes=len(self.timeframes), until=now.isoformat()))
         return True
 
     def _fetch_and_store(self, cid: str, tf: Timeframe, start: datetime, end: datetime, reason: str, windows: set | None = None) -> int:
@@ -189,8 +189,8 @@ class Repairer(threading.Thread):
         changed = result.inserted + result.revised
         self.counters[cid].repairs += changed
         if changed:
-            log.info("event=bars_repaired contract=%s timeframe=%s reason=%s inserted=%d revised=%d from=%s to=%s",
-                     cid, tf.label, reason, result.inserted, result.revised, start.isoformat(), end.isoformat())
+            log.info(kv("bars_repaired", contract=cid, timeframe=tf.label, reason=reason, inserted=result.inserted,
+                        revised=result.revised, **{"from": start.isoformat()}, to=end.isoformat()))
         return changed
 
     def _repair_due_windows(self) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import queue
 import socket
 import threading
@@ -28,6 +27,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..domain.timeframes import Timeframe, bar_end
+from ..logs import get_logger, kv
 from ..storage.bars import BarStore
 from ..storage.db import close_quietly, commit_asynchronously, commit_durably, connect, is_connection_error, is_transient_error
 from ..storage.heartbeats import Heartbeat, heartbeat_holder, write_heartbeats
@@ -37,7 +37,7 @@ from ..storage.trades import TradeBatch, copy_trades, notify_ticks
 from ..storage.urls import redact_url
 from .counters import Counters
 
-log = logging.getLogger("projectx.ingest.writer")
+log = get_logger("projectx.ingest.writer")
 
 MAX_BARS_PER_STATEMENT = 50_000
 # Bars commit asynchronously (see _ensure_connection); a server crash can lose at most the last
@@ -137,7 +137,7 @@ class StoreWriter(threading.Thread):
             try:
                 self._flush()
             except Exception as exc:  # noqa: BLE001 — a bug, not a database state: stop loudly, never hang
-                log.exception("event=writer_failed error=%r", str(exc))
+                log.exception(kv("writer_failed", error=str(exc)))
                 self.fatal = exc
             if self._stop_event.is_set() and self.inbox.empty() and self.fatal is None:
                 # the last chance to write: try to connect now rather than wait out a reconnect
@@ -167,7 +167,7 @@ class StoreWriter(threading.Thread):
                 old = p.trades.popleft()
                 p.trade_count -= len(old.ts_ns)
                 self.counters[old.contract_id].trades_dropped += len(old.ts_ns)
-                log.warning("event=trades_dropped contract=%s count=%d reason=buffer_full", old.contract_id, len(old.ts_ns))
+                log.warning(kv("trades_dropped", contract=old.contract_id, count=len(old.ts_ns), reason="buffer_full"))
         elif kind == "repairs":
             p.repairs.extend(payload)
         elif kind == "heartbeat":
@@ -182,7 +182,7 @@ class StoreWriter(threading.Thread):
         for row in old.itertuples(index=False):
             self.counters[row.contract_id].bars_dropped += 1
             p.repairs.append(self._repair_of(row, "outage_buffer_full"))
-        log.warning("event=bars_dropped count=%d reason=outage_buffer_full action=queued_for_repair", len(old))
+        log.warning(kv("bars_dropped", count=len(old), reason="outage_buffer_full", action="queued_for_repair"))
 
     # ------------------------------------------------------------------ database
     def _ensure_connection(self, raise_on_failure: bool = False) -> bool:
@@ -199,7 +199,7 @@ class StoreWriter(threading.Thread):
             self._close()
             if raise_on_failure:
                 raise
-            log.error("event=fatal reason=%s", exc)
+            log.error(kv("fatal", reason=exc))
             return False
         except Exception as exc:
             self._close()
@@ -207,7 +207,7 @@ class StoreWriter(threading.Thread):
             self._backoff = min(self._backoff * 2, 5.0)
             if raise_on_failure:
                 raise
-            log.warning("event=db_unavailable error=%r retry_in_s=%.1f", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._backoff)
+            log.warning(kv("db_unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__, retry_in_s=f"{self._backoff:.1f}"))
             return False
         # Live bars and ticks commit asynchronously and one statement at a time (autocommit): a
         # durable commit waits for a WAL flush (~5 ms here) and every extra round trip costs more,
@@ -215,7 +215,7 @@ class StoreWriter(threading.Thread):
         # again from _recent_bars. Repair requests and raw trades (not re-fetchable) commit durably.
         commit_asynchronously(self.conn)
         if not self.db_up:
-            log.info("event=db_connected url=%s", redact_url(self.url))
+            log.info(kv("db_connected", url=redact_url(self.url)))
         self.db_up = True
         self._backoff = 0.5
         return True
@@ -269,18 +269,18 @@ class StoreWriter(threading.Thread):
             c.db_errors += 1
         if is_connection_error(exc):
             if self.db_up:
-                log.error("event=db_lost during=%s error=%r", what, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                log.error(kv("db_lost", during=what, error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
             self._close()
             self._next_connect = time.monotonic() + self._backoff
             self._rewrite_recent_bars()
         elif is_transient_error(exc):
             # disk full, statement timeout...: the data is fine, the server is not; keep everything
             # buffered (the outage buffer bounds it) and retry on the same connection later
-            log.error("event=db_error_transient during=%s error=%r retry_in_s=%.1f", what, str(exc).strip().splitlines()[0], self._backoff)
+            log.error(kv("db_error_transient", during=what, error=str(exc).strip().splitlines()[0], retry_in_s=f"{self._backoff:.1f}"))
             self._pause_until = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 5.0)
         else:
-            log.error("event=db_error during=%s error=%r", what, str(exc).strip())
+            log.error(kv("db_error", during=what, error=str(exc).strip()))
             try:
                 self._open_conn().rollback()
             except Exception:
@@ -347,7 +347,7 @@ class StoreWriter(threading.Thread):
                 c = self.counters[cid]
                 c.bars_written += int(n)
                 c.last_bar_at = max(c.last_bar_at or df["timestamp"].min(), df.loc[df.contract_id == cid, "timestamp"].max())
-            log.debug("event=bars_written rows=%d inserted=%d notified=%d", result.rows, result.inserted, result.notified)
+            log.debug(kv("bars_written", rows=result.rows, inserted=result.inserted, notified=result.notified))
         if p.ticks and not self._notify_ticks():
             return
         if p.repairs and not self._write_repairs():
@@ -360,7 +360,7 @@ class StoreWriter(threading.Thread):
     def _repair_rejected(self, df: pd.DataFrame, reason: str) -> None:
         for row in df.itertuples(index=False):
             self.pending.repairs.append(self._repair_of(row, "rejected_by_database"))
-        log.error("event=bars_rejected rows=%d action=queued_for_repair reason=%r", len(df), reason.splitlines()[0])
+        log.error(kv("bars_rejected", rows=len(df), action="queued_for_repair", reason=reason.splitlines()[0]))
 
     def _repair_of(self, row, reason: str) -> RepairRequest:
         """A repair request for a closed bar. `due_at` is in feed time, like every repair request
@@ -395,7 +395,7 @@ class StoreWriter(threading.Thread):
             self._on_db_error(exc, "trades")
             if not (is_connection_error(exc) or is_transient_error(exc)):
                 # unstorable rows (cannot come from the parser); drop them, loudly
-                log.error("event=trades_rejected count=%d", p.trade_count)
+                log.error(kv("trades_rejected", count=p.trade_count))
                 p.trades.clear()
                 p.trade_count = 0
             return False

@@ -49,6 +49,7 @@ from ..domain.coordination import parse_rules
 from ..domain.contracts import ContractId
 from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID
+from ..logs import kv
 from ..settings import Settings
 from ..analysis.coordination_runner import CoordinationResult, run_coordination
 from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
@@ -86,7 +87,7 @@ def _contracts(context: AssetExecutionContext, config: AnalysisConfig, settings:
             out.append(cid)
     unconfigured = [c for c in out if c not in settings.contract_ids]
     if unconfigured:
-        context.log.warning(f"contracts {unconfigured} are not in the settings; analysing them anyway")
+        context.log.warning(kv("contracts_not_in_settings", contracts=",".join(unconfigured), action="analysed_anyway"))
     return out
 
 
@@ -94,11 +95,12 @@ R = TypeVar("R", AnalysisResult, CoordinationResult)
 
 
 def _run_per_contract(
-    context: AssetExecutionContext, contract_ids: list[str], storage: StorageResource, what: str,
-    run: Callable[[object, str], R], summary: Callable[[R], str],
+    context: AssetExecutionContext, contract_ids: list[str], storage: StorageResource, event: str,
+    run: Callable[[object, str], R], summary: Callable[[R], dict[str, object]], **fields: object,
 ) -> tuple[list[R], dict[str, str]]:
     """`run(conn, contract_id)` for each contract, each in its own transaction: the results, and
-    the error of each contract that failed (one bad contract must not hold up the others)."""
+    the error of each contract that failed (one bad contract must not hold up the others).
+    Logged as `<event>_done` with `fields` and `summary(result)`, or `<event>_failed`."""
     results: list[R] = []
     errors: dict[str, str] = {}
     for cid in contract_ids:
@@ -106,11 +108,11 @@ def _run_per_contract(
             with storage.connection() as conn:
                 r = run(conn, cid)
         except Exception as exc:
-            context.log.error(f"{what} {cid} failed: {type(exc).__name__}: {exc}")
+            context.log.error(kv(f"{event}_failed", contract=cid, **fields, error=f"{type(exc).__name__}: {exc}"))
             errors[cid] = f"{type(exc).__name__}: {exc}"
             continue
         results.append(r)
-        context.log.info(f"{what} {cid}: {summary(r)}")
+        context.log.info(kv(f"{event}_done", contract=cid, **fields, **summary(r)))
     return results, errors
 
 
@@ -146,10 +148,11 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
         results, errors = _run_per_contract(
-            context, _contracts(context, config, settings), storage, f"trend starts {tf.label}",
+            context, _contracts(context, config, settings), storage, "trend_starts",
             lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
-            lambda r: f"mode={r.mode} bars={r.bars_processed} new={r.new_signals} "
-            f"deleted={r.deleted_signals} total={r.total_signals} last_bar={r.last_bar_ts}",
+            lambda r: {"mode": r.mode, "bars": r.bars_processed, "new": r.new_signals,
+                       "deleted": r.deleted_signals, "total": r.total_signals, "last_bar": r.last_bar_ts},
+            timeframe=tf.label,
         )
         latest = _latest_rows(results, lambda row: (row["known_at"], row["start_ts"]))
         metadata = {
@@ -200,7 +203,7 @@ def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefi
         results, errors = _run_per_contract(
             context, _contracts(context, config, settings), storage, "coordination",
             lambda conn, cid: run_coordination(conn, cid, rules, latest=LATEST_ROWS),
-            lambda r: f"new={r.new_outputs} total={r.total_outputs} watermarks={r.watermarks}",
+            lambda r: {"new": r.new_outputs, "total": r.total_outputs, "watermarks": r.watermarks},
         )
         latest = _latest_rows(results, lambda row: row["signal_ts"])
         metadata = {

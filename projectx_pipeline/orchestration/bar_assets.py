@@ -17,6 +17,7 @@ from dagster import (
 
 from ..backfill import backfill_trade_date
 from ..domain.quality import sessions_from_calendar
+from ..logs import kv
 from ..settings import Settings
 from .partitions import split_partition_key
 from .resources import GatewayResource, StorageResource
@@ -57,7 +58,8 @@ def build_bar_assets(settings: Settings, partitions: MultiPartitionsDefinition) 
         sessions = sessions_from_calendar(settings.file.dagster.gap_calendar, trade_date, trade_date, settings.file.dagster.closed_dates)
         with storage.connection() as conn:
             r = backfill_trade_date(gateway.client, conn, contract_id, trade_date, settings.timeframes, sessions)
-        context.log.info(f"historical_bars {contract_id} {trade_date}: rows={r.rows} inserted={r.inserted} revised={r.revised} holes={r.holes}")
+        context.log.info(kv("historical_bars_done", contract=contract_id, trade_date=trade_date, rows=r.rows, inserted=r.inserted,
+                            revised=r.revised, holes=r.holes))
         return MaterializeResult(
             metadata={
                 "rows_per_timeframe": MetadataValue.json(r.rows),

@@ -2,7 +2,6 @@
 
 
 import json
-import logging
 import os
 from datetime import datetime, timedelta, timezone
 
@@ -23,13 +22,14 @@ from dagster import (
 
 from ..domain.sessions import trade_date_of
 from ..domain.timeframes import Timeframe
+from ..logs import get_logger, kv
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
 from .analysis_assets import AnalysisAssets, analyzed_timeframes
 from .partitions import partition_key
 from .resources import StorageResource
 
-log = logging.getLogger("projectx.dagster")
+log = get_logger("projectx.dagster")
 
 # Bars are stamped with their transaction's start time, and a transaction can commit a little
 # after a later one: re-read this far behind the cursor; run keys stop anything running twice.
@@ -94,13 +94,13 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
 
 def send_alert(message: str) -> None:
     """The one place failures are reported: the log, and PROJECTX_ALERT_WEBHOOK_URL when set."""
-    log.error("event=alert message=%r", message)
+    log.error(kv("alert", message=message))
     url = os.environ.get("PROJECTX_ALERT_WEBHOOK_URL")
     if url:
         try:
             requests.post(url, json={"text": message}, timeout=5)
         except requests.RequestException as exc:
-            log.warning("event=alert_webhook_failed error=%s", type(exc).__name__)
+            log.warning(kv("alert_webhook_failed", error=type(exc).__name__))
 
 
 @run_failure_sensor(name="run_failure_alert", default_status=DefaultSensorStatus.RUNNING,

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from ..logs import get_logger
 from .urls import redact_url
 
-log = logging.getLogger("projectx.storage")
+log = get_logger("projectx.storage")
 
 APPLICATION_NAME = "projectx_pipeline"
 

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg2.extensions
 
-log = logging.getLogger("projectx.storage")
+from ..logs import get_logger, kv
+
+log = get_logger("projectx.storage")
 
 # Any constant works as long as every migrator uses the same one: it serialises them.
 MIGRATION_LOCK_KEY = 0x70726F6A78  # "projx"
@@ -68,7 +69,7 @@ def migrate(conn) -> list[int]:
         for mig in available_migrations():
             if mig.version in done:
                 if done[mig.version] != mig.checksum and done[mig.version] not in EQUIVALENT_CHECKSUMS.get(mig.version, ()):
-                    log.warning("event=migration_changed version=%d name=%s: applied migrations must not be edited", mig.version, mig.name)
+                    log.warning(kv("migration_changed", version=mig.version, name=mig.name, hint="applied migrations must not be edited"))
                 continue
             with conn.cursor() as cur:
                 cur.execute(mig.sql)
@@ -78,7 +79,7 @@ def migrate(conn) -> list[int]:
                 )
             conn.commit()
             applied_now.append(mig.version)
-            log.info("event=migration_applied version=%d name=%s", mig.version, mig.name)
+            log.info(kv("migration_applied", version=mig.version, name=mig.name))
     except BaseException:
         conn.rollback()
         raise

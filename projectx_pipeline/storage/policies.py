@@ -10,14 +10,14 @@ server has it, the old one on older servers.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.extensions
 
+from ..logs import get_logger, kv
 from .migrate import timescaledb_active
 
-log = logging.getLogger("projectx.storage")
+log = get_logger("projectx.storage")
 
 # The hypertables (0002 makes them so and sets their segment-by / order-by)
 HYPERTABLES = ("ohlc_bars", "trades")
@@ -50,8 +50,8 @@ def apply_policies(conn: psycopg2.extensions.connection, *, trades_retention_day
             else:
                 cur.execute("SELECT remove_compression_policy(%s, if_exists => true)", (table,))
                 cur.execute("SELECT add_compression_policy(%s, %s::interval)", (table, after))
-    log.info("event=storage_policies_applied backend=timescaledb version=%s api=%s trades_retention_days=%d compress_after_days=%d",
-             version, "columnstore" if columnstore else "compression", trades_retention_days, bars_compress_after_days)
+    log.info(kv("storage_policies_applied", backend="timescaledb", version=version, api="columnstore" if columnstore else "compression",
+                trades_retention_days=trades_retention_days, compress_after_days=bars_compress_after_days))
     return "timescaledb"
 
 
@@ -64,5 +64,5 @@ def enforce_trade_retention(conn: psycopg2.extensions.connection, *, trades_rete
         cur.execute('DELETE FROM trades WHERE "timestamp" < %s', (cutoff,))
         deleted = cur.rowcount
     if deleted:
-        log.info("event=trades_retention deleted=%d cutoff=%s", deleted, cutoff.isoformat())
+        log.info(kv("trades_retention", deleted=deleted, cutoff=cutoff.isoformat()))
     return deleted

@@ -5,7 +5,6 @@ logout, rest_errors, pause, resume, speed (each `_fault_<action>` below says wha
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -13,13 +12,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ...logs import get_logger, kv
 from ..protocol import LOGOUT_EVENT, RECORD_SEPARATOR, TRADE_EVENT
 from .auth import SessionStore
 from .clock import MarketClock
 from .hub_protocol import MarketHubEndpoint, hub_event, hub_record
 from .rest import BadRequest, read_json_body
 
-log = logging.getLogger(__name__)
+log = get_logger("projectx.simulator")
 
 MALFORMED_KINDS = (
     "bad_json",
@@ -112,7 +112,7 @@ class FaultInjector:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
         except (TypeError, ValueError) as exc:
             return web.json_response({"ok": False, "error": f"bad parameters for {action}: {exc}"}, status=400)
-        log.info("control: %s %s", action, params)
+        log.info(kv("control_action", action=action, params=params))
         return web.json_response({"ok": True, "status": self._status()})
 
     async def _fault_drop(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from ...logs import get_logger, kv
 from ..protocol import (
     RECORD_SEPARATOR,
     SUBSCRIBE_DEPTH,
@@ -32,7 +32,7 @@ from ..protocol import (
 )
 from .auth import SessionStore, bearer_token, unauthorized
 
-log = logging.getLogger(__name__)
+log = get_logger("projectx.simulator")
 
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 
@@ -122,14 +122,14 @@ class MarketHubEndpoint:
         await ws.prepare(request)
         client = HubClient(ws, request.transport, session.user)
         self.clients.add(client)
-        log.debug("hub client connected (user %s)", session.user)
+        log.debug(kv("hub_client_connected", user=session.user))
         try:
             await self._serve_client(client)
         finally:
             self.clients.discard(client)
             if not ws.closed:
                 await self._close_ws(client)
-            log.debug("hub client gone (user %s)", session.user)
+            log.debug(kv("hub_client_gone", user=session.user))
         return ws
 
     async def _serve_client(self, client: HubClient) -> None:

@@ -14,7 +14,6 @@ runs them on one event loop in a background thread:
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from datetime import datetime
@@ -26,6 +25,7 @@ from aiohttp import web
 from projectx_pipeline.domain.timeframes import Timeframe, parse_timeframe
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
+from ...logs import get_logger, kv
 from ..protocol import MARKET_HUB_PATH
 from . import market
 from .auth import SessionStore
@@ -36,7 +36,7 @@ from .market import Contract, MarketSource, ReplaySource, SyntheticSource
 from .publisher import MarketPublisher
 from .rest import RestApi
 
-log = logging.getLogger(__name__)
+log = get_logger("projectx.simulator")
 
 _FAR_FUTURE_NS = 2**62
 
@@ -184,7 +184,7 @@ class SimulatorServer:
             asyncio.run(self._main())
         except BaseException as exc:
             if self._ready.is_set():
-                log.exception("the simulator stopped on an error")
+                log.exception(kv("simulator_failed", error=f"{type(exc).__name__}: {exc}"))
             else:  # start() re-raises it in the caller's thread
                 self._startup_error = exc
         finally:
@@ -209,7 +209,7 @@ class SimulatorServer:
             self.port = runner.addresses[0][1]
             tasks = [asyncio.create_task(self._clock.run(self._publisher.advance, self._publisher.finished_tick)),
                      asyncio.create_task(self._hub.run_pings())]
-            log.info("ProjectX simulator (%s) listening on %s", self.mode, self._base_url())
+            log.info(kv("simulator_listening", mode=self.mode, url=self._base_url()))
             self._ready.set()
             await self._stopping.wait()
             for task in tasks:
