@@ -61,13 +61,15 @@ def redact_tokens(text: object) -> str:
 
 
 def kv(event: str, **fields: object) -> str:
-    """A structured log message: `event=<event> key=value ...`, secrets redacted.
+    """A structured log message: `event=<event> key=value ...`, secrets redacted (token shapes,
+    URL passwords and every registered secret: Dagster's `context.log` bypasses the logging
+    filters, so the message itself must already be clean).
 
     Values containing spaces, quotes, equals signs or line breaks are quoted (line breaks escaped)
     so that the line stays one line and machine-splittable."""
     parts = [f"event={event}"]
     for key, value in fields.items():
-        text = redact_tokens(value)
+        text = redact(str(value))
         if not text or any(c in text for c in ' "=\n\r\t'):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
         parts.append(f"{key}={text}")
