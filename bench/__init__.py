@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- run context
+
 
 @dataclass
 class Context:
@@ -83,6 +85,7 @@ class Context:
 
 
 # --------------------------------------------------------------------------- timing
+
 
 @dataclass
 class Sample:
@@ -141,14 +144,20 @@ class Stats:
         return out
 
 
-def compare(methods: dict[str, Callable[[], Any]], repeats: int, *, setup: Callable[[str], None] | None = None,
-            backend_pids: dict[str, list[int]] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Stats]:
+def compare(
+    methods: dict[str, Callable[[], Any]],
+    repeats: int,
+    *,
+    setup: Callable[[str], None] | None = None,
+    backend_pids: dict[str, list[int]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Stats]:
     """Time every method `repeats` times, interleaved (the order rotates each round), so ours and
     the baselines share the machine's conditions. `setup(name)` runs untimed before each call."""
     names = list(methods)
     samples: dict[str, list[Sample]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             if setup is not None:
                 setup(name)
@@ -156,8 +165,10 @@ def compare(methods: dict[str, Callable[[], Any]], repeats: int, *, setup: Calla
             _, s = timed(methods[name], (backend_pids or {}).get(name, ()))
             samples[name].append(s)
             if log is not None:
-                log(f"  round {r + 1}/{repeats} {name}: wall {s.wall:.4f} s, cpu {s.cpu:.4f} s"
-                    + (f", server cpu {s.server_cpu:.4f} s" if s.server_cpu is not None else ""))
+                log(
+                    f"  round {r + 1}/{repeats} {name}: wall {s.wall:.4f} s, cpu {s.cpu:.4f} s"
+                    + (f", server cpu {s.server_cpu:.4f} s" if s.server_cpu is not None else "")
+                )
     return {n: Stats(v) for n, v in samples.items()}
 
 
@@ -166,6 +177,7 @@ def percentile(values, q: float) -> float:
 
 
 # --------------------------------------------------------------------------- machine facts
+
 
 def rss_mb(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/status") as f:
@@ -181,11 +193,11 @@ def loadavg() -> list[float]:
 
 # --------------------------------------------------------------------------- synthetic data
 
+
 def synthetic_trades(n: int, seed: int = 7, contract_id: str = MES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first `n` trades of the simulator's synthetic market (CME hours, bursts, tick grid)
     from Monday 2025-01-06 00:00 UTC on: int64 ns timestamps, float64 prices, int64 sizes."""
-    from projectx_pipeline.domain.timestamps import NS_PER_DAY
-    from projectx_pipeline.domain.timestamps import to_ns
+    from projectx_pipeline.domain.timestamps import NS_PER_DAY, to_ns
     from projectx_pipeline.gateway.simulator.market import SyntheticSource
 
     start = to_ns(datetime(2025, 1, 6, tzinfo=timezone.utc))
@@ -204,8 +216,7 @@ def synthetic_trades(n: int, seed: int = 7, contract_id: str = MES) -> tuple[np.
     return ts, px, sz
 
 
-def synthetic_bars(n: int, seed: int = 1, contract_id: str = MES, start: str = "2020-01-01",
-                   timeframe=(2, 1)) -> pd.DataFrame:
+def synthetic_bars(n: int, seed: int = 1, contract_id: str = MES, start: str = "2020-01-01", timeframe=(2, 1)) -> pd.DataFrame:
     """`n` consecutive 1m bars (a random walk on a 0.25 tick grid) in the canonical layout."""
     rng = np.random.default_rng(seed)
     close = 4000.0 + np.cumsum(rng.integers(-4, 5, n)) * 0.25
@@ -215,17 +226,23 @@ def synthetic_bars(n: int, seed: int = 1, contract_id: str = MES, start: str = "
     low = np.minimum(open_, close) - rng.integers(0, 5, n) * 0.25
     step = 60 * 10**9
     ts = pd.Timestamp(start, tz="UTC").value + np.arange(n, dtype=np.int64) * step
-    return pd.DataFrame({
-        "contract_id": pd.Series(np.full(n, contract_id, dtype=object), dtype=object),
-        "timestamp": pd.DatetimeIndex(ts.view("datetime64[ns]"), tz="UTC"),
-        "open": open_, "high": high, "low": low, "close": close,
-        "volume": rng.integers(1, 2000, n).astype(np.int64),
-        "timeframe_unit": np.full(n, timeframe[0], dtype=np.int64),
-        "timeframe_value": np.full(n, timeframe[1], dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "contract_id": pd.Series(np.full(n, contract_id, dtype=object), dtype=object),
+            "timestamp": pd.DatetimeIndex(ts.view("datetime64[ns]"), tz="UTC"),
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": rng.integers(1, 2000, n).astype(np.int64),
+            "timeframe_unit": np.full(n, timeframe[0], dtype=np.int64),
+            "timeframe_value": np.full(n, timeframe[1], dtype=np.int64),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- profiling
+
 
 def cprofile_top(fn: Callable[[], Any], limit: int = 15) -> tuple[Any, list[dict], str]:
     """Run `fn` under cProfile; (result, top functions by own time, full text report)."""
@@ -236,9 +253,8 @@ def cprofile_top(fn: Callable[[], Any], limit: int = 15) -> tuple[Any, list[dict
     st = pstats.Stats(prof)
     total = sum(v[2] for v in st.stats.values()) or 1e-12  # tottime sum
     rows = []
-    for (filename, line, name), (cc, nc, tt, ct, _) in st.stats.items():
-        rows.append({"function": f"{_short(filename)}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct,
-                     "own_share": tt / total})
+    for (filename, line, name), (_cc, nc, tt, ct, _) in st.stats.items():
+        rows.append({"function": f"{_short(filename)}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct, "own_share": tt / total})
     rows.sort(key=lambda r: r["own_s"], reverse=True)
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
@@ -257,8 +273,23 @@ def _short(filename: str) -> str:
 
 
 # Python frames a thread sits in while it waits (blocked in C: lock, socket, select, sleep).
-_IDLE = {"wait", "get", "select", "poll", "sleep", "_wait_for_tstate_lock", "join", "acquire", "_run_once",
-         "_poll", "readinto", "recv_into", "accept", "run_forever", "_worker"}
+_IDLE = {
+    "wait",
+    "get",
+    "select",
+    "poll",
+    "sleep",
+    "_wait_for_tstate_lock",
+    "join",
+    "acquire",
+    "_run_once",
+    "_poll",
+    "readinto",
+    "recv_into",
+    "accept",
+    "run_forever",
+    "_worker",
+}
 
 
 class StackSampler(threading.Thread):
@@ -345,6 +376,7 @@ def write_text(ctx: Context, name: str, text: str) -> Path:
 
 # --------------------------------------------------------------------------- ingestion harness
 
+
 class StubHub:
     """Stands in for the market hub: the bench puts `Trade` objects on `out` itself (the hub's
     parsed output), so the daemon runs exactly its own code from the events queue on."""
@@ -388,7 +420,7 @@ class DaemonHarness:
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(self.daemon.run()), name="ingest-main", daemon=True)
 
-    def start(self) -> "DaemonHarness":
+    def start(self) -> DaemonHarness:
         self.daemon.start()
         self.thread.start()
         return self
@@ -424,12 +456,13 @@ def wait_notify(conn, match: Callable[[Any], bool], timeout: float = 10.0):
                 return time.perf_counter(), n
         left = deadline - time.perf_counter()
         if left <= 0:
-            raise TimeoutError("no matching notification within %.1f s" % timeout)
+            raise TimeoutError(f"no matching notification within {timeout:.1f} s")
         select.select([conn], [], [], left)
         conn.poll()
 
 
 # --------------------------------------------------------------------------- database call tracing
+
 
 class ExplainDone(Exception):
     """Raised by a tracing cursor after it ran EXPLAIN ANALYZE in place of the upsert statement

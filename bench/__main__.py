@@ -27,9 +27,17 @@ def _sensor_row(ctx: Context) -> list[Row]:
 
     path = ctx.results_dir / "sensor_latency.json"
     if not path.is_file():
-        return [Row("sensor", "new bar → signal row through the Dagster sensor", None, "s",
-                    target="≤ 30 s", note="not measured (see docs)",
-                    details={"source": str(path), "present": False})]
+        return [
+            Row(
+                "sensor",
+                "new bar → signal row through the Dagster sensor",
+                None,
+                "s",
+                target="≤ 30 s",
+                note="not measured (see docs)",
+                details={"source": str(path), "present": False},
+            )
+        ]
     data = json.loads(path.read_text())
     value = None
     for key in ("p50_s", "median_s", "latency_s", "seconds", "value"):
@@ -38,19 +46,29 @@ def _sensor_row(ctx: Context) -> list[Row]:
             break
     worst = next((float(data[k]) for k in ("max_s", "p99_s", "worst_s") if isinstance(data.get(k), (int, float))), None)
     judged = worst if worst is not None else value
-    return [Row("sensor", "new bar → signal row through the Dagster sensor", value, "s", target="≤ 30 s",
-                met=None if judged is None else judged <= 30.0,
-                note="" if value is not None else "unreadable sensor_latency.json",
-                details={"source": str(path), "data": data})]
+    return [
+        Row(
+            "sensor",
+            "new bar → signal row through the Dagster sensor",
+            value,
+            "s",
+            target="≤ 30 s",
+            met=None if judged is None else judged <= 30.0,
+            note="" if value is not None else "unreadable sensor_latency.json",
+            details={"source": str(path), "data": data},
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 2 min)")
-    parser.add_argument("--only", action="append", default=[], metavar="CASE",
-                        help=f"run only these cases (repeatable or comma-separated): {', '.join(CASES)}")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile ours in each case (cProfile / stack sampling) into bench/results/profile_*.txt")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="CASE", help=f"run only these cases (repeatable or comma-separated): {', '.join(CASES)}"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile ours in each case (cProfile / stack sampling) into bench/results/profile_*.txt"
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / "latest.json"), help="JSON output (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -83,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 trace = traceback.format_exc()
                 ctx.log(f"case {name} FAILED: {exc!r}\n{trace}")
                 failed.append(name)
-                rows.append(Row(name, f"{name}: failed", None, "", met=False, note=f"error: {exc!r}"[:120],
-                                details={"traceback": trace}))
+                rows.append(Row(name, f"{name}: failed", None, "", met=False, note=f"error: {exc!r}"[:120], details={"traceback": trace}))
             timings[name] = round(time.monotonic() - t0, 1)
             ctx.log(f"case {name} done in {timings[name]} s")
         machine = machine_info(_any_db_url(ctx))
@@ -100,11 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    print("ratio: speed rows = baseline time / our time (× faster); latency rows = our latency / bare NOTIFY; "
-          "\"share\" rows = our rate / the limit's rate")
-    write_json(Path(args.output), rows, machine,
-               {"mode": "quick" if args.quick else "full", "cases": selected, "seconds": total,
-                "case_seconds": timings, "log": ctx.log_lines})
+    print(
+        "ratio: speed rows = baseline time / our time (× faster); latency rows = our latency / bare NOTIFY; "
+        '"share" rows = our rate / the limit\'s rate'
+    )
+    write_json(
+        Path(args.output),
+        rows,
+        machine,
+        {"mode": "quick" if args.quick else "full", "cases": selected, "seconds": total, "case_seconds": timings, "log": ctx.log_lines},
+    )
     Path(args.output).with_suffix(".txt").write_text(table(rows) + "\n\n" + machine_line(machine) + "\n")
     print(f"written: {args.output}")
     # A missed target is a result, not an error: the exit status only reports cases that broke.

@@ -33,7 +33,7 @@ def ours(ts, px, sz) -> pd.DataFrame:
     agg = BarAggregator(MES, DEFAULT_TIMEFRAMES)
     frames = []
     for i in range(0, ts.size, BATCH):
-        out = agg.add_trades(ts[i:i + BATCH], px[i:i + BATCH], sz[i:i + BATCH])
+        out = agg.add_trades(ts[i : i + BATCH], px[i : i + BATCH], sz[i : i + BATCH])
         if out.n_closed:
             frames.append(out.closed)
     frames.append(agg.flush_open().closed)
@@ -46,8 +46,8 @@ def pandas_groupby(ts, px, sz) -> pd.DataFrame:
     for tf in DEFAULT_TIMEFRAMES:
         labels = bar_starts_ns(ts, tf)
         bars = trades.groupby(labels, sort=True).agg(
-            open=("price", "first"), high=("price", "max"), low=("price", "min"),
-            close=("price", "last"), volume=("size", "sum"))
+            open=("price", "first"), high=("price", "max"), low=("price", "min"), close=("price", "last"), volume=("size", "sum")
+        )
         bars.index.name = "ts"
         bars = bars.reset_index()
         bars["timeframe_unit"], bars["timeframe_value"] = tf.unit, tf.value
@@ -100,10 +100,8 @@ _CANON = ["timeframe_unit", "timeframe_value", "ts", "open", "high", "low", "clo
 def canon(df: pd.DataFrame) -> pd.DataFrame:
     """Bars as plain columns (ns labels), sorted by timeframe and time, for exact comparison."""
     if "timestamp" in df.columns:
-        df = df.assign(ts=df["timestamp"].array.asi8 if df["timestamp"].dt.unit == "ns"
-                       else df["timestamp"].dt.as_unit("ns").array.asi8)
-    out = df.loc[:, _CANON].astype({"timeframe_unit": np.int64, "timeframe_value": np.int64, "ts": np.int64,
-                                     "volume": np.int64})
+        df = df.assign(ts=df["timestamp"].array.asi8 if df["timestamp"].dt.unit == "ns" else df["timestamp"].dt.as_unit("ns").array.asi8)
+    out = df.loc[:, _CANON].astype({"timeframe_unit": np.int64, "timeframe_value": np.int64, "ts": np.int64, "volume": np.int64})
     return out.sort_values(["timeframe_unit", "timeframe_value", "ts"], ignore_index=True)
 
 
@@ -144,11 +142,15 @@ def run(ctx: Context) -> list[Row]:
     rate = lambda count, seconds: count / seconds  # noqa: E731
     ours_core, pandas_core, naive_core = rate(n, stats["ours"].cpu), rate(n, stats["pandas"].cpu), rate(n_naive, naive.cpu)
     details = {
-        "trades": n, "bars": n_bars, "span_days": round(span_days, 1), "batch": BATCH,
+        "trades": n,
+        "bars": n_bars,
+        "span_days": round(span_days, 1),
+        "batch": BATCH,
         "timeframes": [tf.label for tf in DEFAULT_TIMEFRAMES],
-        "ours": stats["ours"].as_dict(), "pandas": stats["pandas"].as_dict(), "naive": {**naive.as_dict(), "trades": n_naive},
-        "wall_rates": {"ours": rate(n, stats["ours"].wall), "pandas": rate(n, stats["pandas"].wall),
-                       "naive": rate(n_naive, naive.wall)},
+        "ours": stats["ours"].as_dict(),
+        "pandas": stats["pandas"].as_dict(),
+        "naive": {**naive.as_dict(), "trades": n_naive},
+        "wall_rates": {"ours": rate(n, stats["ours"].wall), "pandas": rate(n, stats["pandas"].wall), "naive": rate(n_naive, naive.wall)},
         "equality": "ours == pandas on all trades; naive == pandas == ours on the subset (exact OHLCV, every timeframe)",
     }
     if ctx.profile:
@@ -158,10 +160,27 @@ def run(ctx: Context) -> list[Row]:
 
     label = f"{n / 1e6:g} M"
     return [
-        Row("aggregation", f"aggregation: BarAggregator, {label} trades → 6 TFs (trades/s/core)", ours_core, "trades/s",
-            baseline=pandas_core, baseline_name="pandas groupby", ratio=ours_core / pandas_core,
-            target="≥ 1 M trades/s/core", met=ours_core >= TARGET, details=details),
-        Row("aggregation", f"aggregation: vs naive per-trade loop ({n_naive // 1000}k subset, extrapolated)", ours_core,
-            "trades/s", baseline=naive_core, baseline_name="naive loop", ratio=ours_core / naive_core,
-            target="≥ 1 M trades/s/core", met=ours_core >= TARGET),
+        Row(
+            "aggregation",
+            f"aggregation: BarAggregator, {label} trades → 6 TFs (trades/s/core)",
+            ours_core,
+            "trades/s",
+            baseline=pandas_core,
+            baseline_name="pandas groupby",
+            ratio=ours_core / pandas_core,
+            target="≥ 1 M trades/s/core",
+            met=ours_core >= TARGET,
+            details=details,
+        ),
+        Row(
+            "aggregation",
+            f"aggregation: vs naive per-trade loop ({n_naive // 1000}k subset, extrapolated)",
+            ours_core,
+            "trades/s",
+            baseline=naive_core,
+            baseline_name="naive loop",
+            ratio=ours_core / naive_core,
+            target="≥ 1 M trades/s/core",
+            met=ours_core >= TARGET,
+        ),
     ]

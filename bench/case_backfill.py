@@ -71,8 +71,10 @@ def copy_rows(conn, df: pd.DataFrame) -> None:
 
 def stored(conn) -> pd.DataFrame:
     with conn.cursor() as cur:
-        cur.execute('SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source '
-                    'FROM ohlc_bars ORDER BY contract_id, timeframe_unit, timeframe_value, "timestamp"')
+        cur.execute(
+            'SELECT contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source '
+            'FROM ohlc_bars ORDER BY contract_id, timeframe_unit, timeframe_value, "timestamp"'
+        )
         rows = cur.fetchall()
     conn.rollback()
     return pd.DataFrame(rows, columns=COLUMNS + ["source"])
@@ -151,26 +153,31 @@ def run(ctx: Context) -> list[Row]:
         truncate()
         ours_per_date(check_dates)
         last_check = pd.Timestamp(trade_date_session(check_dates[-1])[1])
-        pd.testing.assert_frame_equal(stored(conn), table_copy[table_copy["timestamp"] < last_check].reset_index(drop=True),
-                                      check_exact=True, obj=f"per-date backfill of {len(check_dates)} dates vs COPY")
+        pd.testing.assert_frame_equal(
+            stored(conn),
+            table_copy[table_copy["timestamp"] < last_check].reset_index(drop=True),
+            check_exact=True,
+            obj=f"per-date backfill of {len(check_dates)} dates vs COPY",
+        )
         phases.clear()
 
         ctx.log(f"backfill: timing one-call backfill and COPY, {repeats} interleaved repeats ({len(bars):,} bars)")
-        stats = compare({"ours": ours_one_call, "copy": lambda: copy_rows(conn, bars)}, repeats,
-                        setup=lambda _: truncate(), log=ctx.log)
+        stats = compare({"ours": ours_one_call, "copy": lambda: copy_rows(conn, bars)}, repeats, setup=lambda _: truncate(), log=ctx.log)
         ctx.log(f"backfill: timing the per-trade-date backfill once ({len(per_date_dates)} dates)")
         truncate()
         _, per_date = timed(lambda: ours_per_date(per_date_dates))
         ctx.log(f"  per date: wall {per_date.wall:.2f} s, cpu {per_date.cpu:.2f} s")
         last_pd = pd.Timestamp(trade_date_session(per_date_dates[-1])[1])
-        pd.testing.assert_frame_equal(stored(conn), table_copy[table_copy["timestamp"] < last_pd].reset_index(drop=True),
-                                      check_exact=True, obj="per-date backfill vs COPY")
+        pd.testing.assert_frame_equal(
+            stored(conn), table_copy[table_copy["timestamp"] < last_pd].reset_index(drop=True), check_exact=True, obj="per-date backfill vs COPY"
+        )
         per_date_stats = Stats([per_date])
 
         # The simulator's own work for the span, in-process (no HTTP, no client): the floor it imposes.
         ctx.log("backfill: timing the simulator's synthetic history alone (market.history_bars)")
-        sim_only = compare({"simulator": lambda: market.history_bars(sim._source, MES, TF, to_ns(start), to_ns(end),
-                                                                     to_ns(CLOCK_START))}, 1, log=ctx.log)["simulator"]
+        sim_only = compare(
+            {"simulator": lambda: market.history_bars(sim._source, MES, TF, to_ns(start), to_ns(end), to_ns(CLOCK_START))}, 1, log=ctx.log
+        )["simulator"]
         profile = None
         if ctx.profile:
             truncate()
@@ -188,18 +195,21 @@ def run(ctx: Context) -> list[Row]:
 
     phase_median = {k: float(np.median([p[k] for p in phases])) for k in phases[0]} if phases else {}
     details = {
-        "span": span, "bars": len(bars), "requests_per_retrieve": int(np.ceil(len(bars) / 20_000)),
-        "ours_one_call": stats["ours"].as_dict(), "copy": stats["copy"].as_dict(),
-        "ours_per_trade_date": per_date_stats.as_dict(), "phases_median_s": phase_median,
+        "span": span,
+        "bars": len(bars),
+        "requests_per_retrieve": int(np.ceil(len(bars) / 20_000)),
+        "ours_one_call": stats["ours"].as_dict(),
+        "copy": stats["copy"].as_dict(),
+        "ours_per_trade_date": per_date_stats.as_dict(),
+        "phases_median_s": phase_median,
         "simulator_history_alone": sim_only.as_dict(),
         "synthetic_history_days": "raised from 60 to 400 for the bench's simulator (module constant)",
         "equality": "ohlc_bars after the one-call backfill identical to a COPY of the retrieved rows (before timing); "
-                    f"per-date backfill identical on its first {len(check_dates)} dates before timing and on all the dates it "
-                    "was timed on after its run; validate_bars found no problem",
+        f"per-date backfill identical on its first {len(check_dates)} dates before timing and on all the dates it "
+        "was timed on after its run; validate_bars found no problem",
     }
     if profile is not None:
-        details["profile_threads"] = {k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:10]}
-                                      for k, v in profile.items()}
+        details["profile_threads"] = {k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:10]} for k, v in profile.items()}
     factor = 260 / len(dates)  # a year of synthetic trade dates
     scale = "" if len(dates) >= 250 else f" (quick; × {factor:.0f} = {stats['ours'].wall * factor:.0f} s a year)"
     o, c = stats["ours"].wall, stats["copy"].wall
@@ -209,13 +219,37 @@ def run(ctx: Context) -> list[Row]:
     details["judged_seconds_for_a_year"] = {"one_call": o * factor, "per_trade_date": per_date.wall * pd_factor}
     details["per_trade_date_dates_timed"] = len(per_date_dates)
     return [
-        Row("backfill", f"backfill 1m, {len(dates)} trade dates ({len(bars) // 1000}k bars): one retrieve_bars + upsert + validate{scale}", o, "s",
-            baseline=c, baseline_name="raw COPY", ratio=c / o, ratio_kind="share", target="≤ 10 s",
-            met=o * factor <= TARGET_S, details=details),
+        Row(
+            "backfill",
+            f"backfill 1m, {len(dates)} trade dates ({len(bars) // 1000}k bars): one retrieve_bars + upsert + validate{scale}",
+            o,
+            "s",
+            baseline=c,
+            baseline_name="raw COPY",
+            ratio=c / o,
+            ratio_kind="share",
+            target="≤ 10 s",
+            met=o * factor <= TARGET_S,
+            details=details,
+        ),
         # the COPY baseline was timed on the whole span: prorated to the dates timed here
-        Row("backfill", f"backfill, backfill_trade_date per date{pd_scale}", per_date.wall, "s",
-            baseline=c * share, baseline_name="raw COPY, prorated", ratio=c * share / per_date.wall,
-            ratio_kind="share", target="≤ 10 s", met=per_date.wall * pd_factor <= TARGET_S),
-        Row("backfill", f"  (context) simulator's synthetic history alone, same span"
-            + ("" if not scale else f" (quick; × {factor:.0f} = {sim_only.wall * factor:.0f} s a year)"), sim_only.wall, "s"),
+        Row(
+            "backfill",
+            f"backfill, backfill_trade_date per date{pd_scale}",
+            per_date.wall,
+            "s",
+            baseline=c * share,
+            baseline_name="raw COPY, prorated",
+            ratio=c * share / per_date.wall,
+            ratio_kind="share",
+            target="≤ 10 s",
+            met=per_date.wall * pd_factor <= TARGET_S,
+        ),
+        Row(
+            "backfill",
+            "  (context) simulator's synthetic history alone, same span"
+            + ("" if not scale else f" (quick; × {factor:.0f} = {sim_only.wall * factor:.0f} s a year)"),
+            sim_only.wall,
+            "s",
+        ),
     ]

@@ -33,8 +33,20 @@ from .report import Row
 
 ROOTS = ["MES", "ES", "MNQ", "NQ", "M2K", "RTY", "MYM", "YM", "MCL", "CL", "MGC", "GC"]
 CONTRACTS = [f"CON.F.US.{r}.{m}25" for m in ("M", "U") for r in ROOTS][:20]
-TICKS = {"MES": 0.25, "ES": 0.25, "MNQ": 0.25, "NQ": 0.25, "M2K": 0.1, "RTY": 0.1, "MYM": 1.0, "YM": 1.0,
-         "MCL": 0.01, "CL": 0.01, "MGC": 0.1, "GC": 0.1}
+TICKS = {
+    "MES": 0.25,
+    "ES": 0.25,
+    "MNQ": 0.25,
+    "NQ": 0.25,
+    "M2K": 0.1,
+    "RTY": 0.1,
+    "MYM": 1.0,
+    "YM": 1.0,
+    "MCL": 0.01,
+    "CL": 0.01,
+    "MGC": 0.1,
+    "GC": 0.1,
+}
 TARGET_MB = 200.0
 FLAT_MB = 10.0
 MAX_EVENTS_WAITING = 20_000
@@ -48,8 +60,9 @@ def run(ctx: Context) -> list[Row]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if ctx.profile:
         env["BENCH_PROFILE"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "bench.case_memory", "--child", url, str(n)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.case_memory", "--child", url, str(n)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -72,26 +85,50 @@ def run(ctx: Context) -> list[Row]:
         from . import format_sampler, write_text
 
         write_text(ctx, "profile_memory.txt", format_sampler(result["profile_threads"], threads=6, top=15))
-        result["profile_threads"] = {k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:10]}
-                                     for k, v in result["profile_threads"].items()}
+        result["profile_threads"] = {
+            k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:10]} for k, v in result["profile_threads"].items()
+        }
     blocks = (int(warm[0, 3]), int(warm[-1, 3])) if len(warm) > 1 else None
-    details = {**{k: v for k, v in result.items() if k != "samples"}, "peak_rss_mb": peak,
-               "rss_growth_after_warmup_mb": growth, "rss_slope_mb_per_million_trades": slope,
-               "python_allocated_blocks_after_warmup_and_at_end": blocks,
-               "peak_sample": max(result["samples"], key=lambda x: x[2]),
-               "samples_every_s": 0.25, "samples": result["samples"][:: max(1, len(result["samples"]) // 400)]}
+    details = {
+        **{k: v for k, v in result.items() if k != "samples"},
+        "peak_rss_mb": peak,
+        "rss_growth_after_warmup_mb": growth,
+        "rss_slope_mb_per_million_trades": slope,
+        "python_allocated_blocks_after_warmup_and_at_end": blocks,
+        "peak_sample": max(result["samples"], key=lambda x: x[2]),
+        "samples_every_s": 0.25,
+        "samples": result["samples"][:: max(1, len(result["samples"]) // 400)],
+    }
     return [
-        Row("memory", f"daemon memory: {len(CONTRACTS)} contracts, {n / 1e6:g} M trades, peak RSS", peak, "MB",
-            target="≤ 200 MB", met=peak <= TARGET_MB, details=details),
-        Row("memory", f"daemon memory: RSS growth after warm-up (first 20%), {result['trades_per_s']:.0f} trades/s sustained",
-            growth, "MB", target="flat (≤ 10 MB)" if not ctx.quick else "flat (judged in full mode only)", met=judged,
-            note=note),
-        Row("memory", f"  (context) RSS at the end {result['rss_end_mb']:.0f} MB; after glibc malloc_trim(0)",
-            result["rss_after_malloc_trim_mb"], "MB"),
+        Row(
+            "memory",
+            f"daemon memory: {len(CONTRACTS)} contracts, {n / 1e6:g} M trades, peak RSS",
+            peak,
+            "MB",
+            target="≤ 200 MB",
+            met=peak <= TARGET_MB,
+            details=details,
+        ),
+        Row(
+            "memory",
+            f"daemon memory: RSS growth after warm-up (first 20%), {result['trades_per_s']:.0f} trades/s sustained",
+            growth,
+            "MB",
+            target="flat (≤ 10 MB)" if not ctx.quick else "flat (judged in full mode only)",
+            met=judged,
+            note=note,
+        ),
+        Row(
+            "memory",
+            f"  (context) RSS at the end {result['rss_end_mb']:.0f} MB; after glibc malloc_trim(0)",
+            result["rss_after_malloc_trim_mb"],
+            "MB",
+        ),
     ]
 
 
 # --------------------------------------------------------------------------- the child
+
 
 def _child(url: str, n: int) -> dict:
     from projectx_pipeline.domain.market import Trade
@@ -139,8 +176,7 @@ def _child(url: str, n: int) -> dict:
             c = i % k
             mv = moves[j]
             lv = levels[c] = levels[c] + mv
-            put(Trade(CONTRACTS[c], from_ns(base_ns + (i // k) * step_ns + c * 1_000_000), round(lv * ticks[c], 10),
-                      sizes[j], 0 if mv >= 0 else 1))
+            put(Trade(CONTRACTS[c], from_ns(base_ns + (i // k) * step_ns + c * 1_000_000), round(lv * ticks[c], 10), sizes[j], 0 if mv >= 0 else 1))
         sent += m
         progress["trades"] = sent
         while events.qsize() > MAX_EVENTS_WAITING or inbox.qsize() > MAX_WRITER_BATCHES:
@@ -183,14 +219,24 @@ def _child(url: str, n: int) -> dict:
         cur.execute("SELECT count(*) FROM ohlc_bars")
         stored_bars = cur.fetchone()[0]
     conn.close()
-    totals = {key: sum(getattr(c, key) for c in counters.values())
-              for key in ("trades", "bars_written", "trades_dropped", "bars_dropped", "late_trades", "partial_bars", "db_errors")}
+    totals = {
+        key: sum(getattr(c, key) for c in counters.values())
+        for key in ("trades", "bars_written", "trades_dropped", "bars_dropped", "late_trades", "partial_bars", "db_errors")
+    }
     return {
-        "contracts": len(CONTRACTS), "trades": n, "rss_before_trades_mb": rss_before, "samples": rss,
-        "feed_seconds": round(feed_seconds, 2), "drain_seconds": round(drain_seconds, 2),
-        "trades_per_s": n / (feed_seconds + drain_seconds), "producer_waits": waits,
-        "stored_trades": stored_trades, "stored_bars": stored_bars, "counters": totals,
-        "rss_end_mb": rss_end, "rss_after_malloc_trim_mb": rss_trimmed,
+        "contracts": len(CONTRACTS),
+        "trades": n,
+        "rss_before_trades_mb": rss_before,
+        "samples": rss,
+        "feed_seconds": round(feed_seconds, 2),
+        "drain_seconds": round(drain_seconds, 2),
+        "trades_per_s": n / (feed_seconds + drain_seconds),
+        "producer_waits": waits,
+        "stored_trades": stored_trades,
+        "stored_bars": stored_bars,
+        "counters": totals,
+        "rss_end_mb": rss_end,
+        "rss_after_malloc_trim_mb": rss_trimmed,
         "feed_time_span_h": round(n / k * step_ns / 3.6e12, 2),
         **({"profile_threads": profile} if profile is not None else {}),
     }

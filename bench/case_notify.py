@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from projectx_pipeline.domain.market import Trade
-from projectx_pipeline.domain.timestamps import NS_PER_SECOND
-from projectx_pipeline.domain.timestamps import from_ns
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND, from_ns
 from projectx_pipeline.ingest.counters import Counters
 from projectx_pipeline.ingest.writer import StoreWriter
 from projectx_pipeline.storage.bars import OHLC_CHANNEL
@@ -54,9 +53,18 @@ def _find_bar(payload: str, ts_ns: int) -> dict | None:
 def make_writer(url: str) -> StoreWriter:
     counters = {MES: Counters()}
     now = datetime.now(timezone.utc)
-    w = StoreWriter(url, [MES], counters, instance_id="bench-notify", outage_buffer_bars=100_000, trade_flush_seconds=1.0,
-                    trade_batch_size=5000, heartbeat_seconds=5.0, repair_delay_seconds=5.0,
-                    heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": now, "last_trade_at": now}})
+    w = StoreWriter(
+        url,
+        [MES],
+        counters,
+        instance_id="bench-notify",
+        outage_buffer_bars=100_000,
+        trade_flush_seconds=1.0,
+        trade_batch_size=5000,
+        heartbeat_seconds=5.0,
+        repair_delay_seconds=5.0,
+        heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": now, "last_trade_at": now}},
+    )
     w.acquire_locks()
     w.start()
     return w
@@ -80,10 +88,16 @@ def one_bar_steps(url: str, frames: list[pd.DataFrame], profile: bool) -> tuple[
 
     runs = [trace_call(conn, lambda f=f: upsert_and_commit(f)) for f in frames]
     # calls made only once per session (stage table, PREPARE) are left out of the per-bar figures
-    keys = [k for k in sorted({k for r in runs for k in r}, key=lambda k: (k != "total_s", k != "python_s", k))
-            if sum(k in r for r in runs) >= 0.5 * len(runs)]
-    out = {k: {"p50_ms": percentile([r.get(k, 0.0) for r in runs], 50) * 1000,
-               "p99_ms": percentile([r.get(k, 0.0) for r in runs], 99) * 1000} for k in keys if k != "database_calls"}
+    keys = [
+        k
+        for k in sorted({k for r in runs for k in r}, key=lambda k: (k != "total_s", k != "python_s", k))
+        if sum(k in r for r in runs) >= 0.5 * len(runs)
+    ]
+    out = {
+        k: {"p50_ms": percentile([r.get(k, 0.0) for r in runs], 50) * 1000, "p99_ms": percentile([r.get(k, 0.0) for r in runs], 99) * 1000}
+        for k in keys
+        if k != "database_calls"
+    }
     out["database_calls_per_upsert"] = float(np.median([r["database_calls"] for r in runs]))
     later = frames[-1].copy()
     later["timestamp"] = later["timestamp"] + pd.Timedelta(days=1)
@@ -121,14 +135,18 @@ def attribute(events: list, windows: list[tuple[float, float]]) -> dict:
         for label in set(per_label) | set(sums):
             per_label.setdefault(label, [0.0] * len(rest)).append(sums.get(label, 0.0))
         rest.append((t1 - t0) - sum(sums.values()))
-    out = {"samples": len(windows),
-           "outside database calls (Python, queues, wake-ups)": {"mean_ms": float(np.mean(rest)) * 1000,
-                                                                   "p50_ms": percentile(rest, 50) * 1000}}
+    out = {
+        "samples": len(windows),
+        "outside database calls (Python, queues, wake-ups)": {"mean_ms": float(np.mean(rest)) * 1000, "p50_ms": percentile(rest, 50) * 1000},
+    }
     for label, values in sorted(per_label.items(), key=lambda kv: -sum(kv[1])):
         v = np.asarray(values)
-        out[f"db: {label}"] = {"mean_ms": float(v.mean()) * 1000, "p50_ms": percentile(v, 50) * 1000,
-                               "in_share_of_samples": float((v > 0).mean()),
-                               "before_the_upsert_share_of_samples": before.get(label, 0) / max(1, len(windows))}
+        out[f"db: {label}"] = {
+            "mean_ms": float(v.mean()) * 1000,
+            "p50_ms": percentile(v, 50) * 1000,
+            "in_share_of_samples": float((v > 0).mean()),
+            "before_the_upsert_share_of_samples": before.get(label, 0) / max(1, len(windows)),
+        }
     return out
 
 
@@ -139,9 +157,19 @@ def run(ctx: Context) -> list[Row]:
     url_d = ctx.create_database("bench_notify_daemon")
 
     bars = synthetic_bars(n + warmup, start="2025-01-06 00:00")
-    frames = [bars.iloc[i:i + 1].reset_index(drop=True) for i in range(len(bars))]
-    sample_bar = json.dumps({"contract_id": MES, "timeframe": "1m", "timestamp": "2025-01-06T00:00:00+00:00",
-                             "open": 4000.25, "high": 4001.5, "low": 3999.75, "close": 4000.5, "volume": 1234})
+    frames = [bars.iloc[i : i + 1].reset_index(drop=True) for i in range(len(bars))]
+    sample_bar = json.dumps(
+        {
+            "contract_id": MES,
+            "timeframe": "1m",
+            "timestamp": "2025-01-06T00:00:00+00:00",
+            "open": 4000.25,
+            "high": 4001.5,
+            "low": 3999.75,
+            "close": 4000.5,
+            "volume": 1234,
+        }
+    )
     bare_payload = "[" + sample_bar + "]"
 
     # The writers' own connections are tracing ones (each database call timed, ~1 µs of overhead),
@@ -258,23 +286,43 @@ def run(ctx: Context) -> list[Row]:
         raise AssertionError(f"notification payloads differ from the bars sent: {mismatches[:3]}")
 
     ms = {k: np.asarray(v) * 1000 for k, v in lat.items()}
-    summary = {k: {"p50_ms": percentile(v, 50), "p90_ms": percentile(v, 90), "p99_ms": percentile(v, 99),
-                   "max_ms": float(v.max()), "mean_ms": float(v.mean()), "samples": int(v.size)} for k, v in ms.items()}
+    summary = {
+        k: {
+            "p50_ms": percentile(v, 50),
+            "p90_ms": percentile(v, 90),
+            "p99_ms": percentile(v, 99),
+            "max_ms": float(v.max()),
+            "mean_ms": float(v.mean()),
+            "samples": int(v.size),
+        }
+        for k, v in ms.items()
+    }
     main_loop = []
     h = np.asarray(handed)
     for t0, t1 in windows["daemon"]:
         k = int(np.searchsorted(h, t0))
         if k < h.size and h[k] <= t1:
             main_loop.append(h[k] - t0)
-    details_main = {"p50_ms": percentile(main_loop, 50) * 1000, "mean_ms": float(np.mean(main_loop)) * 1000,
-                    "p99_ms": percentile(main_loop, 99) * 1000, "samples": len(main_loop)} if main_loop else {}
-    details = {"latency_ms": summary, "warmup": warmup,
-               "daemon_main_loop_ms (trade put → closed bars handed to the writer)": details_main,
-               "inside_each_sample_ms": {kind: attribute(traced[url].events, windows[kind])
-                                         for kind, url in (("writer", url_w), ("daemon", url_d)) if url in traced},
-               "equality": "each notification carried exactly the bar submitted (writer) / the bar the trade closed (daemon); "
-                           "bare payloads echoed exactly",
-               "counters_daemon": harness.daemon.counters[MES].as_dict()}
+    details_main = (
+        {
+            "p50_ms": percentile(main_loop, 50) * 1000,
+            "mean_ms": float(np.mean(main_loop)) * 1000,
+            "p99_ms": percentile(main_loop, 99) * 1000,
+            "samples": len(main_loop),
+        }
+        if main_loop
+        else {}
+    )
+    details = {
+        "latency_ms": summary,
+        "warmup": warmup,
+        "daemon_main_loop_ms (trade put → closed bars handed to the writer)": details_main,
+        "inside_each_sample_ms": {
+            kind: attribute(traced[url].events, windows[kind]) for kind, url in (("writer", url_w), ("daemon", url_d)) if url in traced
+        },
+        "equality": "each notification carried exactly the bar submitted (writer) / the bar the trade closed (daemon); bare payloads echoed exactly",
+        "counters_daemon": harness.daemon.counters[MES].as_dict(),
+    }
     if loop_profile is not None:
         import io as _io
         import pstats
@@ -286,13 +334,11 @@ def run(ctx: Context) -> list[Row]:
         write_text(ctx, "profile_notify_daemon_main_loop.txt", buf.getvalue())
     if sampler is not None:
         report = sampler.report()
-        details["profile_threads"] = {k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:8]}
-                                      for k, v in report.items()}
+        details["profile_threads"] = {k: {"samples": v["samples"], "idle_share": v["idle_share"], "own": v["own"][:8]} for k, v in report.items()}
         write_text(ctx, "profile_notify.txt", format_sampler(report, threads=8, top=15))
     ctx.log("notify: one-bar upsert step by step")
     later = synthetic_bars(len(frames), start="2026-01-05 00:00")
-    steps, top, text, plan = one_bar_steps(url_w, [later.iloc[i:i + 1].reset_index(drop=True) for i in range(len(later))],
-                                           ctx.profile)
+    steps, top, text, plan = one_bar_steps(url_w, [later.iloc[i : i + 1].reset_index(drop=True) for i in range(len(later))], ctx.profile)
     details["one_bar_upsert_steps_ms"] = steps
     write_text(ctx, "notify_one_bar_plan.txt", plan)
     if top is not None:
@@ -303,16 +349,53 @@ def run(ctx: Context) -> list[Row]:
 
     s, b = summary, summary["bare"]
     return [
-        Row("notify", "bar close → NOTIFY, StoreWriter path, p50", s["writer"]["p50_ms"], "ms", baseline=b["p50_ms"],
-            baseline_name="bare NOTIFY", ratio=s["writer"]["p50_ms"] / b["p50_ms"], ratio_kind="latency",
-            target="p50 ≤ 3 ms", met=s["writer"]["p50_ms"] <= 3.0, details=details),
-        Row("notify", "bar close → NOTIFY, StoreWriter path, p99", s["writer"]["p99_ms"], "ms", baseline=b["p99_ms"],
-            baseline_name="bare NOTIFY", ratio=s["writer"]["p99_ms"] / b["p99_ms"], ratio_kind="latency",
-            target="p99 ≤ 10 ms", met=s["writer"]["p99_ms"] <= 10.0),
-        Row("notify", "trade closing a bar → NOTIFY, whole daemon, p50", s["daemon"]["p50_ms"], "ms", baseline=b["p50_ms"],
-            baseline_name="bare NOTIFY", ratio=s["daemon"]["p50_ms"] / b["p50_ms"], ratio_kind="latency",
-            target="p50 ≤ 3 ms", met=s["daemon"]["p50_ms"] <= 3.0),
-        Row("notify", "trade closing a bar → NOTIFY, whole daemon, p99", s["daemon"]["p99_ms"], "ms", baseline=b["p99_ms"],
-            baseline_name="bare NOTIFY", ratio=s["daemon"]["p99_ms"] / b["p99_ms"], ratio_kind="latency",
-            target="p99 ≤ 10 ms", met=s["daemon"]["p99_ms"] <= 10.0),
+        Row(
+            "notify",
+            "bar close → NOTIFY, StoreWriter path, p50",
+            s["writer"]["p50_ms"],
+            "ms",
+            baseline=b["p50_ms"],
+            baseline_name="bare NOTIFY",
+            ratio=s["writer"]["p50_ms"] / b["p50_ms"],
+            ratio_kind="latency",
+            target="p50 ≤ 3 ms",
+            met=s["writer"]["p50_ms"] <= 3.0,
+            details=details,
+        ),
+        Row(
+            "notify",
+            "bar close → NOTIFY, StoreWriter path, p99",
+            s["writer"]["p99_ms"],
+            "ms",
+            baseline=b["p99_ms"],
+            baseline_name="bare NOTIFY",
+            ratio=s["writer"]["p99_ms"] / b["p99_ms"],
+            ratio_kind="latency",
+            target="p99 ≤ 10 ms",
+            met=s["writer"]["p99_ms"] <= 10.0,
+        ),
+        Row(
+            "notify",
+            "trade closing a bar → NOTIFY, whole daemon, p50",
+            s["daemon"]["p50_ms"],
+            "ms",
+            baseline=b["p50_ms"],
+            baseline_name="bare NOTIFY",
+            ratio=s["daemon"]["p50_ms"] / b["p50_ms"],
+            ratio_kind="latency",
+            target="p50 ≤ 3 ms",
+            met=s["daemon"]["p50_ms"] <= 3.0,
+        ),
+        Row(
+            "notify",
+            "trade closing a bar → NOTIFY, whole daemon, p99",
+            s["daemon"]["p99_ms"],
+            "ms",
+            baseline=b["p99_ms"],
+            baseline_name="bare NOTIFY",
+            ratio=s["daemon"]["p99_ms"] / b["p99_ms"],
+            ratio_kind="latency",
+            target="p99 ≤ 10 ms",
+            met=s["daemon"]["p99_ms"] <= 10.0,
+        ),
     ]

@@ -31,14 +31,24 @@ TARGET_INCREMENTAL_US = 20.0
 
 
 def frame_signals(frame: pd.DataFrame) -> list[tuple]:
-    return list(zip(frame["type"].tolist(), frame["start_bar"].tolist(), frame["confirm_bar"].tolist(),
-                    frame["rule"].tolist(), [t.value for t in frame["start_ts"]], [t.value for t in frame["confirm_ts"]],
-                    frame["start_price"].tolist()))
+    return list(
+        zip(
+            frame["type"].tolist(),
+            frame["start_bar"].tolist(),
+            frame["confirm_bar"].tolist(),
+            frame["rule"].tolist(),
+            [t.value for t in frame["start_ts"]],
+            [t.value for t in frame["confirm_ts"]],
+            frame["start_price"].tolist(),
+        )
+    )
 
 
 def signal_tuples(signals) -> list[tuple]:
-    return [(s.type, s.start_bar, s.confirm_bar, s.rule, pd.Timestamp(s.start_ts).value, pd.Timestamp(s.confirm_ts).value,
-             float(s.start_price)) for s in signals]
+    return [
+        (s.type, s.start_bar, s.confirm_bar, s.rule, pd.Timestamp(s.start_ts).value, pd.Timestamp(s.confirm_ts).value, float(s.start_price))
+        for s in signals
+    ]
 
 
 def incremental(ts, o, h, l, c) -> list:
@@ -65,8 +75,7 @@ def run(ctx: Context) -> list[Row]:
     inc_repeats = 1 if ctx.quick else 3
 
     bars = synthetic_bars(n, seed=11)
-    ts, o, h, l, c = (list(bars["timestamp"]), bars["open"].tolist(), bars["high"].tolist(), bars["low"].tolist(),
-                      bars["close"].tolist())
+    ts, o, h, l, c = (list(bars["timestamp"]), bars["open"].tolist(), bars["high"].tolist(), bars["low"].tolist(), bars["close"].tolist())
     sub = bars.iloc[:n_ref].reset_index(drop=True)
 
     ctx.log("trend: warming up the numba kernel, checking batch == incremental == reference")
@@ -90,21 +99,46 @@ def run(ctx: Context) -> list[Row]:
     ref_rate = n_ref / stats["reference"].cpu
     inc_us = stats["incremental"].cpu / n_inc_timed * 1e6
     ref_us = stats["reference"].cpu / n_ref * 1e6
-    details = {"bars": n, "signals": len(batch), "incremental_bars_checked": n_inc, "incremental_bars_timed": n_inc_timed,
-               "reference_bars": n_ref,
-               **{k: v.as_dict() for k, v in stats.items()},
-               "wall_based": {"batch_bars_per_s": n / stats["batch"].wall, "incremental_us_per_bar": stats["incremental"].wall / n_inc_timed * 1e6,
-                              "reference_bars_per_s": n_ref / stats["reference"].wall},
-               "equality": f"batch == incremental on {n_inc:,} bars ({len(inc_all)} signals); batch == reference on {n_ref:,} bars ({len(ref)} signals)"}
+    details = {
+        "bars": n,
+        "signals": len(batch),
+        "incremental_bars_checked": n_inc,
+        "incremental_bars_timed": n_inc_timed,
+        "reference_bars": n_ref,
+        **{k: v.as_dict() for k, v in stats.items()},
+        "wall_based": {
+            "batch_bars_per_s": n / stats["batch"].wall,
+            "incremental_us_per_bar": stats["incremental"].wall / n_inc_timed * 1e6,
+            "reference_bars_per_s": n_ref / stats["reference"].wall,
+        },
+        "equality": f"batch == incremental on {n_inc:,} bars ({len(inc_all)} signals); batch == reference on {n_ref:,} bars ({len(ref)} signals)",
+    }
     if ctx.profile:
         _, top, text = cprofile_top(lambda: incremental(*(a[:100_000] for a in args)))
         details["profile_top_incremental"] = top
         write_text(ctx, "profile_trend.txt", text)
     return [
-        Row("trend", "trend starts, batch detect_trend_starts_frame on 1 M bars (bars/s/core)", batch_rate, "bars/s",
-            baseline=ref_rate, baseline_name="reference", ratio=batch_rate / ref_rate, target="≥ 1 M bars/s",
-            met=batch_rate >= TARGET_BATCH, details=details),
-        Row("trend", f"trend starts, incremental TrendStartDetector.update ({n_inc_timed // 1000}k bars timed)", inc_us, "µs/bar",
-            baseline=ref_us, baseline_name="reference, per bar", ratio=ref_us / inc_us, target="≤ 20 µs/bar",
-            met=inc_us <= TARGET_INCREMENTAL_US),
+        Row(
+            "trend",
+            "trend starts, batch detect_trend_starts_frame on 1 M bars (bars/s/core)",
+            batch_rate,
+            "bars/s",
+            baseline=ref_rate,
+            baseline_name="reference",
+            ratio=batch_rate / ref_rate,
+            target="≥ 1 M bars/s",
+            met=batch_rate >= TARGET_BATCH,
+            details=details,
+        ),
+        Row(
+            "trend",
+            f"trend starts, incremental TrendStartDetector.update ({n_inc_timed // 1000}k bars timed)",
+            inc_us,
+            "µs/bar",
+            baseline=ref_us,
+            baseline_name="reference, per bar",
+            ratio=ref_us / inc_us,
+            target="≤ 20 µs/bar",
+            met=inc_us <= TARGET_INCREMENTAL_US,
+        ),
     ]

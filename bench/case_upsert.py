@@ -48,10 +48,20 @@ SOURCE = {"keep": "live", "replace": "history"}
 
 def execute_values_upsert(conn, df: pd.DataFrame, mode: str) -> None:
     source = SOURCE[mode]
-    rows = list(zip(
-        df["contract_id"].tolist(), df["timeframe_unit"].tolist(), df["timeframe_value"].tolist(),
-        df["timestamp"].dt.to_pydatetime().tolist(), df["open"].tolist(), df["high"].tolist(), df["low"].tolist(),
-        df["close"].tolist(), df["volume"].tolist(), [source] * len(df)))
+    rows = list(
+        zip(
+            df["contract_id"].tolist(),
+            df["timeframe_unit"].tolist(),
+            df["timeframe_value"].tolist(),
+            df["timestamp"].dt.to_pydatetime().tolist(),
+            df["open"].tolist(),
+            df["high"].tolist(),
+            df["low"].tolist(),
+            df["close"].tolist(),
+            df["volume"].tolist(),
+            [source] * len(df),
+        )
+    )
     with conn.cursor() as cur:
         psycopg2.extras.execute_values(cur, EV_SQL[mode], rows, page_size=PAGE_SIZE)
     conn.commit()
@@ -75,8 +85,17 @@ def binary_copy_buffer(df: pd.DataFrame, source: str) -> io.BytesIO:
     src = source.encode()
     for cid, part in df.groupby("contract_id", sort=False):
         c = cid.encode()
-        fields = [("n", ">i2"), ("lc", ">i4"), ("c", f"S{len(c)}"), ("lu", ">i4"), ("u", ">i2"), ("lv", ">i4"), ("v", ">i4"),
-                  ("lt", ">i4"), ("t", ">i8")]
+        fields = [
+            ("n", ">i2"),
+            ("lc", ">i4"),
+            ("c", f"S{len(c)}"),
+            ("lu", ">i4"),
+            ("u", ">i2"),
+            ("lv", ">i4"),
+            ("v", ">i4"),
+            ("lt", ">i4"),
+            ("t", ">i8"),
+        ]
         for f in ("o", "h", "l", "cl"):
             fields += [(f"l{f}", ">i4"), (f, ">f8")]
         fields += [("lvol", ">i4"), ("vol", ">i8"), ("ls", ">i4"), ("s", f"S{len(src)}")]
@@ -100,7 +119,7 @@ def copy_binary(conn, df: pd.DataFrame, source: str) -> None:
 
 def read_table(conn) -> pd.DataFrame:
     with conn.cursor() as cur:
-        cur.execute(f'SELECT {COLS_SQL}, revisions FROM ohlc_bars ORDER BY {KEY_SQL}')
+        cur.execute(f"SELECT {COLS_SQL}, revisions FROM ohlc_bars ORDER BY {KEY_SQL}")
         rows = cur.fetchall()
     conn.rollback()
     return pd.DataFrame(rows, columns=COLUMNS + ["source", "revisions"])
@@ -118,8 +137,7 @@ def assert_table(conn, expected: pd.DataFrame, what: str) -> None:
     exp["timestamp"] = exp["timestamp"].dt.as_unit("ns")
     got = got.astype({"timeframe_unit": np.int64, "timeframe_value": np.int64, "volume": np.int64, "revisions": np.int64})
     exp = exp.astype({"timeframe_unit": np.int64, "timeframe_value": np.int64, "volume": np.int64, "revisions": np.int64})
-    pd.testing.assert_frame_equal(got.reset_index(drop=True), exp.reset_index(drop=True), check_exact=True,
-                                  check_dtype=False, obj=what)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), exp.reset_index(drop=True), check_exact=True, check_dtype=False, obj=what)
 
 
 def changed_copy(df: pd.DataFrame, fraction: float = 0.10, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
@@ -221,26 +239,33 @@ def run(ctx: Context) -> list[Row]:
 
     # ------------------------------------------------------------ timing
     ctx.log(f"upsert: timing, empty table, {repeats} interleaved repeats")
-    empty = compare({
-        "ours_keep": lambda: _ours(store, base, mode="keep", source="live"),
-        "ev_keep": lambda: execute_values_upsert(conn, base, "keep"),
-        "ours_replace": lambda: _ours(store, base, mode="replace", source="history"),
-        "ev_replace": lambda: execute_values_upsert(conn, base, "replace"),
-        "copy": lambda: copy_binary(conn, base, "history"),
-        "copy_text": lambda: copy_rows(conn, base, "history"),
-    }, repeats, setup=lambda _: reset("empty"), backend_pids={k: backend for k in
-                                                              ("ours_keep", "ev_keep", "ours_replace", "ev_replace", "copy",
-                                                               "copy_text")},
-        log=ctx.log)
+    empty = compare(
+        {
+            "ours_keep": lambda: _ours(store, base, mode="keep", source="live"),
+            "ev_keep": lambda: execute_values_upsert(conn, base, "keep"),
+            "ours_replace": lambda: _ours(store, base, mode="replace", source="history"),
+            "ev_replace": lambda: execute_values_upsert(conn, base, "replace"),
+            "copy": lambda: copy_binary(conn, base, "history"),
+            "copy_text": lambda: copy_rows(conn, base, "history"),
+        },
+        repeats,
+        setup=lambda _: reset("empty"),
+        backend_pids={k: backend for k in ("ours_keep", "ev_keep", "ours_replace", "ev_replace", "copy", "copy_text")},
+        log=ctx.log,
+    )
     ctx.log(f"upsert: timing, table holding the bars ({n_changed:,} differ), {repeats} interleaved repeats")
-    existing = compare({
-        "ours_keep": lambda: _ours(store, changed, mode="keep", source="live"),
-        "ev_keep": lambda: execute_values_upsert(conn, changed, "keep"),
-        "ours_replace": lambda: _ours(store, changed, mode="replace", source="history"),
-        "ev_replace": lambda: execute_values_upsert(conn, changed, "replace"),
-    }, repeats, setup=lambda _: reset("existing"), backend_pids={k: backend for k in
-                                                                 ("ours_keep", "ev_keep", "ours_replace", "ev_replace")},
-        log=ctx.log)
+    existing = compare(
+        {
+            "ours_keep": lambda: _ours(store, changed, mode="keep", source="live"),
+            "ev_keep": lambda: execute_values_upsert(conn, changed, "keep"),
+            "ours_replace": lambda: _ours(store, changed, mode="replace", source="history"),
+            "ev_replace": lambda: execute_values_upsert(conn, changed, "replace"),
+        },
+        repeats,
+        setup=lambda _: reset("existing"),
+        backend_pids={k: backend for k in ("ours_keep", "ev_keep", "ours_replace", "ev_replace")},
+        log=ctx.log,
+    )
 
     # ------------------------------------------------------------ where the time goes
     # One traced run per mode and state: each database call of upsert_bars timed from the client
@@ -253,23 +278,29 @@ def run(ctx: Context) -> list[Row]:
             reset("empty" if state == "empty table" else "existing")
             phases[f"{mode}, {state}"] = trace_call(tconn, lambda: _ours(tstore, frame, mode=mode, source=SOURCE[mode]))
             reset("empty" if state == "empty table" else "existing")
-            plans.append(f"== EXPLAIN (ANALYZE, BUFFERS) of upsert_bars' statement: {mode}, {state}, {len(frame):,} bars ==\n"
-                         + explain_call(tconn, lambda: _ours(tstore, frame, mode=mode, source=SOURCE[mode])))
-    for what, fn in (("execute_values keep, empty table", lambda: execute_values_upsert(tconn, base, "keep")),
-                     ("COPY binary, empty table", lambda: copy_binary(tconn, base, "history")),
-                     ("COPY text (to_csv), empty table", lambda: copy_rows(tconn, base, "history"))):
+            plans.append(
+                f"== EXPLAIN (ANALYZE, BUFFERS) of upsert_bars' statement: {mode}, {state}, {len(frame):,} bars ==\n"
+                + explain_call(tconn, lambda: _ours(tstore, frame, mode=mode, source=SOURCE[mode]))
+            )
+    for what, fn in (
+        ("execute_values keep, empty table", lambda: execute_values_upsert(tconn, base, "keep")),
+        ("COPY binary, empty table", lambda: copy_binary(tconn, base, "history")),
+        ("COPY text (to_csv), empty table", lambda: copy_rows(tconn, base, "history")),
+    ):
         reset("empty")
         phases[what] = trace_call(tconn, fn)
     tconn.close()
     write_text(ctx, "upsert_plans.txt", "\n\n".join(plans))
     details = {
-        "bars": n, "changed_in_existing": n_changed, "execute_values_page_size": PAGE_SIZE,
+        "bars": n,
+        "changed_in_existing": n_changed,
+        "execute_values_page_size": PAGE_SIZE,
         "empty": {k: v.as_dict() for k, v in empty.items()},
         "existing": {k: v.as_dict() for k, v in existing.items()},
         "traced_calls_s": phases,
         "plans_file": "bench/results/upsert_plans.txt",
         "equality": f"on the first {n_check:,} bars, before timing: final ohlc_bars (key, OHLCV, source, revisions) "
-                    "identical for ours, execute_values and COPY; ours replace also wrote the expected bar_revisions rows",
+        "identical for ours, execute_values and COPY; ours replace also wrote the expected bar_revisions rows",
     }
     if ctx.profile:
         reset("empty")
@@ -284,19 +315,61 @@ def run(ctx: Context) -> list[Row]:
     rows = []
     for mode in ("keep", "replace"):
         o, ev = empty[f"ours_{mode}"].wall, empty[f"ev_{mode}"].wall
-        rows.append(Row("upsert", f"upsert {mode}: {k} new bars vs execute_values (wall)", o, "s", baseline=ev,
-                        baseline_name="execute_values", ratio=ev / o, target="≥ 3× execute_values", met=ev / o >= 3.0,
-                        details=details if mode == "keep" else {}))
-        rows.append(Row("upsert", f"upsert {mode}: {k} new bars vs plain COPY, binary (wall)", o, "s", baseline=copy_t,
-                        baseline_name="COPY binary", ratio=copy_t / o, ratio_kind="share", target="≥ 0.8× COPY",
-                        met=copy_t / o >= 0.8))
+        rows.append(
+            Row(
+                "upsert",
+                f"upsert {mode}: {k} new bars vs execute_values (wall)",
+                o,
+                "s",
+                baseline=ev,
+                baseline_name="execute_values",
+                ratio=ev / o,
+                target="≥ 3× execute_values",
+                met=ev / o >= 3.0,
+                details=details if mode == "keep" else {},
+            )
+        )
+        rows.append(
+            Row(
+                "upsert",
+                f"upsert {mode}: {k} new bars vs plain COPY, binary (wall)",
+                o,
+                "s",
+                baseline=copy_t,
+                baseline_name="COPY binary",
+                ratio=copy_t / o,
+                ratio_kind="share",
+                target="≥ 0.8× COPY",
+                met=copy_t / o >= 0.8,
+            )
+        )
     text_t, o = empty["copy_text"].wall, empty["ours_keep"].wall
-    rows.append(Row("upsert", f"  (context) upsert keep: {k} new bars vs plain COPY, text via to_csv", o, "s", baseline=text_t,
-                    baseline_name="COPY text", ratio=text_t / o, ratio_kind="share"))
+    rows.append(
+        Row(
+            "upsert",
+            f"  (context) upsert keep: {k} new bars vs plain COPY, text via to_csv",
+            o,
+            "s",
+            baseline=text_t,
+            baseline_name="COPY text",
+            ratio=text_t / o,
+            ratio_kind="share",
+        )
+    )
     for mode in ("keep", "replace"):
         o, ev = existing[f"ours_{mode}"].wall, existing[f"ev_{mode}"].wall
         what = "none written" if mode == "keep" else f"{n_changed // 1000}k revised"
-        rows.append(Row("upsert", f"upsert {mode}: {k} bars over stored ones ({what}) vs execute_values", o, "s",
-                        baseline=ev, baseline_name="execute_values", ratio=ev / o, target="≥ 3× execute_values",
-                        met=ev / o >= 3.0))
+        rows.append(
+            Row(
+                "upsert",
+                f"upsert {mode}: {k} bars over stored ones ({what}) vs execute_values",
+                o,
+                "s",
+                baseline=ev,
+                baseline_name="execute_values",
+                ratio=ev / o,
+                target="≥ 3× execute_values",
+                met=ev / o >= 3.0,
+            )
+        )
     return rows

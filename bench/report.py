@@ -77,8 +77,7 @@ def table(rows: list[Row]) -> str:
         base = fmt_value(r.baseline, r.unit) if r.baseline is not None else "—"
         if r.baseline_name:
             base = f"{base} ({r.baseline_name})"
-        body.append([r.metric, fmt_value(r.ours, r.unit) if r.ours is not None else (r.note or "—"), base,
-                     fmt_ratio(r), r.target, fmt_met(r)])
+        body.append([r.metric, fmt_value(r.ours, r.unit) if r.ours is not None else (r.note or "—"), base, fmt_ratio(r), r.target, fmt_met(r)])
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) if body else len(header[i]) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -135,8 +134,11 @@ def _git() -> dict:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                                    text=True, timeout=10).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
         return {"head": head, "uncommitted_changes": dirty}
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -154,8 +156,9 @@ def _postgres(db_url: str) -> dict:
             full = cur.fetchone()[0]
             cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
             row = cur.fetchone()
-            cur.execute("SELECT name, setting FROM pg_settings WHERE name IN "
-                        "('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'work_mem')")
+            cur.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'work_mem')"
+            )
             settings = dict(cur.fetchall())
         conn.rollback()
     finally:
@@ -165,7 +168,8 @@ def _postgres(db_url: str) -> dict:
         "postgresql_full": full,
         "timescaledb": row[0] if row else None,
         "postgresql_settings": settings,
-        "database": "ephemeral local cluster (TestDatabaseServer)" if not os.environ.get("PROJECTX_TEST_DATABASE_URL")
+        "database": "ephemeral local cluster (TestDatabaseServer)"
+        if not os.environ.get("PROJECTX_TEST_DATABASE_URL")
         else "PROJECTX_TEST_DATABASE_URL",
     }
 
@@ -173,9 +177,11 @@ def _postgres(db_url: str) -> dict:
 def machine_line(m: dict) -> str:
     ts = f"TimescaleDB {m['timescaledb']}" if m.get("timescaledb") else "no TimescaleDB"
     load = m.get("loadavg_start"), m.get("loadavg_end")
-    return (f"machine: {m['cpu_model']}, {m['cores_usable']} cores{' (VM)' if m.get('virtualised') else ''}, "
-            f"{m['memory_gb']} GB; PostgreSQL {m.get('postgresql_version', '?')}, {ts}; Python {m['python']}; "
-            f"load average at start {load[0]}, at end {load[1]}")
+    return (
+        f"machine: {m['cpu_model']}, {m['cores_usable']} cores{' (VM)' if m.get('virtualised') else ''}, "
+        f"{m['memory_gb']} GB; PostgreSQL {m.get('postgresql_version', '?')}, {ts}; Python {m['python']}; "
+        f"load average at start {load[0]}, at end {load[1]}"
+    )
 
 
 def write_json(path: Path, rows: list[Row], machine: dict, meta: dict) -> None:

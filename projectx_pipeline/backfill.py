@@ -29,8 +29,14 @@ class BackfillResult:
     holes_timeframe: str | None = None
 
 
-def backfill_trade_date(client: HistorySource, conn: psycopg2.extensions.connection, contract_id: str, trade_date: date, timeframes: list[Timeframe],
-                        sessions: list[Session] | None = None) -> BackfillResult:
+def backfill_trade_date(
+    client: HistorySource,
+    conn: psycopg2.extensions.connection,
+    contract_id: str,
+    trade_date: date,
+    timeframes: list[Timeframe],
+    sessions: list[Session] | None = None,
+) -> BackfillResult:
     """Fetch every timeframe of the session of `trade_date` and upsert it, one commit per timeframe
     so a retry after a failure redoes only what is left. `sessions` (from the exchange calendar)
     enables the hole count on the finest intraday timeframe. Owns the transactions of `conn`: a

@@ -5,7 +5,6 @@ a bad setting fails the code location's load with its one-line message, and test
 same Definitions from any settings with `build_definitions`.
 """
 
-
 from dagster import Definitions, EnvVar, definitions
 
 from .orchestration.analysis_assets import build_analysis_assets

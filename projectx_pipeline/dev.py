@@ -25,8 +25,11 @@ from .errors import UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--webserver-port", type=int, default=3000)
     parser.add_argument("--simulator-port", type=int, default=5080)
-    parser.add_argument("--speed", default=os.environ.get("PROJECTX_DEV_SPEED", "10"),
-                        help="simulator replay speed (× real time, or 'max'; default 10: a 5m bar every 30 s)")
+    parser.add_argument(
+        "--speed",
+        default=os.environ.get("PROJECTX_DEV_SPEED", "10"),
+        help="simulator replay speed (× real time, or 'max'; default 10: a 5m bar every 30 s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address the webserver and simulator bind to")
 
 
@@ -74,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from .logs import register_env_secrets
     from .settings import GATEWAY_PROJECTX, load_settings
     from .storage.db import connect
-    from .storage.urls import redact_url
     from .storage.local_db import LocalDatabaseError, default_cluster
     from .storage.migrate import migrate
+    from .storage.urls import redact_url
 
     settings = load_settings()
     root = Path.cwd()
@@ -125,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             if _port_in_use("127.0.0.1", args.simulator_port):
                 raise UsageError(f"port {args.simulator_port} is in use: stop what runs there or pass --simulator-port")
-            sim = children.start("simulator", ["projectx", "simulate", "--host", args.host, "--port", str(args.simulator_port),
-                                               "--speed", str(args.speed)], env)
+            sim = children.start(
+                "simulator", ["projectx", "simulate", "--host", args.host, "--port", str(args.simulator_port), "--speed", str(args.speed)], env
+            )
             if not _wait_for_port("127.0.0.1", args.simulator_port, sim, 30):
                 raise UsageError("the simulator did not start (see its output above)")
             sim_url = f"http://127.0.0.1:{args.simulator_port}"
@@ -134,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"gateway      simulator {sim_url} replaying the MES 5m sample at {args.speed}× (control: {sim_url}/control/status)")
         # 3. ingestion daemon
         children.start("ingest", ["projectx", "ingest"], env)
-        lines.append(f"ingestion    projectx ingest: {', '.join(settings.contract_ids)} × {', '.join(t.label for t in settings.timeframes)} (`projectx status`)")
+        lines.append(
+            f"ingestion    projectx ingest: {', '.join(settings.contract_ids)} × "
+            f"{', '.join(t.label for t in settings.timeframes)} (`projectx status`)"
+        )
         # 4. Dagster
         home = root / ".projectx" / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ The caller owns the transaction: nothing here commits.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import Collection, Protocol
+from typing import Protocol
 
 import pandas as pd
 
@@ -22,8 +23,16 @@ class HistorySource(Protocol):
     def retrieve_bars(self, contract_id: str, tf: Timeframe, start: datetime, end: datetime) -> pd.DataFrame: ...
 
 
-def replace_from_history(source: HistorySource, store: BarStore, contract_id: str, tf: Timeframe, start: datetime, end: datetime,
-                         *, windows: Collection[pd.Timestamp] | None = None) -> tuple[pd.DataFrame, UpsertResult]:
+def replace_from_history(
+    source: HistorySource,
+    store: BarStore,
+    contract_id: str,
+    tf: Timeframe,
+    start: datetime,
+    end: datetime,
+    *,
+    windows: Collection[pd.Timestamp] | None = None,
+) -> tuple[pd.DataFrame, UpsertResult]:
     """Fetch [start, end) of `contract_id` × `tf` and write it replace-when-different; with
     `windows`, only the bars starting at one of them. Returns the bars written and the counts."""
     bars = source.retrieve_bars(contract_id, tf, start, end)

@@ -8,11 +8,12 @@ Secrets are held as `Secret` so that printing the settings never shows them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,7 +26,7 @@ from .logs import get_logger, kv
 ENV_SETTINGS = "PROJECTX_SETTINGS"
 ENV_GATEWAY = "PROJECTX_GATEWAY"
 GATEWAY_SIMULATOR = "simulator"  # the local simulator (`projectx simulate`)
-GATEWAY_PROJECTX = "projectx"    # the real ProjectX gateway, with PROJECTX_USERNAME and PROJECTX_API_KEY
+GATEWAY_PROJECTX = "projectx"  # the real ProjectX gateway, with PROJECTX_USERNAME and PROJECTX_API_KEY
 GATEWAYS = (GATEWAY_SIMULATOR, GATEWAY_PROJECTX)
 _CREDENTIALS = ("PROJECTX_USERNAME", "PROJECTX_API_KEY")
 
@@ -101,9 +102,9 @@ class GatewaySettings(_Model):
 
 
 class DagsterSettings(_Model):
-    partitions_start: date = date(2025, 3, 17)   # first trade date offered for backfills
+    partitions_start: date = date(2025, 3, 17)  # first trade date offered for backfills
     reconciliation_tolerance: int = Field(0, ge=0)  # live/history differences allowed per partition
-    gap_calendar: str = "CME Globex Equity"       # pandas_market_calendars name
+    gap_calendar: str = "CME Globex Equity"  # pandas_market_calendars name
     # Trade dates the calendar gets wrong: it lists Good Friday 2025-04-18 as an early close,
     # but CME equity Globex was shut and the gateway has no bar that day.
     closed_dates: list[date] = Field(default_factory=lambda: [date(2025, 4, 18)])
@@ -148,7 +149,7 @@ class FileSettings(_Model):
     _tf = field_validator("timeframes", mode="before")(classmethod(lambda cls, v: parse_timeframes(v)))
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "FileSettings":
+    def _cross_checks(self) -> FileSettings:
         ids = [c.id for c in self.contracts]
         if len(set(ids)) != len(ids):
             raise ValueError(f"contracts: each contract once, got {ids}")

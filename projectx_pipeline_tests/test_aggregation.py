@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .support.market import MES
-from .support.paths import SAMPLE_DIR
 from projectx_pipeline.domain.aggregation import (
     REPAIR_COLUMNS,
     BarAggregator,
@@ -21,9 +18,11 @@ from projectx_pipeline.domain.aggregation import (
 )
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
 from projectx_pipeline.domain.sessions import trade_date_session
-from projectx_pipeline.domain.timeframes import bar_end, bar_start, DEFAULT_TIMEFRAMES, parse_timeframes, Timeframe, UNIT_DAY
-from projectx_pipeline.domain.timestamps import NS_PER_SECOND
-from projectx_pipeline.domain.timestamps import from_ns, to_ns
+from projectx_pipeline.domain.timeframes import DEFAULT_TIMEFRAMES, UNIT_DAY, Timeframe, bar_end, bar_start, parse_timeframes
+from projectx_pipeline.domain.timestamps import NS_PER_SECOND, from_ns, to_ns
+
+from .support.market import MES
+from .support.paths import SAMPLE_DIR
 
 CONTRACT = MES
 SAMPLE_5M = SAMPLE_DIR / f"{MES}_5m.csv"
@@ -54,21 +53,67 @@ def batch_bars(ts, price, size, tf) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- alignment
 
+
 @pytest.mark.parametrize(
     "trade, expected",
     [
         # summer (EDT): 4h anchored at 22:00 UTC, trade date rolls at 22:00 UTC
-        ("2025-06-17 01:37:12", {"1m": "2025-06-17 01:37", "5m": "2025-06-17 01:35", "15m": "2025-06-17 01:30",
-                                 "1h": "2025-06-17 01:00", "4h": "2025-06-16 22:00", "1d": "2025-06-17"}),
-        ("2025-06-17 20:59:59", {"1m": "2025-06-17 20:59", "5m": "2025-06-17 20:55", "15m": "2025-06-17 20:45",
-                                 "1h": "2025-06-17 20:00", "4h": "2025-06-17 18:00", "1d": "2025-06-17"}),
-        ("2025-06-17 22:00:00", {"1m": "2025-06-17 22:00", "5m": "2025-06-17 22:00", "15m": "2025-06-17 22:00",
-                                 "1h": "2025-06-17 22:00", "4h": "2025-06-17 22:00", "1d": "2025-06-18"}),
+        (
+            "2025-06-17 01:37:12",
+            {
+                "1m": "2025-06-17 01:37",
+                "5m": "2025-06-17 01:35",
+                "15m": "2025-06-17 01:30",
+                "1h": "2025-06-17 01:00",
+                "4h": "2025-06-16 22:00",
+                "1d": "2025-06-17",
+            },
+        ),
+        (
+            "2025-06-17 20:59:59",
+            {
+                "1m": "2025-06-17 20:59",
+                "5m": "2025-06-17 20:55",
+                "15m": "2025-06-17 20:45",
+                "1h": "2025-06-17 20:00",
+                "4h": "2025-06-17 18:00",
+                "1d": "2025-06-17",
+            },
+        ),
+        (
+            "2025-06-17 22:00:00",
+            {
+                "1m": "2025-06-17 22:00",
+                "5m": "2025-06-17 22:00",
+                "15m": "2025-06-17 22:00",
+                "1h": "2025-06-17 22:00",
+                "4h": "2025-06-17 22:00",
+                "1d": "2025-06-18",
+            },
+        ),
         # winter (EST): 4h anchored at 23:00 UTC, trade date rolls at 23:00 UTC
-        ("2025-01-15 01:30:00", {"1m": "2025-01-15 01:30", "5m": "2025-01-15 01:30", "15m": "2025-01-15 01:30",
-                                 "1h": "2025-01-15 01:00", "4h": "2025-01-14 23:00", "1d": "2025-01-15"}),
-        ("2025-01-15 03:10:00", {"1m": "2025-01-15 03:10", "5m": "2025-01-15 03:10", "15m": "2025-01-15 03:00",
-                                 "1h": "2025-01-15 03:00", "4h": "2025-01-15 03:00", "1d": "2025-01-15"}),
+        (
+            "2025-01-15 01:30:00",
+            {
+                "1m": "2025-01-15 01:30",
+                "5m": "2025-01-15 01:30",
+                "15m": "2025-01-15 01:30",
+                "1h": "2025-01-15 01:00",
+                "4h": "2025-01-14 23:00",
+                "1d": "2025-01-15",
+            },
+        ),
+        (
+            "2025-01-15 03:10:00",
+            {
+                "1m": "2025-01-15 03:10",
+                "5m": "2025-01-15 03:10",
+                "15m": "2025-01-15 03:00",
+                "1h": "2025-01-15 03:00",
+                "4h": "2025-01-15 03:00",
+                "1d": "2025-01-15",
+            },
+        ),
         ("2025-01-15 21:59:59", {"4h": "2025-01-15 19:00", "1d": "2025-01-15"}),
         ("2025-01-15 22:59:59", {"4h": "2025-01-15 19:00", "1d": "2025-01-15"}),  # halt
         ("2025-01-15 23:00:00", {"4h": "2025-01-15 23:00", "1d": "2025-01-16"}),
@@ -110,6 +155,7 @@ def test_daily_bars_across_the_halt_and_dst_change():
 
 
 # --------------------------------------------------------------------------- live == batch
+
 
 def sample_trades():
     """Four trades per 5m bar of the sample (open, high, low, close), sizes summing to the volume."""
@@ -181,6 +227,7 @@ def test_one_batch_closing_many_bars_at_once():
 
 
 # --------------------------------------------------------------------------- closing, grace, late, partial
+
 
 def test_quiet_market_closes_a_bar_only_after_end_plus_grace():
     agg = BarAggregator(CONTRACT, ["1m", "5m"], grace_ns=2 * S)
@@ -498,8 +545,7 @@ def test_live_matches_batch_on_random_streams(scenario):
             for i in batch:
                 labels = {tf: label_of(int(ts[i]), tf) for tf in tfs}
                 if any(
-                    (latest[tf] is not None and labels[tf] < latest[tf])
-                    or (clock is not None and end_of(labels[tf], tf) + grace <= clock)
+                    (latest[tf] is not None and labels[tf] < latest[tf]) or (clock is not None and end_of(labels[tf], tf) + grace <= clock)
                     for tf in tfs
                 ):
                     batch_late.append(i)

@@ -27,7 +27,6 @@ from .support.market import MES
 MNQ = "CON.F.US.MNQ.M25"
 
 
-
 def T(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz="UTC")
 
@@ -141,8 +140,13 @@ def test_known_at_is_the_close_of_the_confirming_bar_even_at_the_session_close()
     assert known_at(T("2025-03-18 18:00"), "4h") == T("2025-03-18 21:00")
     assert known_at(T("2025-03-18 14:00"), "4h") == T("2025-03-18 18:00")
     rule = CoordinationRule.from_dict(
-        {"name": "long_4h_1h", "label": "long", "anchor": {"timeframe": "4h", "type": "uptrend"},
-         "trigger": {"timeframe": "1h", "type": "uptrend"}, "within_minutes": 0}
+        {
+            "name": "long_4h_1h",
+            "label": "long",
+            "anchor": {"timeframe": "4h", "type": "uptrend"},
+            "trigger": {"timeframe": "1h", "type": "uptrend"},
+            "within_minutes": 0,
+        }
     )
     case = signals((1, "4h", "uptrend", "2025-03-18 18:00"), (2, "1h", "uptrend", "2025-03-18 20:00"))
     assert pairs(coordinate(case, [rule])) == [("long_4h_1h", 1, 2, T("2025-03-18 21:00"))]
@@ -184,9 +188,7 @@ def test_empty_inputs():
 
 def test_rule_from_settings():
     rule = CoordinationRule.from_dict(LONG)
-    assert rule == CoordinationRule(
-        "long_1h_15m", "long", parse_timeframe("1h"), "uptrend", parse_timeframe("15m"), "uptrend", timedelta(minutes=60)
-    )
+    assert rule == CoordinationRule("long_1h_15m", "long", parse_timeframe("1h"), "uptrend", parse_timeframe("15m"), "uptrend", timedelta(minutes=60))
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from projectx_pipeline.storage.bars import read_bars, upsert_bars
 from .support.market import MES
 from .support.simulator import finished_simulator
 
-CLEAN_DAY = date(2025, 3, 18)   # no hole in the sample
-HOLE_DAY = date(2025, 3, 21)    # the sample misses the 5m bar of 2025-03-20 22:40 UTC
+CLEAN_DAY = date(2025, 3, 18)  # no hole in the sample
+HOLE_DAY = date(2025, 3, 21)  # the sample misses the 5m bar of 2025-03-20 22:40 UTC
 TF5 = parse_timeframe("5m")
 settings = load_settings()
 _partitions = build_partitions(settings)
@@ -99,10 +99,21 @@ def test_gap_check_names_the_missing_bars(resources):
 
 def test_validity_check_names_an_off_tick_bar(resources, conn):
     # a live bar in the window history lacks (the 22:40 hole) survives the history replace
-    bad = pd.DataFrame([{
-        "contract_id": MES, "timestamp": pd.Timestamp("2025-03-20T22:40:00Z"), "open": 5700.1, "high": 5701.0,
-        "low": 5699.0, "close": 5700.0, "volume": 10, "timeframe_unit": 2, "timeframe_value": 5,
-    }])
+    bad = pd.DataFrame(
+        [
+            {
+                "contract_id": MES,
+                "timestamp": pd.Timestamp("2025-03-20T22:40:00Z"),
+                "open": 5700.1,
+                "high": 5701.0,
+                "low": 5699.0,
+                "close": 5700.0,
+                "volume": 10,
+                "timeframe_unit": 2,
+                "timeframe_value": 5,
+            }
+        ]
+    )
     upsert_bars(conn, bad, mode="keep", source="live")
     conn.commit()  # storage never commits: the caller does
     result = _run(HOLE_DAY, resources)

@@ -12,7 +12,6 @@ import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import pytest
 from dagster import (
     AssetKey,
@@ -55,8 +54,15 @@ def test_definitions_load(loaded):
 def test_lineage_from_bars_to_coordinated_signals(loaded):
     graph = loaded.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"ohlc_bars", "historical_bars", "trend_starts_5m", "trend_starts_15m", "trend_starts_1h",
-            "trend_starts_4h", "coordinated_signals"} <= keys
+    assert {
+        "ohlc_bars",
+        "historical_bars",
+        "trend_starts_5m",
+        "trend_starts_15m",
+        "trend_starts_1h",
+        "trend_starts_4h",
+        "coordinated_signals",
+    } <= keys
     for tf in ("5m", "15m", "1h", "4h"):
         parents = {p.to_user_string() for p in graph.get(AssetKey(f"trend_starts_{tf}")).parent_keys}
         assert parents == {"ohlc_bars", "historical_bars"}
@@ -112,8 +118,15 @@ def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
         ({}, SimulatorGatewayResource),
         ({"PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, ProjectXGatewayResource),
         ({"PROJECTX_GATEWAY": "simulator", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"}, SimulatorGatewayResource),
-        ({"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value",
-          "PROJECTX_API_URL": "https://api.example.test"}, ProjectXGatewayResource),
+        (
+            {
+                "PROJECTX_GATEWAY": "projectx",
+                "PROJECTX_USERNAME": "trader",
+                "PROJECTX_API_KEY": "k3y-value",
+                "PROJECTX_API_URL": "https://api.example.test",
+            },
+            ProjectXGatewayResource,
+        ),
     ],
 )
 def test_gateway_resource_is_the_one_the_settings_chose(environ, resource_type):
@@ -135,10 +148,19 @@ def test_gateway_resource_is_the_one_the_settings_chose(environ, resource_type):
 def test_each_gateway_resource_defaults_to_its_own_hosts():
     real = ProjectXGatewayResource(username="trader", api_key="k3y-value").gateway_config()
     assert (real.api_url, real.rtc_url, real.username, real.use_simulator) == (
-        "https://api.topstepx.com", "https://rtc.topstepx.com", "trader", False)
+        "https://api.topstepx.com",
+        "https://rtc.topstepx.com",
+        "trader",
+        False,
+    )
     sim = SimulatorGatewayResource(api_url="http://127.0.0.1:9000").gateway_config()
     assert (sim.api_url, sim.rtc_url, sim.username, sim.api_key, sim.use_simulator) == (
-        "http://127.0.0.1:9000", "http://127.0.0.1:5080", "simulator", "simulator", True)
+        "http://127.0.0.1:9000",
+        "http://127.0.0.1:5080",
+        "simulator",
+        "simulator",
+        True,
+    )
 
 
 # Run in a fresh interpreter: load_settings and Dagster's asset and partition builders are made to

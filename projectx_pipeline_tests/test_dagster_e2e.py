@@ -88,8 +88,11 @@ def platform(db_server, simulator, tmp_path_factory):
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_")},
-        "DAGSTER_HOME": str(home), "DATABASE_URL": market_url, "DAGSTER_PG_URL": dagster_url,
-        "PROJECTX_API_URL": simulator.api_url, "PROJECTX_RTC_URL": simulator.rtc_url,
+        "DAGSTER_HOME": str(home),
+        "DATABASE_URL": market_url,
+        "DAGSTER_PG_URL": dagster_url,
+        "PROJECTX_API_URL": simulator.api_url,
+        "PROJECTX_RTC_URL": simulator.rtc_url,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     p = Platform(env, port, home)
@@ -166,8 +169,7 @@ def test_backfill_launched_through_graphql_stores_bars_and_checks(platform, simu
         conn.close()
     instance = platform.instance()
     for check in ("bars_valid", "bars_gaps", "bars_reconciled"):
-        records = instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(AssetKey("historical_bars"), check), limit=20)
+        records = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(AssetKey("historical_bars"), check), limit=20)
         assert len(records) >= len(TRADE_DATES), check
         statuses = {r.status.value for r in records}
         assert statuses == {"SUCCEEDED"}, (check, statuses)
@@ -183,7 +185,8 @@ def test_new_bars_become_signal_rows_through_the_sensor(platform):
     client = GatewayClient(config, rate_limits=False)
     daemon = IngestDaemon(
         IngestConfig([MES], parse_timeframes("5m,15m,1h,4h"), market_url, repair_delay_seconds=0.5, heartbeat_seconds=1),
-        client, lambda out: client.market_hub([MES], out, stale_after=10),
+        client,
+        lambda out: client.market_hub([MES], out, stale_after=10),
     )
     daemon.start()
     runner = threading.Thread(target=daemon.run, daemon=True)
@@ -201,7 +204,9 @@ def test_new_bars_become_signal_rows_through_the_sensor(platform):
 
         def newest_15m():
             with conn.cursor() as cur:
-                cur.execute("SELECT max(\"timestamp\"), max(ingested_at) FROM ohlc_bars WHERE timeframe_unit = 2 AND timeframe_value = 15 AND source = 'live'")
+                cur.execute(
+                    "SELECT max(\"timestamp\"), max(ingested_at) FROM ohlc_bars WHERE timeframe_unit = 2 AND timeframe_value = 15 AND source = 'live'"
+                )
                 row = cur.fetchone()
             conn.rollback()
             return row

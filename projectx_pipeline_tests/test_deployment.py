@@ -105,11 +105,43 @@ EXTERNAL_IMAGE_TOOLS = {"timescale/timescaledb": {"pg_isready", "psql"}}
 DAGSTER_EXECUTABLES = {"dagster", "dagster-webserver", "dagster-daemon"}
 
 SERVICE_KEYS = {
-    "build", "image", "command", "entrypoint", "environment", "env_file", "volumes", "ports", "expose",
-    "depends_on", "healthcheck", "restart", "profiles", "init", "logging", "shm_size", "stop_grace_period",
-    "stop_signal", "user", "working_dir", "networks", "deploy", "labels", "container_name", "secrets",
-    "configs", "ulimits", "mem_limit", "cpus", "tmpfs", "read_only", "cap_drop", "cap_add", "security_opt",
-    "extra_hosts", "hostname", "pull_policy",
+    "build",
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "volumes",
+    "ports",
+    "expose",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "profiles",
+    "init",
+    "logging",
+    "shm_size",
+    "stop_grace_period",
+    "stop_signal",
+    "user",
+    "working_dir",
+    "networks",
+    "deploy",
+    "labels",
+    "container_name",
+    "secrets",
+    "configs",
+    "ulimits",
+    "mem_limit",
+    "cpus",
+    "tmpfs",
+    "read_only",
+    "cap_drop",
+    "cap_add",
+    "security_opt",
+    "extra_hosts",
+    "hostname",
+    "pull_policy",
 }
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -120,7 +152,8 @@ RESTARTS = {"no", "always", "unless-stopped", "on-failure"}
 # Loading and helpers
 # ---------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _compose() -> dict:
     assert COMPOSE_FILE.is_file(), f"{COMPOSE_FILE} is missing"
     data = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -202,8 +235,7 @@ def _restart(svc: dict) -> str | None:
 
 def _one_shots() -> set[str]:
     completed = {
-        dep for svc in _services().values() for dep, spec in _depends_on(svc).items()
-        if spec["condition"] == "service_completed_successfully"
+        dep for svc in _services().values() for dep, spec in _depends_on(svc).items() if spec["condition"] == "service_completed_successfully"
     }
     return completed | {name for name, svc in _services().items() if _restart(svc) == "no"}
 
@@ -306,6 +338,7 @@ def _mount_targets(svc: dict) -> set[str]:
 # Command checks
 # ---------------------------------------------------------------------------------------------
 
+
 def _split_subcommands(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
     i = 1
     while i < len(argv) and not argv[i].startswith("-"):
@@ -313,15 +346,16 @@ def _split_subcommands(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
     return tuple(argv[1:i]), argv[i:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dagster_options(executable: str, subcommands: tuple[str, ...]) -> frozenset[str] | str:
     """The options `<executable> <subcommands>` accepts, or why that command does not exist.
 
     Read from the click command behind the console script (what `--help` prints); falls back to
     running `<executable> ... --help` when the entry point has no module-level click `cli`.
     """
-    import click
     from importlib.metadata import entry_points
+
+    import click
 
     eps = [ep for ep in entry_points(group="console_scripts") if ep.name == executable]
     cmd = getattr(importlib.import_module(eps[0].module), "cli", None) if eps else None
@@ -329,7 +363,7 @@ def _dagster_options(executable: str, subcommands: tuple[str, ...]) -> frozenset
         for i, sub in enumerate(subcommands):
             nxt = cmd.get_command(click.Context(cmd), sub) if isinstance(cmd, click.Group) else None
             if nxt is None:
-                return f"`{executable} {' '.join(subcommands[:i + 1])}` is not a command"
+                return f"`{executable} {' '.join(subcommands[: i + 1])}` is not a command"
             cmd = nxt
         return frozenset(o for prm in cmd.params if isinstance(prm, click.Option) for o in (*prm.opts, *prm.secondary_opts))
     proc = subprocess.run([str(BIN_DIR / executable), *subcommands, "--help"], capture_output=True, text=True, timeout=120)
@@ -338,7 +372,7 @@ def _dagster_options(executable: str, subcommands: tuple[str, ...]) -> frozenset
     return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", proc.stdout))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _projectx_parser(sub: str):
     """An argparse parser able to parse `projectx <sub> ...`, or the reason there is none yet."""
     from projectx_pipeline import cli
@@ -438,6 +472,7 @@ def _command_cases() -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
+
 
 def test_compose_is_well_formed():
     compose = _compose()
@@ -638,7 +673,8 @@ def test_env_wiring_is_consistent():
     db = services["timescaledb"]
     db_env = {k: _interpolate(v) for k, v in _environment(db).items()}
     init_sql = "\n".join(
-        _compose_path(src).read_text() for src, target in _bind_mounts(db)
+        _compose_path(src).read_text()
+        for src, target in _bind_mounts(db)
         if target.startswith("/docker-entrypoint-initdb.d/") and _compose_path(src).is_file()
     )
     for name, svc in services.items():
@@ -823,7 +859,8 @@ def test_database_service():
         problems.append("timescaledb: healthcheck should be pg_isready")
     named = set((_compose().get("volumes") or {}).keys())
     data_volumes = [
-        parts[0] for parts in (_interpolate(str(v)).split(":") for v in db.get("volumes") or [])
+        parts[0]
+        for parts in (_interpolate(str(v)).split(":") for v in db.get("volumes") or [])
         if len(parts) >= 2 and parts[1] == "/var/lib/postgresql/data"
     ]
     if not data_volumes or data_volumes[0] not in named:
@@ -831,7 +868,7 @@ def test_database_service():
     inits = [(s, t) for s, t in _bind_mounts(db) if t.startswith("/docker-entrypoint-initdb.d")]
     if not inits:
         problems.append("timescaledb: no init script mounted into /docker-entrypoint-initdb.d/")
-    for source, target in inits:
+    for _source, target in inits:
         if target.rstrip("/") == "/docker-entrypoint-initdb.d":
             problems.append("timescaledb: mounting a directory over /docker-entrypoint-initdb.d hides the image's TimescaleDB scripts")
         elif Path(target).name < "002":
@@ -871,9 +908,7 @@ def test_dockerfile_rules():
         problems.append("DAGSTER_HOME is not set")
     elif copies.get("dagster.yaml") not in (f"{home}/dagster.yaml", f"{home}/"):
         problems.append(f"the repository's dagster.yaml must be copied to {home}/dagster.yaml, got {copies.get('dagster.yaml')}")
-    workspace_paths = {
-        _flag_value(_service_command(n), "-w", "--workspace") for n in ("dagster-webserver", "dagster-daemon")
-    }
+    workspace_paths = {_flag_value(_service_command(n), "-w", "--workspace") for n in ("dagster-webserver", "dagster-daemon")}
     for path in workspace_paths:
         if copies.get("docker/workspace.yaml") != path:
             problems.append(f"-w {path}: the image has docker/workspace.yaml at {copies.get('docker/workspace.yaml')}")

@@ -15,8 +15,8 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projectx_pipeline.domain.market import BAR_COLUMNS
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.market import BAR_COLUMNS
 from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.gateway import (
     GatewayClient,
@@ -78,6 +78,7 @@ def make_client(sim, request_log=None, username="tester", api_key="secret-api-ke
 
 
 # --------------------------------------------------------------------------- auth and contracts
+
 
 def test_login_and_contract_lookups(sim, request_log):
     client = make_client(sim, request_log)
@@ -157,11 +158,16 @@ def test_401_after_expired_tokens_logs_in_again_once(sim, control, request_log):
     control.expire_tokens()
     assert client.search_contracts("MES")
     assert request_log.calls == [
-        ("Auth/loginKey", 200), ("Contract/search", 200), ("Contract/search", 401), ("Auth/loginKey", 200), ("Contract/search", 200),
+        ("Auth/loginKey", 200),
+        ("Contract/search", 200),
+        ("Contract/search", 401),
+        ("Auth/loginKey", 200),
+        ("Contract/search", 200),
     ]
 
 
 # --------------------------------------------------------------------------- bars
+
 
 def test_paging_over_a_window_of_more_than_20000_bars(sim, request_log):
     client = make_client(sim, request_log)
@@ -207,6 +213,7 @@ def test_page_order_does_not_matter(sim):
 
 
 # --------------------------------------------------------------------------- retries and pacing
+
 
 def test_429_with_retry_after_is_honoured(sim, control, request_log):
     client = make_client(sim, request_log, backoff_base=0.01)
@@ -298,6 +305,7 @@ def test_logs_are_key_value_and_never_carry_tokens_or_keys(sim, control, caplog)
 
 
 # --------------------------------------------------------------------------- pure logic
+
 
 class FakeClock:
     def __init__(self):
@@ -415,7 +423,12 @@ def test_jwt_expiry_reads_exp_without_verifying():
 def test_config_from_env_chooses_simulator_or_real_gateway():
     sim = GatewayConfig.from_env({})
     assert (sim.api_url, sim.rtc_url, sim.username, sim.api_key, sim.use_simulator) == (
-        "http://127.0.0.1:5080", "http://127.0.0.1:5080", "simulator", "simulator", True)
+        "http://127.0.0.1:5080",
+        "http://127.0.0.1:5080",
+        "simulator",
+        "simulator",
+        True,
+    )
     real = GatewayConfig.from_env({"PROJECTX_USERNAME": "trader", "PROJECTX_API_KEY": "k3y-value"})
     assert (real.api_url, real.rtc_url, real.use_simulator) == ("https://api.topstepx.com", "https://rtc.topstepx.com", False)
     assert real.market_hub_url == "https://rtc.topstepx.com/hubs/market"

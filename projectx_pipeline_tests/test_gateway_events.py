@@ -52,6 +52,7 @@ def trades_of(data, **kwargs):
 
 # --------------------------------------------------------------------------- timestamps
 
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -80,11 +81,25 @@ def test_parse_timestamp_accepts_every_iso_form(text, expected):
 @pytest.mark.parametrize(
     "text",
     [
-        "", "2025-03-17", "2025-03-17T14:03", "2025/03/17T14:03:21Z", "2025-13-01T00:00:00Z",
-        "2025-02-30T00:00:00Z", "2025-03-17T24:00:00Z", "2025-03-17T14:03:61Z", "2025-03-17T14:03:21.Z",
-        "2025-03-17T14:03:21.1234567890Z", "2025-03-17T14:03:21+24:00", "2025-03-17T14:03:21+5:00",
-        "2025-03-17T14:03:21 UTC", "2O25-03-17T14:03:21Z", "２０２５-03-17T14:03:21Z", "2025-03-17T14:03:2١Z",
-        "0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+        "",
+        "2025-03-17",
+        "2025-03-17T14:03",
+        "2025/03/17T14:03:21Z",
+        "2025-13-01T00:00:00Z",
+        "2025-02-30T00:00:00Z",
+        "2025-03-17T24:00:00Z",
+        "2025-03-17T14:03:61Z",
+        "2025-03-17T14:03:21.Z",
+        "2025-03-17T14:03:21.1234567890Z",
+        "2025-03-17T14:03:21+24:00",
+        "2025-03-17T14:03:21+5:00",
+        "2025-03-17T14:03:21 UTC",
+        "2O25-03-17T14:03:21Z",
+        "２０２５-03-17T14:03:21Z",
+        "2025-03-17T14:03:2١Z",
+        "0000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
     ],
 )
 def test_parse_timestamp_rejects_malformed_text(text):
@@ -134,6 +149,7 @@ def test_parse_timestamp_is_fast():
 
 
 # --------------------------------------------------------------------------- trades
+
 
 def test_single_trade_object_and_list_are_both_accepted():
     assert trades_of(good_trade()) == ([expected_trade()], [])
@@ -273,9 +289,7 @@ _adversarial_field = st.one_of(
     st.sampled_from([0, -1, 1e300, -0.0, float("nan"), float("inf"), 10**30, 2**63, "", "NaN", [], {}]),
     st.sampled_from(["2025-03-17T14:03:21Z", "1970-01-01T00:00:00Z", "3025-01-01T00:00:00Z", "2025-03-17T14:03:21.12345678Z"]),
 )
-_adversarial_trade = st.dictionaries(
-    st.sampled_from(["price", "volume", "timestamp", "type", "symbolId", "extra"]), _adversarial_field, max_size=6
-)
+_adversarial_trade = st.dictionaries(st.sampled_from(["price", "volume", "timestamp", "type", "symbolId", "extra"]), _adversarial_field, max_size=6)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -318,11 +332,12 @@ def test_fuzz_decode_hub_record_never_raises(text):
 
 # --------------------------------------------------------------------------- raw records
 
+
 def test_decode_hub_record_rejects_oversized_nested_and_non_json_text():
     assert decode_hub_record('{"type":6}') == ({"type": 6}, None)
     assert "exceeds 65536" in decode_hub_record('{"a":"' + "x" * 70_000 + '"}')[1]
     # Multi-byte text: 20,000 characters but 80 KB of UTF-8.
-    assert "exceeds" in decode_hub_record('{"a":"' + "\U0001F600" * 20_000 + '"}')[1]
+    assert "exceeds" in decode_hub_record('{"a":"' + "\U0001f600" * 20_000 + '"}')[1]
     assert "nested deeper" in decode_hub_record("[" * 5000 + "]" * 5000)[1]
     assert "nested deeper" in decode_hub_record('{"a":' * 40 + "1" + "}" * 40)[1]
     assert "not JSON" in decode_hub_record("{not json")[1]
@@ -339,9 +354,17 @@ def test_payload_problem_is_bounded_on_huge_inputs():
 
 # --------------------------------------------------------------------------- quotes
 
+
 def test_quote_carries_session_volume_and_partial_fields():
-    data = {"symbol": "F.US.MES", "lastPrice": 5719.25, "bestBid": 5719.0, "bestAsk": 5719.5, "volume": 1_234_567,
-            "timestamp": "2025-03-17T14:03:21.1234567Z", "lastUpdated": "2025-03-17T14:03:20Z"}
+    data = {
+        "symbol": "F.US.MES",
+        "lastPrice": 5719.25,
+        "bestBid": 5719.0,
+        "bestAsk": 5719.5,
+        "volume": 1_234_567,
+        "timestamp": "2025-03-17T14:03:21.1234567Z",
+        "lastUpdated": "2025-03-17T14:03:20Z",
+    }
     quotes, rejected = parse_quote_event([MES, data], subscribed={MES}, now=NOW)
     assert rejected == []
     assert quotes == [Quote(MES, datetime(2025, 3, 17, 14, 3, 21, 123456, tzinfo=UTC), 5719.25, 5719.0, 5719.5, 1_234_567)]

@@ -11,8 +11,8 @@ from datetime import timezone
 import pytest
 import requests
 
-from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
@@ -115,6 +115,7 @@ def signalr_threads() -> list[str]:
 
 # --------------------------------------------------------------------------- the feed
 
+
 def test_trades_and_quotes_arrive_after_a_connected_event(sim, control, client, hubs):
     hub, feed = start_hub(hubs, client)
     feed.wait_for_trades_after_connect(1, count=50)
@@ -154,6 +155,7 @@ def test_contract_ids_are_validated_up_front():
 
 
 # --------------------------------------------------------------------------- recovery
+
 
 @pytest.mark.parametrize("fault", ["drop", "close"])
 def test_resubscribes_after_the_connection_is_lost(sim, control, client, hubs, fault):
@@ -260,6 +262,7 @@ def test_expired_tokens_are_replaced_after_the_hub_refuses_them(sim, control, cl
 
 
 # --------------------------------------------------------------------------- stopping
+
 
 def test_stop_is_bounded_even_when_the_gateway_is_silent(sim, control, client, hubs):
     hub, feed = start_hub(hubs, client, stale_after=30.0, stop_timeout=2.0)

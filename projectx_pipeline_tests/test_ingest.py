@@ -114,8 +114,14 @@ def write_settings(directory: Path) -> Path:
 
 def cli_env(db_url: str, sim: SimulatorServer, settings: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTX_") and k not in ("DATABASE_URL", "DAGSTER_PG_URL")}
-    env.update(DATABASE_URL=db_url, PROJECTX_API_URL=sim.api_url, PROJECTX_RTC_URL=sim.rtc_url,
-               PROJECTX_SETTINGS=str(settings), PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        DATABASE_URL=db_url,
+        PROJECTX_API_URL=sim.api_url,
+        PROJECTX_RTC_URL=sim.rtc_url,
+        PROJECTX_SETTINGS=str(settings),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 
@@ -125,8 +131,7 @@ class Cli:
     def __init__(self, args: list[str], env: dict[str, str], directory: Path, name: str):
         self.out_path, self.err_path = directory / f"{name}.out", directory / f"{name}.err"
         self._out, self._err = open(self.out_path, "wb"), open(self.err_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "projectx_pipeline", *args], env=env, cwd=directory,
-                                     stdout=self._out, stderr=self._err)
+        self.proc = subprocess.Popen([sys.executable, "-m", "projectx_pipeline", *args], env=env, cwd=directory, stdout=self._out, stderr=self._err)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -482,8 +487,14 @@ def test_stop_right_after_the_database_returns_flushes_everything(db_server, db_
             ctl.speed(600)
             outage.begin()
             # long enough for the writer's reconnect backoff to grow past a second, and to overflow
-            wait_for(lambda: d.counters.bars_dropped > 0, 30, lambda: f"the outage buffer to overflow ({d.counters}, "
-                     f"pending {d.daemon.writer.pending.bar_count}, db_up {d.daemon.writer.db_up}, replay {ctl.status()})")
+            wait_for(
+                lambda: d.counters.bars_dropped > 0,
+                30,
+                lambda: (
+                    f"the outage buffer to overflow ({d.counters}, "
+                    f"pending {d.daemon.writer.pending.bar_count}, db_up {d.daemon.writer.db_up}, replay {ctl.status()})"
+                ),
+            )
             time.sleep(4)
             pending = d.daemon.writer.pending.bar_count
             assert pending > 0
@@ -558,8 +569,16 @@ def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_
 
         # 2. restart, then SIGKILL mid-bar
         second = start_daemon("ingest-2")
-        wait_for(lambda: (h := heartbeat(db_url)) and h["instance"].endswith(f":{second.proc.pid}") and h["state"] == "connected"
-                 and h["counters"]["bars_written"] >= 5, 60, "the restarted daemon to write live bars")
+        wait_for(
+            lambda: (
+                (h := heartbeat(db_url))
+                and h["instance"].endswith(f":{second.proc.pid}")
+                and h["state"] == "connected"
+                and h["counters"]["bars_written"] >= 5
+            ),
+            60,
+            "the restarted daemon to write live bars",
+        )
         stored_at_kill = count_bars(db_url)
         second.signal(signal.SIGKILL)
         assert second.wait(10) == -signal.SIGKILL
@@ -672,8 +691,7 @@ def test_logs_never_contain_the_api_key(db_url, fault_replay, tmp_path):
     sim, ctl = start_sim(fault_replay, FAST, username="u", api_key=secret)
     daemon = None
     try:
-        env = cli_env(db_url, sim, write_settings(tmp_path), PROJECTX_USERNAME="u", PROJECTX_API_KEY=secret,
-                      PROJECTX_LOG_LEVEL="DEBUG")
+        env = cli_env(db_url, sim, write_settings(tmp_path), PROJECTX_USERNAME="u", PROJECTX_API_KEY=secret, PROJECTX_LOG_LEVEL="DEBUG")
         daemon = Cli(["ingest"], env, tmp_path, "ingest")
         wait_for(lambda: count_bars(db_url) >= 10, 60, "live 5m bars")
         ctl.expire_tokens()  # forces a second login (the key is sent again) and 401s in the logs
@@ -713,9 +731,18 @@ def test_bars_committed_asynchronously_survive_a_server_crash(sample_dir):
     migrate(c)
     c.close()
     bars = read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv").iloc[:400]
-    writer = StoreWriter(url, [MES], {MES: Counters()}, instance_id="crash-test", outage_buffer_bars=10_000,
-                         trade_flush_seconds=1.0, trade_batch_size=5000, heartbeat_seconds=0.5, repair_delay_seconds=1.0,
-                         heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}})
+    writer = StoreWriter(
+        url,
+        [MES],
+        {MES: Counters()},
+        instance_id="crash-test",
+        outage_buffer_bars=10_000,
+        trade_flush_seconds=1.0,
+        trade_batch_size=5000,
+        heartbeat_seconds=0.5,
+        repair_delay_seconds=1.0,
+        heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}},
+    )
     try:
         writer.acquire_locks()
         writer.start()
@@ -724,7 +751,7 @@ def test_bars_committed_asynchronously_survive_a_server_crash(sample_dir):
         listener.cursor().execute("LISTEN ohlc_update")
         announced = 0
         for i in range(len(bars)):
-            writer.submit_bars(bars.iloc[i:i + 1])
+            writer.submit_bars(bars.iloc[i : i + 1])
         deadline = time.monotonic() + 60
         while announced < len(bars) and time.monotonic() < deadline:  # every bar committed (asynchronously)
             select.select([listener], [], [], 1)
@@ -762,18 +789,27 @@ def test_a_connection_lost_while_announcing_ticks_never_kills_the_writer(db_url)
     from projectx_pipeline.ingest.writer import StoreWriter
     from projectx_pipeline.storage.trades import TradeBatch
 
-    writer = StoreWriter(db_url, [MES], {MES: Counters()}, instance_id="tick-loss-test", outage_buffer_bars=10_000,
-                         trade_flush_seconds=3600.0, trade_batch_size=1_000_000, heartbeat_seconds=0.0,
-                         repair_delay_seconds=1.0,
-                         heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}})
+    writer = StoreWriter(
+        db_url,
+        [MES],
+        {MES: Counters()},
+        instance_id="tick-loss-test",
+        outage_buffer_bars=10_000,
+        trade_flush_seconds=3600.0,
+        trade_batch_size=1_000_000,
+        heartbeat_seconds=0.0,
+        repair_delay_seconds=1.0,
+        heartbeat_state=lambda: {MES: {"connection_state": "connected", "last_event_at": None, "last_trade_at": None}},
+    )
     admin = connect(db_url)
     admin.autocommit = True
     try:
         writer.acquire_locks()
         # the writer's session is killed while idle; its next statement is the tick NOTIFY
         with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'projectx_ingest%%'"
-                        " AND pid <> pg_backend_pid()")
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'projectx_ingest%%' AND pid <> pg_backend_pid()"
+            )
             assert cur.fetchone() is not None
         writer.submit_trades(TradeBatch(MES, [1_742_162_400_000_000_000], [5679.75], [1], [0], datetime.now().astimezone()))
         writer.start()

@@ -35,7 +35,7 @@ import pytest
 from projectx_pipeline.backfill import backfill_trade_date
 from projectx_pipeline.domain.market import normalize_bars
 from projectx_pipeline.domain.sessions import trade_date_session
-from projectx_pipeline.domain.timeframes import bar_end, parse_timeframe, Timeframe
+from projectx_pipeline.domain.timeframes import Timeframe, bar_end, parse_timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
@@ -129,8 +129,10 @@ def wait_daemon_closed_its_bars(d: InProcessDaemon, sim: SimulatorServer) -> Non
 
     def closed() -> bool:
         open_bars = d.daemon.aggregators[MES].open_bars()
-        return all(bar_end(t.to_pydatetime(), Timeframe(int(u), int(v))) > sim.clock()
-                   for t, u, v in open_bars[["timestamp", "timeframe_unit", "timeframe_value"]].itertuples(index=False))
+        return all(
+            bar_end(t.to_pydatetime(), Timeframe(int(u), int(v))) > sim.clock()
+            for t, u, v in open_bars[["timestamp", "timeframe_unit", "timeframe_value"]].itertuples(index=False)
+        )
 
     wait_for(closed, 10, "the daemon to close the complete bars")
 
@@ -215,16 +217,24 @@ REST_FAULTS = [
     ("503_with_retry_after", [dict(status=503, count=2, retry_after=1)], date(2025, 3, 21), 2),
     ("slower_than_the_timeout", [dict(status=None, count=2, delay=2.5, retry_after=None)], date(2025, 3, 24), 2),
     ("slow_but_within_the_timeout", [dict(status=None, count=6, delay=0.4, retry_after=None)], date(2025, 3, 25), 0),
-    ("mixed", [dict(status=429, count=1, retry_after=1), dict(status=500, count=1, retry_after=None),
-               dict(status=None, count=1, delay=2.5, retry_after=None), dict(status=429, count=1, retry_after=None),
-               dict(status=502, count=1, retry_after=None)], date(2025, 3, 26), 5),
+    (
+        "mixed",
+        [
+            dict(status=429, count=1, retry_after=1),
+            dict(status=500, count=1, retry_after=None),
+            dict(status=None, count=1, delay=2.5, retry_after=None),
+            dict(status=429, count=1, retry_after=None),
+            dict(status=502, count=1, retry_after=None),
+        ],
+        date(2025, 3, 26),
+        5,
+    ),
 ]
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("name, actions, day, min_retries", REST_FAULTS, ids=[f[0] for f in REST_FAULTS])
-def test_rest_faults_during_a_backfill_are_retried_and_the_partition_is_exact(history_sim, db_url, caplog, name, actions, day,
-                                                                              min_retries):
+def test_rest_faults_during_a_backfill_are_retried_and_the_partition_is_exact(history_sim, db_url, caplog, name, actions, day, min_retries):
     ctl = SimulatorControl(history_sim.control_url)
     client = fault_client(history_sim, timeout=1.5)
     conn = connect(db_url)
@@ -317,8 +327,12 @@ def test_gap_repair_over_more_than_20000_bars_through_rest_faults(db_url, caplog
         client.token()  # the hub reuses this token: every fault below hits the repair's requests
         ok = dict(status=None, count=1, retry_after=None)  # a pass-through: the normal answer
         script = [
-            dict(status=429, count=2, retry_after=1), dict(status=429, count=2, retry_after=None), ok,  # 1m page 1
-            dict(status=500, count=2, retry_after=None), dict(status=None, count=1, delay=2.5, retry_after=None), ok,  # 1m page 2
+            dict(status=429, count=2, retry_after=1),
+            dict(status=429, count=2, retry_after=None),
+            ok,  # 1m page 1
+            dict(status=500, count=2, retry_after=None),
+            dict(status=None, count=1, delay=2.5, retry_after=None),
+            ok,  # 1m page 2
             dict(status=None, count=2, delay=0.4, retry_after=None),  # 1m page 3, 5m: slow
             dict(status=500, count=5, retry_after=None),  # 15m: the budget (4 retries) is exhausted
         ]
@@ -335,8 +349,9 @@ def test_gap_repair_over_more_than_20000_bars_through_rest_faults(db_url, caplog
     finally:
         sim.stop()
     lines = [r.getMessage() for r in caplog.records]
-    assert any(re.search(r"event=bars_retrieved contract=\S+ timeframe=1m .* bars=50000 requests=3 ", ln) for ln in lines), \
-        [ln for ln in lines if "bars_retrieved" in ln]
+    assert any(re.search(r"event=bars_retrieved contract=\S+ timeframe=1m .* bars=50000 requests=3 ", ln) for ln in lines), [
+        ln for ln in lines if "bars_retrieved" in ln
+    ]
     assert sum(ln.startswith("event=retry ") for ln in lines) >= 4 + 3 + 4
     assert any("event=repair_failed" in ln and "after 5 attempts" in ln for ln in lines)
     assert compared > 60_000
@@ -393,9 +408,13 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
         assert done[TIMEFRAMES[1]] == len(expected_bars(history_sim, TIMEFRAMES[1], start, end)) > 0
         assert all(done[tf] == 0 for tf in TIMEFRAMES[2:])  # nothing of the batch in flight
         result = materialize(
-            [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-            resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
-                       "storage": StorageResource(database_url=outage.url)},
+            [historical_bars],
+            partition_key=partition_key(day, MES),
+            instance=DagsterInstance.ephemeral(),
+            resources={
+                "gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+                "storage": StorageResource(database_url=outage.url),
+            },
         )
         assert result.success
         meta = result.asset_materializations_for_node("historical_bars")[0].metadata
@@ -576,11 +595,17 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
 
     def run_asset():
         try:
-            results.append(materialize(
-                [historical_bars], partition_key=partition_key(day, MES), instance=DagsterInstance.ephemeral(),
-                resources={"gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
-                           "storage": StorageResource(database_url=db_url)},
-            ))
+            results.append(
+                materialize(
+                    [historical_bars],
+                    partition_key=partition_key(day, MES),
+                    instance=DagsterInstance.ephemeral(),
+                    resources={
+                        "gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
+                        "storage": StorageResource(database_url=db_url),
+                    },
+                )
+            )
         except Exception as exc:  # noqa: BLE001 — reported below
             errors.append(exc)
 
@@ -675,8 +700,7 @@ def test_backfill_while_the_daemon_writes_the_same_window(db_url, replay_slice):
     diff, _ = compare_store(db_url, sim)
     assert diff == ""
     assert scalar(db_url, "SELECT count(*) FROM ohlc_bars WHERE source = 'live'") > 0  # both writers wrote
-    figures("backfill_while_daemon_writes", faults=0, compared=compared, backfill_runs=len(runs),
-            inserted_by_backfill=sum(r.inserted for r in runs))
+    figures("backfill_while_daemon_writes", faults=0, compared=compared, backfill_runs=len(runs), inserted_by_backfill=sum(r.inserted for r in runs))
 
 
 @pytest.mark.timeout(120)
@@ -685,21 +709,33 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
     one another while a third thread writes 15m and 1h bars in chunks and revises a stored bar
     behind the watermarks: no run fails, and the tables end equal to a full detection and a full
     coordination of the final bars, each signal and each coordinated signal stored once."""
+    from projectx_pipeline.analysis.coordination_runner import run_coordination
+    from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
     from projectx_pipeline.domain.coordination import coordinate, parse_rules
     from projectx_pipeline.domain.market import read_bars_csv
     from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
-    from projectx_pipeline.analysis.coordination_runner import run_coordination
-    from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
     from projectx_pipeline.storage import coordinated_signals as coordinated
     from projectx_pipeline.storage import trend_signals as store
 
     tf15, tf1h = parse_timeframe("15m"), parse_timeframe("1h")
-    rules = parse_rules([
-        {"name": "long_1h_15m", "label": "long", "anchor": {"timeframe": "1h", "type": "uptrend"},
-         "trigger": {"timeframe": "15m", "type": "uptrend"}, "within_minutes": 60},
-        {"name": "short_1h_15m", "label": "short", "anchor": {"timeframe": "1h", "type": "downtrend"},
-         "trigger": {"timeframe": "15m", "type": "downtrend"}, "within_minutes": 60},
-    ])
+    rules = parse_rules(
+        [
+            {
+                "name": "long_1h_15m",
+                "label": "long",
+                "anchor": {"timeframe": "1h", "type": "uptrend"},
+                "trigger": {"timeframe": "15m", "type": "uptrend"},
+                "within_minutes": 60,
+            },
+            {
+                "name": "short_1h_15m",
+                "label": "short",
+                "anchor": {"timeframe": "1h", "type": "downtrend"},
+                "trigger": {"timeframe": "15m", "type": "downtrend"},
+                "within_minutes": 60,
+            },
+        ]
+    )
     bars_5m = read_bars_csv(sample_dir / f"{MES}_5m.csv").iloc[:3000]
     bars = {tf: _resample(bars_5m, tf) for tf in (tf15, tf1h)}
     chunks = 12
@@ -711,8 +747,8 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
         conn = connect(db_url)
         try:
             for k in range(chunks):
-                for tf, df in bars.items():
-                    part = df.iloc[k * len(df) // chunks:(k + 1) * len(df) // chunks]
+                for df in bars.values():
+                    part = df.iloc[k * len(df) // chunks : (k + 1) * len(df) // chunks]
                     upsert_bars(conn, part, mode="keep", source="history", notify=False)
                     conn.commit()  # storage never commits: the caller does
                 if k == chunks // 2:  # a repaired bar behind every watermark: forces recomputes
@@ -762,8 +798,10 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
             pd.testing.assert_frame_equal(got, want)
             signals_compared += len(want)
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*), count(DISTINCT (analyzer_id, contract_id, timeframe_unit, timeframe_value, signal_type,"
-                        " start_ts)) FROM detected_signals")
+            cur.execute(
+                "SELECT count(*), count(DISTINCT (analyzer_id, contract_id, timeframe_unit, timeframe_value, signal_type,"
+                " start_ts)) FROM detected_signals"
+            )
             total, distinct = cur.fetchone()
             cur.execute("SELECT count(*), count(DISTINCT (rule, anchor_signal_id, trigger_signal_id, signal_ts)) FROM coordinated_signals")
             c_total, c_distinct = cur.fetchone()
@@ -779,15 +817,23 @@ def test_signal_runs_overlapping_each_other_and_the_bar_writes_store_each_signal
         assert len(full) > 0
     finally:
         conn.close()
-    figures("overlapping_signal_runs", faults=0, compared=sum(len(b) for b in bars.values()), signals_compared=signals_compared,
-            coordinated_compared=len(full), analysis_runs=runs["analysis"], coordination_runs=runs["coordination"])
+    figures(
+        "overlapping_signal_runs",
+        faults=0,
+        compared=sum(len(b) for b in bars.values()),
+        signals_compared=signals_compared,
+        coordinated_compared=len(full),
+        analysis_runs=runs["analysis"],
+        coordination_runs=runs["coordination"],
+    )
 
 
 def _resample(bars: pd.DataFrame, tf: Timeframe) -> pd.DataFrame:
     """Clock-aligned aggregation of 5m bars (15m, and 1h: New York's offset is whole hours)."""
     label = bars["timestamp"].dt.floor(f"{tf.nominal_seconds // 60}min")
     g = bars.groupby(label, sort=True)
-    out = pd.DataFrame({"open": g["open"].first(), "high": g["high"].max(), "low": g["low"].min(),
-                        "close": g["close"].last(), "volume": g["volume"].sum()}).reset_index(names="timestamp")
+    out = pd.DataFrame(
+        {"open": g["open"].first(), "high": g["high"].max(), "low": g["low"].min(), "close": g["close"].last(), "volume": g["volume"].sum()}
+    ).reset_index(names="timestamp")
     out["contract_id"], out["timeframe_unit"], out["timeframe_value"] = MES, tf.unit, tf.value
     return normalize_bars(out)

@@ -46,11 +46,12 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from projectx_pipeline import logs as platform_logs
 from projectx_pipeline.domain.aggregation import BarAggregator, aggregate_trades, split_valid
+from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.market import Quote, Trade, normalize_bars
 from projectx_pipeline.domain.quality import validate_bars
-from projectx_pipeline.domain.errors import DomainError
-from projectx_pipeline.domain.timeframes import parse_timeframe, parse_timeframes, Timeframe
+from projectx_pipeline.domain.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.domain.trend_starts import (
     TrendStartDetector,
@@ -64,7 +65,6 @@ from projectx_pipeline.gateway.events import decode_hub_record, parse_quote_even
 from projectx_pipeline.gateway.hub import MarketHub, _Connection, _SupervisedJsonProtocol
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
-from projectx_pipeline import logs as platform_logs
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
@@ -119,19 +119,55 @@ def _good_item(ns: int, ticks: int, size: int, side, style: int) -> tuple[dict, 
 # Adversarial values of one field of an otherwise good trade, as raw JSON text (NaN, Infinity,
 # 1e400 and 400-digit integers are not expressible as Python floats but are valid to the parser).
 BAD_FIELDS: list[tuple[str, object]] = [
-    ("price", '"5700.25"'), ("price", "null"), ("price", "true"), ("price", "[]"), ("price", "{}"),
-    ("price", "NaN"), ("price", "Infinity"), ("price", "-Infinity"), ("price", "1e400"), ("price", "-1e400"),
-    ("price", "-5700.25"), ("price", "0"), ("price", "-0.0"), ("price", "1" + "0" * 400), ("price", _MISSING),
-    ("volume", "-3"), ("volume", "0"), ("volume", "2.5"), ("volume", "NaN"), ("volume", "Infinity"), ("volume", '"3"'),
-    ("volume", "null"), ("volume", "true"), ("volume", "1000001"), ("volume", "1e30"), ("volume", "1" + "0" * 40),
-    ("volume", "-" + "9" * 30), ("volume", _MISSING),
-    ("timestamp", '"1900-01-01T00:00:00Z"'), ("timestamp", '"1999-12-31T23:59:59.999Z"'), ("timestamp", '"0001-01-01T00:00:00Z"'),
-    ("timestamp", '"9999-12-31T23:59:59Z"'), ("timestamp", '"2100-01-01T00:00:00Z"'), ("timestamp", '"2025-13-45T25:61:00Z"'),
-    ("timestamp", '""'), ("timestamp", "12345"), ("timestamp", "1742220000000"), ("timestamp", "null"),
-    ("timestamp", '"2025-03-17T14:03:21+25:00"'), ("timestamp", '"2025-03-17T14:03:21.1234567890Z"'),
-    ("timestamp", '"\u0662\u0660\u0662\u0665-03-17T14:03:21Z"'), ("timestamp", '"' + "9" * 300 + '"'),
-    ("timestamp", '"2025-03-17T14:03:21Z; DROP TABLE ohlc_bars;--"'), ("timestamp", _MISSING),
-    ("type", "2"), ("type", "-1"), ("type", '"buy"'), ("type", "true"), ("type", "1.0"),
+    ("price", '"5700.25"'),
+    ("price", "null"),
+    ("price", "true"),
+    ("price", "[]"),
+    ("price", "{}"),
+    ("price", "NaN"),
+    ("price", "Infinity"),
+    ("price", "-Infinity"),
+    ("price", "1e400"),
+    ("price", "-1e400"),
+    ("price", "-5700.25"),
+    ("price", "0"),
+    ("price", "-0.0"),
+    ("price", "1" + "0" * 400),
+    ("price", _MISSING),
+    ("volume", "-3"),
+    ("volume", "0"),
+    ("volume", "2.5"),
+    ("volume", "NaN"),
+    ("volume", "Infinity"),
+    ("volume", '"3"'),
+    ("volume", "null"),
+    ("volume", "true"),
+    ("volume", "1000001"),
+    ("volume", "1e30"),
+    ("volume", "1" + "0" * 40),
+    ("volume", "-" + "9" * 30),
+    ("volume", _MISSING),
+    ("timestamp", '"1900-01-01T00:00:00Z"'),
+    ("timestamp", '"1999-12-31T23:59:59.999Z"'),
+    ("timestamp", '"0001-01-01T00:00:00Z"'),
+    ("timestamp", '"9999-12-31T23:59:59Z"'),
+    ("timestamp", '"2100-01-01T00:00:00Z"'),
+    ("timestamp", '"2025-13-45T25:61:00Z"'),
+    ("timestamp", '""'),
+    ("timestamp", "12345"),
+    ("timestamp", "1742220000000"),
+    ("timestamp", "null"),
+    ("timestamp", '"2025-03-17T14:03:21+25:00"'),
+    ("timestamp", '"2025-03-17T14:03:21.1234567890Z"'),
+    ("timestamp", '"\u0662\u0660\u0662\u0665-03-17T14:03:21Z"'),
+    ("timestamp", '"' + "9" * 300 + '"'),
+    ("timestamp", '"2025-03-17T14:03:21Z; DROP TABLE ohlc_bars;--"'),
+    ("timestamp", _MISSING),
+    ("type", "2"),
+    ("type", "-1"),
+    ("type", '"buy"'),
+    ("type", "true"),
+    ("type", "1.0"),
 ]
 
 # Whole events that are wrong: (name, arguments JSON or a whole record, words the reason must contain).
@@ -158,7 +194,7 @@ BAD_EVENTS: list[tuple[str, str, str]] = [
     ("deeply nested record", "[" * 100_000 + "]" * 100_000, "record"),
     ("oversized list", _record(f'["{MES}",[' + ",".join([_TRADE] * 800) + "]]"), "exceeds"),
     ("oversized string", _record(f'["{MES}",' + '{"price":1,"volume":1,"timestamp":"' + "x" * 70_000 + '"}]'), "exceeds"),
-    ("multi-byte oversized", _record(f'["{MES}",["' + "\U0001F600" * 17_000 + '"]]'), "exceeds"),
+    ("multi-byte oversized", _record(f'["{MES}",["' + "\U0001f600" * 17_000 + '"]]'), "exceeds"),
     ("not JSON", '{"type":1,"target":"GatewayTrade","arguments":["' + MES + '",{"price":', "not JSON"),
     ("JSON array record", "[1,2,3]", "expected an object"),
     ("JSON string record", '"GatewayTrade"', "expected an object"),
@@ -181,17 +217,27 @@ _good_spec = st.tuples(
 _event = st.one_of(
     st.tuples(st.just("good"), st.lists(_good_spec, min_size=1, max_size=4)),
     st.tuples(st.just("bad_field"), st.sampled_from(range(len(BAD_FIELDS))), _good_spec),
-    st.tuples(st.just("mixed"), st.lists(st.one_of(
-        st.tuples(st.just("good"), _good_spec),
-        st.tuples(st.just("bad"), st.sampled_from(range(len(BAD_FIELDS))), _good_spec),
-        st.tuples(st.just("junk"), _json_values.filter(lambda v: not isinstance(v, dict))),
-    ), min_size=2, max_size=6)),
+    st.tuples(
+        st.just("mixed"),
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("good"), _good_spec),
+                st.tuples(st.just("bad"), st.sampled_from(range(len(BAD_FIELDS))), _good_spec),
+                st.tuples(st.just("junk"), _json_values.filter(lambda v: not isinstance(v, dict))),
+            ),
+            min_size=2,
+            max_size=6,
+        ),
+    ),
     st.tuples(st.just("bad_event"), st.sampled_from(range(len(BAD_EVENTS)))),
     st.tuples(st.just("random_args"), _json_values),
     st.tuples(st.just("random_text"), st.text(max_size=60).filter(lambda t: RS not in t)),
     st.tuples(st.just("quote"), _good_spec),
-    st.tuples(st.just("bad_quote"), st.sampled_from(["lastPrice", "bestBid", "bestAsk", "volume", "timestamp", "lastUpdated"]),
-              st.sampled_from(['"x"', "NaN", "-1", "Infinity", "[]", '"2025-02-30T00:00:00Z"', "true"])),
+    st.tuples(
+        st.just("bad_quote"),
+        st.sampled_from(["lastPrice", "bestBid", "bestAsk", "volume", "timestamp", "lastUpdated"]),
+        st.sampled_from(['"x"', "NaN", "-1", "Infinity", "[]", '"2025-02-30T00:00:00Z"', "true"]),
+    ),
 )
 
 
@@ -265,8 +311,15 @@ def build_stream(events) -> _Expected:
         elif kind == "quote":
             ns = exp.next_ns(event[1][0])
             price = 5000.0 + 0.25 * event[1][1]
-            quote = {"symbol": "F.US.MES", "lastPrice": price, "bestBid": price, "bestAsk": price + 0.25,
-                     "volume": 1000 + event[1][2], "lastUpdated": _iso(ns, event[1][4]), "timestamp": _iso(ns, event[1][4])}
+            quote = {
+                "symbol": "F.US.MES",
+                "lastPrice": price,
+                "bestBid": price,
+                "bestAsk": price + 0.25,
+                "volume": 1000 + event[1][2],
+                "lastUpdated": _iso(ns, event[1][4]),
+                "timestamp": _iso(ns, event[1][4]),
+            }
             exp.add(_record(json.dumps([MES, quote]), "GatewayQuote"), quotes=1)
         else:  # bad_quote
             field, raw = event[1], event[2]
@@ -397,7 +450,7 @@ def test_fuzz_hub_records_bad_ones_rejected_with_reasons_good_ones_and_their_bar
     for size in frame_sizes * (len(records) // max(1, sum(frame_sizes)) + 1):
         if k >= len(records):
             break
-        path.feed("".join(r + RS for r in records[k:k + size]))
+        path.feed("".join(r + RS for r in records[k : k + size]))
         k += size
     items = path.drain()
     assert [x for x in items if isinstance(x, Trade)] == good
@@ -437,8 +490,7 @@ def test_extreme_magnitudes_that_are_still_valid_pass_through_exactly():
 
 def test_absurd_finite_prices_are_rejected():
     for price in (1e300, 1.7976931348623157e308, 1e-300):
-        trades, rejected = parse_trade_event([MES, {"price": price, "volume": 1, "timestamp": "2025-03-17T14:00:00Z"}],
-                                             subscribed={MES}, now=NOW)
+        trades, rejected = parse_trade_event([MES, {"price": price, "volume": 1, "timestamp": "2025-03-17T14:00:00Z"}], subscribed={MES}, now=NOW)
         assert trades == [] and len(rejected) == 1 and "price" in rejected[0].reason, price
 
 
@@ -469,7 +521,7 @@ class _FakeHubServer:
         from aiohttp import web
 
         self.web = web
-        self.frames: "asyncio.Queue[str] | None" = None
+        self.frames: asyncio.Queue[str] | None = None
         self.connections = 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -543,8 +595,7 @@ def _trade_frame(second: int) -> str:
 def test_a_hostile_record_does_not_cost_the_connection():
     server = _FakeHubServer()
     out: queue.Queue = queue.Queue()
-    hub = MarketHub(f"http://127.0.0.1:{server.port}", lambda: "token", [MES], out, stale_after=30.0, connect_timeout=5.0,
-                    stop_timeout=2.0)
+    hub = MarketHub(f"http://127.0.0.1:{server.port}", lambda: "token", [MES], out, stale_after=30.0, connect_timeout=5.0, stop_timeout=2.0)
     hub.start()
     try:
         deadline = time.monotonic() + 10
@@ -592,8 +643,10 @@ _BAD_ROWS = {
 
 @pytest.mark.timeout(60)
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(st.one_of(st.tuples(st.just("good"), _good_spec), st.sampled_from(sorted(_BAD_ROWS))), min_size=5, max_size=40),
-       cuts=st.lists(st.integers(1, 10), min_size=1, max_size=8))
+@given(
+    rows=st.lists(st.one_of(st.tuples(st.just("good"), _good_spec), st.sampled_from(sorted(_BAD_ROWS))), min_size=5, max_size=40),
+    cuts=st.lists(st.integers(1, 10), min_size=1, max_size=8),
+)
 def test_fuzz_aggregator_rejects_bad_rows_with_reasons_and_good_rows_build_exact_bars(rows, cuts):
     clock = 0
     ts, px, sz, bad = [], [], [], []
@@ -670,8 +723,21 @@ def test_aggregator_refuses_malformed_arrays_with_a_clear_error(ts, px, sz, word
 def _bars(n: int = 6) -> pd.DataFrame:
     ts = pd.date_range("2025-03-17 14:00", periods=n, freq="5min", tz="UTC")
     o = 5000.0 + np.arange(n) * 0.25
-    return normalize_bars(pd.DataFrame({"contract_id": MES, "timestamp": ts, "open": o, "high": o + 1.0, "low": o - 1.0, "close": o + 0.5,
-                         "volume": 10, "timeframe_unit": 2, "timeframe_value": 5}))
+    return normalize_bars(
+        pd.DataFrame(
+            {
+                "contract_id": MES,
+                "timestamp": ts,
+                "open": o,
+                "high": o + 1.0,
+                "low": o - 1.0,
+                "close": o + 0.5,
+                "volume": 10,
+                "timeframe_unit": 2,
+                "timeframe_value": 5,
+            }
+        )
+    )
 
 
 MALFORMED_BARS = [
@@ -679,8 +745,13 @@ MALFORMED_BARS = [
     ("inf high", lambda b: b.__setitem__("high", b["high"].where(b.index != 2, np.inf)), "invalid bar 3", "high is inf", "high must be finite"),
     ("NaN close", lambda b: b.__setitem__("close", b["close"].where(b.index != 5, np.nan)), "invalid bar 6", "close is nan", "close must be finite"),
     ("high < low", lambda b: b.__setitem__("high", b["high"].where(b.index != 1, b["low"] - 0.25)), "invalid bar 2", "< low", "high must be >= low"),
-    ("repeated timestamp", lambda b: b.__setitem__("timestamp", b["timestamp"].where(b.index != 4, b["timestamp"].iloc[3])),
-     "invalid bar 5", "not after the previous bar", "unique"),
+    (
+        "repeated timestamp",
+        lambda b: b.__setitem__("timestamp", b["timestamp"].where(b.index != 4, b["timestamp"].iloc[3])),
+        "invalid bar 5",
+        "not after the previous bar",
+        "unique",
+    ),
 ]
 
 
@@ -843,7 +914,8 @@ def _daemon(url: str, client: GatewayClient) -> tuple:
 
     daemon = IngestDaemon(
         IngestConfig([MES], TIMEFRAMES, url, repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5),
-        client, lambda out: client.market_hub([MES], out, stale_after=5.0, backoff_cap=1.0, connect_timeout=4.0),
+        client,
+        lambda out: client.market_hub([MES], out, stale_after=5.0, backoff_cap=1.0, connect_timeout=4.0),
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(daemon.run()), daemon=True)
@@ -863,16 +935,14 @@ def test_daemon_never_logs_or_raises_the_api_key_and_calls_no_control_endpoint(d
     from projectx_pipeline.ingest import repair
 
     monkeypatch.setattr(repair, "FEED_TIME_WAIT_SECONDS", 0.2)  # the wrong-key repair fails at once
-    sim = SimulatorServer(replay=replay_slice, speed=1000, wait_for_subscriber=True, rate_limits=False,
-                          username=USER, api_key=SECRET).start()
+    sim = SimulatorServer(replay=replay_slice, speed=1000, wait_for_subscriber=True, rate_limits=False, username=USER, api_key=SECRET).start()
     ctl = SimulatorControl(sim.control_url)
     urls: list[str] = []
     exceptions: list[BaseException] = []
     try:
         with capture_all_logs() as logs:
             listening_before = _own_listening_ports()
-            client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, USER, SECRET, False), session=_recording_session(urls),
-                                   rate_limits=False)
+            client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, USER, SECRET, False), session=_recording_session(urls), rate_limits=False)
             daemon, thread, result = _daemon(db_url, client)
             daemon.start()
             thread.start()
@@ -888,8 +958,13 @@ def test_daemon_never_logs_or_raises_the_api_key_and_calls_no_control_endpoint(d
             assert result == [0]
             client.close()
 
-            wrong = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, USER, WRONG_SECRET, False), session=_recording_session(urls),
-                                  rate_limits=False, max_retries=1, backoff_base=0.01)
+            wrong = GatewayClient(
+                GatewayConfig(sim.api_url, sim.rtc_url, USER, WRONG_SECRET, False),
+                session=_recording_session(urls),
+                rate_limits=False,
+                max_retries=1,
+                backoff_base=0.01,
+            )
             daemon, thread, result = _daemon(db_url, wrong)
             daemon.start()
             thread.start()
@@ -915,8 +990,9 @@ def test_daemon_never_logs_or_raises_the_api_key_and_calls_no_control_endpoint(d
     assert n > 50
     (exc,) = exceptions
     assert isinstance(exc, GatewayError) and "invalid credentials" in str(exc)
-    assert_no_secret([str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(exc.__dict__)], SECRET, WRONG_SECRET,
-                     where="exception text")
+    assert_no_secret(
+        [str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(exc.__dict__)], SECRET, WRONG_SECRET, where="exception text"
+    )
     assert_no_secret([repr(client), repr(client.config), str(client.config), repr(wrong)], SECRET, WRONG_SECRET, where="reprs")
     # the real client spoke to the gateway's REST API only: never to /control
     assert urls and all(u.split(" ", 1)[1].startswith(sim.api_url + "/api/") for u in urls), urls[:5]
@@ -948,31 +1024,43 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     secrets = [SECRET, WRONG_SECRET] + ([db_password.group(1)] if db_password else [])
     try:
         wait_for(lambda: SimulatorControl(sim.control_url).status()["finished"], 60, "the replay to finish")
-        for name, value in (("PROJECTX_API_URL", sim.api_url), ("PROJECTX_RTC_URL", sim.rtc_url), ("PROJECTX_USERNAME", USER),
-                            ("PROJECTX_API_KEY", SECRET), ("DATABASE_URL", db_url)):
+        for name, value in (
+            ("PROJECTX_API_URL", sim.api_url),
+            ("PROJECTX_RTC_URL", sim.rtc_url),
+            ("PROJECTX_USERNAME", USER),
+            ("PROJECTX_API_KEY", SECRET),
+            ("DATABASE_URL", db_url),
+        ):
             monkeypatch.setenv(name, value)
+
         def resources(api_key: str) -> dict:
             if form == "env_var":
                 monkeypatch.setenv("PROJECTX_API_KEY", api_key)
                 return {
-                    "gateway": ProjectXGatewayResource(api_url=EnvVar("PROJECTX_API_URL"), rtc_url=EnvVar("PROJECTX_RTC_URL"),
-                                                       username=EnvVar("PROJECTX_USERNAME"), api_key=EnvVar("PROJECTX_API_KEY"),
-                                                       rate_limits=False, max_retries=1),
+                    "gateway": ProjectXGatewayResource(
+                        api_url=EnvVar("PROJECTX_API_URL"),
+                        rtc_url=EnvVar("PROJECTX_RTC_URL"),
+                        username=EnvVar("PROJECTX_USERNAME"),
+                        api_key=EnvVar("PROJECTX_API_KEY"),
+                        rate_limits=False,
+                        max_retries=1,
+                    ),
                     "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),
                 }
             return {
-                "gateway": ProjectXGatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key,
-                                                   rate_limits=False, max_retries=1),
+                "gateway": ProjectXGatewayResource(
+                    api_url=sim.api_url, rtc_url=sim.rtc_url, username=USER, api_key=api_key, rate_limits=False, max_retries=1
+                ),
                 "storage": StorageResource(database_url=db_url),
             }
 
         instance = DagsterInstance.ephemeral()
         key = partition_key(date(2025, 3, 18), MES)
         with capture_all_logs() as logs:
-            good = materialize([historical_bars, *bar_checks], partition_key=key, resources=resources(SECRET), instance=instance,
-                               raise_on_error=False)
-            bad = materialize([historical_bars], partition_key=key, resources=resources(WRONG_SECRET), instance=instance,
-                              raise_on_error=False)
+            good = materialize(
+                [historical_bars, *bar_checks], partition_key=key, resources=resources(SECRET), instance=instance, raise_on_error=False
+            )
+            bad = materialize([historical_bars], partition_key=key, resources=resources(WRONG_SECRET), instance=instance, raise_on_error=False)
     finally:
         sim.stop()
     assert good.success
@@ -1034,8 +1122,10 @@ def test_a_handler_on_the_projectx_logger_sees_only_redacted_records():
 
 # =========================================================================== SQL: parameterized statements
 
-_SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|COPY|NOTIFY|LISTEN|TRUNCATE|GRANT|REVOKE|SET|"
-                        r"WITH|FROM|WHERE|VALUES|DATABASE|TABLE|SCHEMA|EXTENSION|ROLE|PREPARE|EXECUTE|DEALLOCATE|CALL|DO)\b")
+_SQL_WORDS = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|COPY|NOTIFY|LISTEN|TRUNCATE|GRANT|REVOKE|SET|"
+    r"WITH|FROM|WHERE|VALUES|DATABASE|TABLE|SCHEMA|EXTENSION|ROLE|PREPARE|EXECUTE|DEALLOCATE|CALL|DO)\b"
+)
 
 # What may flow into SQL text, per (file, function, name), and why it is safe. Besides these, SQL
 # text may hold literals, module constants (UPPER_CASE names), constant tables indexed by anything
@@ -1050,7 +1140,7 @@ ALLOWED_SQL_NAMES = {
     ("storage/bars.py", "_execute_upsert", "name"): "prepared-statement name: 'projectx_upsert_' + the checked mode + constant suffixes",
     ("storage/bars.py", "_execute_upsert", "params"): "'(' + _ARRAYS_PARAMS + ')' or ''",
     ("storage/bars.py", "_session_statements", "name"): "this session's own prepared statements, read from "
-                                                        "pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'",
+    "pg_prepared_statements WHERE name LIKE 'projectx\\_upsert\\_%'",
     ("storage/bars.py", "read_bars", "sql"): "literals and _READ_COLUMNS; every value is a %s parameter",
     ("storage/bars.py", "read_live_versions", "sql"): "literals and _READ_COLUMNS; every value is a %(name)s parameter",
     ("storage/trend_signals.py", "read_signals", "sql"): "literals, _SELECT_SIGNALS and '(%s, %s)' placeholders",
@@ -1064,7 +1154,7 @@ ALLOWED_SQL_NAMES = {
     ("storage/testing.py", "create_database", "template"): "test infrastructure: '' or ' TEMPLATE \"<constant>\"'",
     ("storage/testing.py", "drop_database", "name"): "test infrastructure: a database name this class created",
     ("storage/testing.py", "_admin_execute", "statement"): "test infrastructure: the CREATE/DROP DATABASE of create_database "
-                                                            "and drop_database, built from the names allowed above",
+    "and drop_database, built from the names allowed above",
 }
 SQL_BUILDERS = {"_statement", "_bars_sql", "_copy_sql"}  # module functions returning SQL text built from constants
 _EXECUTORS = {"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "execute_values", "callproc"}
@@ -1102,8 +1192,7 @@ def _text_names(node: ast.AST) -> set[str]:
         if isinstance(func, ast.Name) and (func.id == "len" or func.id in SQL_BUILDERS):
             return set()
         if isinstance(func, ast.Attribute) and func.attr in ("format", "join", "replace", "strip"):
-            return _text_names(func.value) | set().union(*(_text_names(a) for a in node.args),
-                                                           *(_text_names(k.value) for k in node.keywords))
+            return _text_names(func.value) | set().union(*(_text_names(a) for a in node.args), *(_text_names(k.value) for k in node.keywords))
     return {ast.unparse(node)}  # anything else is not understood: it must be allow-listed as written
 
 
@@ -1128,11 +1217,18 @@ def _sql_pieces(node: ast.AST) -> list[ast.AST]:
         return [v.value for v in node.values if isinstance(v, ast.FormattedValue)]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _SQL_WORDS.search(_literal_text(node.left)):
         return [node.right]  # "... %s" % value: Python formatting, not a query parameter
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) and (
-            _SQL_WORDS.search(_literal_text(node.left)) or _SQL_WORDS.search(_literal_text(node.right))):
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Add)
+        and (_SQL_WORDS.search(_literal_text(node.left)) or _SQL_WORDS.search(_literal_text(node.right)))
+    ):
         return [node.left, node.right]
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
-            and _SQL_WORDS.search(_literal_text(node.func.value))):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "format"
+        and _SQL_WORDS.search(_literal_text(node.func.value))
+    ):
         return [*node.args, *(k.value for k in node.keywords)]
     return []
 
@@ -1151,8 +1247,10 @@ def test_sql_text_is_never_built_from_runtime_values():
             found += 1
             for name in _unexpected(names, rel, function):
                 bad.append(f"{rel}:{node.lineno} in {function}(): {{{name}}}")
-    assert not bad, "SQL text built from values that are not audited constants (use %s parameters, or allow-list " \
-                    "(file, function, name) with a reason): " + ", ".join(sorted(set(bad)))
+    assert not bad, (
+        "SQL text built from values that are not audited constants (use %s parameters, or allow-list "
+        "(file, function, name) with a reason): " + ", ".join(sorted(set(bad)))
+    )
     assert found >= 10  # the scan sees the known interpolations
 
 
@@ -1177,7 +1275,7 @@ def test_every_statement_executed_is_a_literal_or_an_audited_builder():
 
 def test_the_sql_scan_catches_formatted_values():
     """The scan itself: each forbidden form is found, each safe one passes (so an empty result means something)."""
-    sample = '''
+    sample = """
 def f(cur, contract, n, tf, mode):
     cur.execute(f"SELECT * FROM ohlc_bars WHERE contract_id = '{contract}'")
     cur.execute("DELETE FROM trades WHERE size > %d" % n)
@@ -1186,7 +1284,7 @@ def f(cur, contract, n, tf, mode):
     cur.execute(f"SELECT * FROM t WHERE unit = {tf.unit}")
     cur.execute(f"SELECT {COLUMNS} FROM t WHERE c = %s" + (" AND x = %s" if n else ""), (contract,))
     cur.execute(_UPSERT_SQL[mode].format(stage=STAGE) + ", ".join(["%s"] * len(n)))
-'''
+"""
     tree = ast.parse(sample)
     flagged = {}
     for node in ast.walk(tree):
@@ -1214,10 +1312,11 @@ INJECTION_TIMEFRAMES = ["5m'; DROP TABLE ohlc_bars; --", "5m OR 1=1", "1m,5m; DR
 
 
 def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(conn, db_url):
-    from projectx_pipeline.backfill import backfill_trade_date
     from projectx_pipeline.analysis.coordination_runner import run_coordination
     from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
-    from projectx_pipeline.storage import coordinated_signals as coordinated, locks
+    from projectx_pipeline.backfill import backfill_trade_date
+    from projectx_pipeline.storage import coordinated_signals as coordinated
+    from projectx_pipeline.storage import locks
     from projectx_pipeline.storage import trend_signals as store
 
     good = _bars()
@@ -1226,8 +1325,12 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
     tables_before = table_names(conn)
     requests_made: list[str] = []
     # an unreachable gateway: anything that got past validation would fail differently (no retries)
-    client = GatewayClient(GatewayConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "u", "k", True),
-                           session=_recording_session(requests_made), rate_limits=False, max_retries=0)
+    client = GatewayClient(
+        GatewayConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "u", "k", True),
+        session=_recording_session(requests_made),
+        rate_limits=False,
+        max_retries=0,
+    )
     tf5 = parse_timeframe("5m")
     day = (datetime(2025, 3, 17, tzinfo=UTC), datetime(2025, 3, 18, tzinfo=UTC))
     refused = 0
@@ -1279,6 +1382,7 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
             run_trend_analysis(conn, MES, bad_tf)
         conn.rollback()
         refused += 2
+
     # a look-alike timeframe object reaches storage reads only as bound parameters: refused as data
     class Fake:
         unit, value, label = "2 OR 1=1", "5", "5m"
@@ -1295,8 +1399,8 @@ def test_injection_shaped_ids_and_timeframes_are_refused_at_every_entry_point(co
 
 
 def test_ids_with_a_trailing_newline_are_refused(conn):
-    from projectx_pipeline.domain.coordination import CoordinationRule
     from projectx_pipeline.domain.contracts import ContractId
+    from projectx_pipeline.domain.coordination import CoordinationRule
     from projectx_pipeline.storage.trend_signals import validate_analyzer_id
 
     problems = []
@@ -1306,8 +1410,13 @@ def test_ids_with_a_trailing_newline_are_refused(conn):
             problems.append(f"{check.__name__} accepted {value!r}")
         except DomainError:
             pass
-    rule = {"name": "long_1h_15m\n", "label": "long", "anchor": {"timeframe": "1h", "type": "uptrend"},
-            "trigger": {"timeframe": "15m", "type": "uptrend"}, "within_minutes": 60}
+    rule = {
+        "name": "long_1h_15m\n",
+        "label": "long",
+        "anchor": {"timeframe": "1h", "type": "uptrend"},
+        "trigger": {"timeframe": "15m", "type": "uptrend"},
+        "within_minutes": 60,
+    }
     try:
         CoordinationRule.from_dict(rule)
         problems.append("CoordinationRule accepted a name ending in a newline")
@@ -1332,7 +1441,7 @@ def test_ids_with_a_trailing_newline_are_refused(conn):
 def test_injection_shaped_settings_are_refused(tmp_path):
     from projectx_pipeline.settings import SettingsError, load_file_settings, load_settings
 
-    for bad in INJECTION_IDS[:3] + ["CON.F.US.MES.M25\"; rm -rf /"]:
+    for bad in INJECTION_IDS[:3] + ['CON.F.US.MES.M25"; rm -rf /']:
         path = tmp_path / "settings.yaml"
         path.write_text(yaml_dump({"contracts": [{"id": bad}], "timeframes": ["5m"]}))
         with pytest.raises(SettingsError, match="contracts"):
@@ -1372,8 +1481,16 @@ def test_injection_shaped_cli_input_is_one_line_exit_2_and_touches_nothing(db_ur
         (["simulate", "--synthetic", INJECTION_IDS[0], "--port", "0"], "invalid contract id"),
         (["simulate", "--speed", "1; DROP TABLE ohlc_bars"], "invalid speed"),
     ]
-    procs = [(subprocess.Popen([sys.executable, "-m", "projectx_pipeline", *args], env=env, cwd=tmp_path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE), args, needle) for args, needle in cases]
+    procs = [
+        (
+            subprocess.Popen(
+                [sys.executable, "-m", "projectx_pipeline", *args], env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ),
+            args,
+            needle,
+        )
+        for args, needle in cases
+    ]
     for proc, args, needle in procs:
         out, err = proc.communicate(timeout=90)
         lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -1390,7 +1507,7 @@ def test_injection_shaped_cli_input_is_one_line_exit_2_and_touches_nothing(db_ur
 def _decode_address(hex_addr: str) -> str:
     if len(hex_addr) == 8:
         return socket.inet_ntop(socket.AF_INET, bytes.fromhex(hex_addr)[::-1])
-    words = [bytes.fromhex(hex_addr[i:i + 8])[::-1] for i in range(0, 32, 8)]
+    words = [bytes.fromhex(hex_addr[i : i + 8])[::-1] for i in range(0, 32, 8)]
     return socket.inet_ntop(socket.AF_INET6, b"".join(words))
 
 
@@ -1455,8 +1572,7 @@ def test_local_database_listens_on_localhost_only_and_asks_for_a_password(local_
     finally:
         good.close()
     # pg_hba.conf: password (SCRAM) for every connection, TCP and socket; never trust
-    rules = [ln.split() for ln in (local_cluster.data / "pg_hba.conf").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    rules = [ln.split() for ln in (local_cluster.data / "pg_hba.conf").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert rules
     assert {r[0] for r in rules} <= {"local", "host", "hostssl", "hostnossl"}
     assert all(r[-1] == "scram-sha-256" for r in rules), rules
@@ -1528,8 +1644,10 @@ def test_dev_binds_everything_it_starts_to_localhost_by_default(db_url, tmp_path
 
 
 def test_the_control_endpoint_exists_only_in_the_simulator():
-    route_makers = re.compile(r"\b(add_routes?|web\.(get|post|put|delete|route)|TCPSite|create_server|HTTPServer|"
-                              r"serve_forever|uvicorn|Starlette|FastAPI|Flask)\b")
+    route_makers = re.compile(
+        r"\b(add_routes?|web\.(get|post|put|delete|route)|TCPSite|create_server|HTTPServer|"
+        r"serve_forever|uvicorn|Starlette|FastAPI|Flask)\b"
+    )
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
         text = path.read_text()

@@ -30,11 +30,15 @@ from .support.network import free_port
 from .support.paths import REPO
 
 # Written in pieces so that this file does not match itself.
-OUTSIDE_REFERENCE = re.compile("|".join([
-    r"\.\./" + "shared",
-    r"/" + r"shared/(data|docs|hooks|timescaledb)",
-    r"work/" + "shared",
-]))
+OUTSIDE_REFERENCE = re.compile(
+    "|".join(
+        [
+            r"\.\./" + "shared",
+            r"/" + r"shared/(data|docs|hooks|timescaledb)",
+            r"work/" + "shared",
+        ]
+    )
+)
 # CI may build TimescaleDB with the reference folder's script when it is there: the one exception.
 ALLOWED = {".ci/run"}
 UNPRIVILEGED_USER = "nobody"
@@ -126,8 +130,11 @@ def read_only_install(install_base) -> Path:
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, src / rel)
     target = base / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-compile", "--target", str(target), str(src)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-compile", "--target", str(target), str(src)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for root, dirs, files in os.walk(target):
         for d in dirs:
@@ -154,9 +161,11 @@ def test_an_unprivileged_user_runs_everything_over_a_read_only_install(read_only
     env = _env(read_only_install)
 
     # 1. the code location loads (numba compiles its kernel at import), and the package is the install's
-    probe = ("import projectx_pipeline, projectx_pipeline.definitions as d, projectx_pipeline.sample_data as s;"
-             "print(projectx_pipeline.__file__); print(s.sample_path('5m').is_file());"
-             "print(len(d.defs().resolve_asset_graph().get_all_asset_keys()))")
+    probe = (
+        "import projectx_pipeline, projectx_pipeline.definitions as d, projectx_pipeline.sample_data as s;"
+        "print(projectx_pipeline.__file__); print(s.sample_path('5m').is_file());"
+        "print(len(d.defs().resolve_asset_graph().get_all_asset_keys()))"
+    )
     proc = subprocess.run([python, "-c", probe], env=env, cwd="/", capture_output=True, text=True, timeout=240, **as_user)
     assert proc.returncode == 0, proc.stderr[-3000:]
     module_file, sample_ok, _ = proc.stdout.splitlines()[-3:]
@@ -164,27 +173,50 @@ def test_an_unprivileged_user_runs_everything_over_a_read_only_install(read_only
     assert sample_ok == "True"
 
     # 2. the numba kernel runs: trend starts of the packaged 4h sample
-    proc = subprocess.run([python, "-m", "projectx_pipeline", "trend-starts", str(read_only_install / "projectx_pipeline" / "sample_data" / f"{SAMPLE_CONTRACT}_4h.csv")],
-                          env=env, cwd="/", capture_output=True, text=True, timeout=240, **as_user)
+    proc = subprocess.run(
+        [
+            python,
+            "-m",
+            "projectx_pipeline",
+            "trend-starts",
+            str(read_only_install / "projectx_pipeline" / "sample_data" / f"{SAMPLE_CONTRACT}_4h.csv"),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **as_user,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = proc.stdout.strip().splitlines()
     assert rows[0].startswith("type,start_ts") and len(rows) > 10, proc.stdout[:500]
 
     # 3. the simulator (default replay: the packaged sample) and the daemon, storing bars
     port = free_port()
-    sim = subprocess.Popen([python, "-m", "projectx_pipeline", "simulate", "--port", str(port), "--speed", "3000",
-                            "--wait-for-subscriber", "--no-rate-limit"], env=env, cwd="/",
-                           stdout=open(tmp_path / "sim.out", "wb"), stderr=open(tmp_path / "sim.err", "wb"), **as_user)
+    sim = subprocess.Popen(
+        [python, "-m", "projectx_pipeline", "simulate", "--port", str(port), "--speed", "3000", "--wait-for-subscriber", "--no-rate-limit"],
+        env=env,
+        cwd="/",
+        stdout=open(tmp_path / "sim.out", "wb"),
+        stderr=open(tmp_path / "sim.err", "wb"),
+        **as_user,
+    )
     daemon = None
     try:
         url = f"http://127.0.0.1:{port}"
         settings = install_base / "settings.yaml"
         settings.write_text("contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\ntimeframes: [5m, 1h]\n")
         os.chmod(settings, 0o644)
-        daemon_env = _env(read_only_install, DATABASE_URL=db_url, PROJECTX_API_URL=url, PROJECTX_RTC_URL=url,
-                          PROJECTX_SETTINGS=str(settings))
-        daemon = subprocess.Popen([python, "-m", "projectx_pipeline", "ingest"], env=daemon_env, cwd="/",
-                                  stdout=open(tmp_path / "ingest.out", "wb"), stderr=open(tmp_path / "ingest.err", "wb"), **as_user)
+        daemon_env = _env(read_only_install, DATABASE_URL=db_url, PROJECTX_API_URL=url, PROJECTX_RTC_URL=url, PROJECTX_SETTINGS=str(settings))
+        daemon = subprocess.Popen(
+            [python, "-m", "projectx_pipeline", "ingest"],
+            env=daemon_env,
+            cwd="/",
+            stdout=open(tmp_path / "ingest.out", "wb"),
+            stderr=open(tmp_path / "ingest.err", "wb"),
+            **as_user,
+        )
         deadline = time.monotonic() + 180
         stored = 0
         while stored < 5:

@@ -31,8 +31,9 @@ def test_default_settings_load():
 
 
 def test_secrets_never_show_in_repr():
-    s = load_settings({"PROJECTX_API_KEY": "super-secret-key-123", "PROJECTX_USERNAME": "trader",
-                       "DATABASE_URL": "postgresql://u:db-password-9@127.0.0.1/x"})
+    s = load_settings(
+        {"PROJECTX_API_KEY": "super-secret-key-123", "PROJECTX_USERNAME": "trader", "DATABASE_URL": "postgresql://u:db-password-9@127.0.0.1/x"}
+    )
     text = repr(s) + str(s)
     assert "super-secret-key-123" not in text and "db-password-9" not in text
     assert s.projectx_api_key.get() == "super-secret-key-123"
@@ -47,7 +48,12 @@ def test_secrets_never_show_in_repr():
         ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_seconds: -1}\n", "ingest.grace_seconds = -1"),
         ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_secs: 1}\n", "ingest.grace_secs"),
         ("contracts: [{id: 'CON.F.US.MES.M25', tick_size: 0}]\ntimeframes: [1m]\n", "tick_size = 0"),
-        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ncoordination: {rules: [{name: x, label: long, anchor: {timeframe: 1h, type: up}, trigger: {timeframe: 15m, type: uptrend}, within_minutes: 60}]}\n", "up"),
+        (
+            "contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\n"
+            "coordination: {rules: [{name: x, label: long, anchor: {timeframe: 1h, type: up},"
+            " trigger: {timeframe: 15m, type: uptrend}, within_minutes: 60}]}\n",
+            "up",
+        ),
         ("- just a list\n", "expected a mapping"),
         ("contracts: [\n", "not valid YAML"),
     ],
@@ -125,8 +131,7 @@ def test_projectx_gateway_without_credentials_is_one_line_naming_what_is_missing
 
 
 def test_daemon_stops_at_start_when_the_gateway_choice_is_bad(tmp_path):
-    proc = _cli(["ingest"], {"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_HOME": str(tmp_path)},
-                cwd=str(tmp_path))
+    proc = _cli(["ingest"], {"PROJECTX_GATEWAY": "projectx", "PROJECTX_USERNAME": "trader", "PROJECTX_HOME": str(tmp_path)}, cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "PROJECTX_GATEWAY = 'projectx': PROJECTX_API_KEY not set" in lines[0], proc.stderr
@@ -145,8 +150,11 @@ def test_shards_cover_every_contract_exactly_once():
 
 
 def test_shard_selects_its_contracts(tmp_path):
-    env = _settings_file(tmp_path, "contracts: [{id: CON.F.US.MES.M25}, {id: CON.F.US.MNQ.M25}]\ntimeframes: [1m]\n"
-                                   "ingest: {shards: {east: [CON.F.US.MES.M25], west: [CON.F.US.MNQ.M25]}}\n")
+    env = _settings_file(
+        tmp_path,
+        "contracts: [{id: CON.F.US.MES.M25}, {id: CON.F.US.MNQ.M25}]\ntimeframes: [1m]\n"
+        "ingest: {shards: {east: [CON.F.US.MES.M25], west: [CON.F.US.MNQ.M25]}}\n",
+    )
     assert load_settings({**env, "PROJECTX_SHARD": "west"}).contract_ids == ["CON.F.US.MNQ.M25"]
     with pytest.raises(SettingsError, match="PROJECTX_SHARD = 'north'"):
         load_settings({**env, "PROJECTX_SHARD": "north"})

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from projectx_pipeline.domain.coordination import coordinate
-from projectx_pipeline.domain.market import read_bars_csv
-from projectx_pipeline.domain.errors import DomainError
-from projectx_pipeline.domain.timeframes import bar_end, parse_timeframe
-from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
 from projectx_pipeline.analysis.coordination_runner import run_coordination
 from projectx_pipeline.analysis.trend_analysis import run_trend_analysis
+from projectx_pipeline.domain.coordination import coordinate
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.domain.timeframes import bar_end, parse_timeframe
+from projectx_pipeline.domain.trend_starts import ANALYZER_ID, detect_trend_starts_frame
 from projectx_pipeline.storage import coordinated_signals as coordinated
 from projectx_pipeline.storage import trend_signals as store
 from projectx_pipeline.storage.bars import upsert_bars
@@ -29,6 +29,7 @@ TF5, TF15, TF1H, TF4H = (parse_timeframe(t) for t in ("5m", "15m", "1h", "4h"))
 
 # --------------------------------------------------------------------------- helpers
 
+
 @pytest.fixture(scope="module")
 def samples(sample_dir) -> dict:
     out = {tf: read_bars_csv(sample_dir / f"{MES}_{tf.label}.csv") for tf in (TF5, TF1H, TF4H)}
@@ -40,10 +41,15 @@ def _resample(bars: pd.DataFrame, tf) -> pd.DataFrame:
     """Clock-aligned aggregation of finer bars (the samples have no 15m file)."""
     label = bars["timestamp"].dt.floor(f"{tf.value}min")
     g = bars.groupby(label, sort=True)
-    out = pd.DataFrame({
-        "open": g["open"].first(), "high": g["high"].max(), "low": g["low"].min(),
-        "close": g["close"].last(), "volume": g["volume"].sum(),
-    }).reset_index(names="timestamp")
+    out = pd.DataFrame(
+        {
+            "open": g["open"].first(),
+            "high": g["high"].max(),
+            "low": g["low"].min(),
+            "close": g["close"].last(),
+            "volume": g["volume"].sum(),
+        }
+    ).reset_index(names="timestamp")
     out["contract_id"] = MES
     out["timeframe_unit"], out["timeframe_value"] = tf.unit, tf.value
     return out
@@ -118,12 +124,12 @@ def _signal_id(conn, tf, kind, confirm) -> int:
 
 
 def _set_analyzer_watermark(conn, tf, last_bar_ts) -> None:
-    store.save_analyzer_watermark(conn, ANALYZER_ID, MES, tf, last_bar_ts=pd.Timestamp(last_bar_ts, tz="UTC"),
-                                  bars_processed=1, state={})
+    store.save_analyzer_watermark(conn, ANALYZER_ID, MES, tf, last_bar_ts=pd.Timestamp(last_bar_ts, tz="UTC"), bars_processed=1, state={})
     conn.commit()
 
 
 # --------------------------------------------------------------------------- storage
+
 
 def test_detected_signal_inserts_are_idempotent(conn, samples):
     frame = detect_trend_starts_frame(samples[TF4H])
@@ -169,6 +175,7 @@ def test_coordinated_inserts_are_idempotent_and_ids_are_validated(conn):
 
 
 # --------------------------------------------------------------------------- incremental analysis
+
 
 @pytest.mark.parametrize(("tf", "seed", "max_chunk"), [(TF1H, 1, 120), (TF1H, 2, 400), (TF4H, 3, 60), (TF5, 4, 3000)])
 def test_incremental_analysis_in_random_chunks_equals_full_recompute(conn, samples, tf, seed, max_chunk):
@@ -229,14 +236,19 @@ def test_bars_changed_behind_the_watermark_trigger_an_exact_recompute(conn, samp
     # a bar whose transaction started before the last run but committed after it: its
     # ingested_at is older than anything recorded, the bar count still gives it away
     with conn.cursor() as cur:
-        cur.execute('DELETE FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = 3 AND timeframe_value = 1'
-                    ' AND "timestamp" = %s', (MES, changed["timestamp"].iloc[300].to_pydatetime()))
+        cur.execute(
+            'DELETE FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = 3 AND timeframe_value = 1 AND "timestamp" = %s',
+            (MES, changed["timestamp"].iloc[300].to_pydatetime()),
+        )
     conn.commit()
     assert run_trend_analysis(conn, MES, TF1H).recomputed
     _load(conn, changed.loc[[300]])
     with conn.cursor() as cur:
-        cur.execute("UPDATE ohlc_bars SET ingested_at = '2000-01-01' WHERE contract_id = %s AND timeframe_unit = 3"
-                    ' AND timeframe_value = 1 AND "timestamp" = %s', (MES, changed["timestamp"].iloc[300].to_pydatetime()))
+        cur.execute(
+            "UPDATE ohlc_bars SET ingested_at = '2000-01-01' WHERE contract_id = %s AND timeframe_unit = 3"
+            ' AND timeframe_value = 1 AND "timestamp" = %s',
+            (MES, changed["timestamp"].iloc[300].to_pydatetime()),
+        )
     conn.commit()
     late = run_trend_analysis(conn, MES, TF1H)
     assert late.recomputed
@@ -270,21 +282,34 @@ def test_analysis_refuses_a_connection_with_an_open_transaction(conn):
 
 # --------------------------------------------------------------------------- coordination
 
+
 def test_coordination_cases_end_to_end_through_the_tables(conn):
-    store.insert_detected_signals(conn, ANALYZER_ID, MES, TF1H, _hand_signals(
-        ("uptrend", "2025-03-18 10:00"),    # known 11:00
-        ("downtrend", "2025-03-18 15:00"),  # known 16:00
-        ("uptrend", "2025-03-18 18:00"),    # known 19:00
-        ("uptrend", "2025-03-19 10:00"),    # known 11:00
-        ("uptrend", "2025-03-19 14:00"),    # known 15:00
-    ))
-    store.insert_detected_signals(conn, ANALYZER_ID, MES, TF15, _hand_signals(
-        ("uptrend", "2025-03-18 11:30"),    # known 11:45: inside the 1h anchor's 60 minutes
-        ("downtrend", "2025-03-18 17:00"),  # known 17:15: 75 minutes after the anchor, outside
-        ("downtrend", "2025-03-18 19:00"),  # known 19:15: inside in time, but the opposite type
-        ("uptrend", "2025-03-19 10:45"),    # known 11:00: same instant as the anchor, inside
-        ("uptrend", "2025-03-19 14:15"),    # known 14:30: confirmed by a bar inside the anchor's
-    ))                                      # confirm bar, known BEFORE the anchor: no match
+    store.insert_detected_signals(
+        conn,
+        ANALYZER_ID,
+        MES,
+        TF1H,
+        _hand_signals(
+            ("uptrend", "2025-03-18 10:00"),  # known 11:00
+            ("downtrend", "2025-03-18 15:00"),  # known 16:00
+            ("uptrend", "2025-03-18 18:00"),  # known 19:00
+            ("uptrend", "2025-03-19 10:00"),  # known 11:00
+            ("uptrend", "2025-03-19 14:00"),  # known 15:00
+        ),
+    )
+    store.insert_detected_signals(
+        conn,
+        ANALYZER_ID,
+        MES,
+        TF15,
+        _hand_signals(
+            ("uptrend", "2025-03-18 11:30"),  # known 11:45: inside the 1h anchor's 60 minutes
+            ("downtrend", "2025-03-18 17:00"),  # known 17:15: 75 minutes after the anchor, outside
+            ("downtrend", "2025-03-18 19:00"),  # known 19:15: inside in time, but the opposite type
+            ("uptrend", "2025-03-19 10:45"),  # known 11:00: same instant as the anchor, inside
+            ("uptrend", "2025-03-19 14:15"),  # known 14:30: confirmed by a bar inside the anchor's
+        ),
+    )  # confirm bar, known BEFORE the anchor: no match
     conn.commit()
     _set_analyzer_watermark(conn, TF1H, "2025-03-19 20:00")
     _set_analyzer_watermark(conn, TF15, "2025-03-19 20:45")
@@ -295,13 +320,16 @@ def test_coordination_cases_end_to_end_through_the_tables(conn):
     conn.rollback()
     assert list(rows["label"]) == ["long", "long"]
     assert list(rows["signal_ts"]) == [pd.Timestamp("2025-03-18 11:45", tz="UTC"), pd.Timestamp("2025-03-19 11:00", tz="UTC")]
-    assert list(rows["anchor_signal_id"]) == [_signal_id(conn, TF1H, "uptrend", "2025-03-18 10:00"),
-                                              _signal_id(conn, TF1H, "uptrend", "2025-03-19 10:00")]
-    assert list(rows["trigger_signal_id"]) == [_signal_id(conn, TF15, "uptrend", "2025-03-18 11:30"),
-                                               _signal_id(conn, TF15, "uptrend", "2025-03-19 10:45")]
+    assert list(rows["anchor_signal_id"]) == [
+        _signal_id(conn, TF1H, "uptrend", "2025-03-18 10:00"),
+        _signal_id(conn, TF1H, "uptrend", "2025-03-19 10:00"),
+    ]
+    assert list(rows["trigger_signal_id"]) == [
+        _signal_id(conn, TF15, "uptrend", "2025-03-18 11:30"),
+        _signal_id(conn, TF15, "uptrend", "2025-03-19 10:45"),
+    ]
     # the watermark: the earlier of the two analyses' last closes (1h: 21:00, 15m: 21:00 -> 21:00)
-    assert first.watermarks == {"long_1h_15m": pd.Timestamp("2025-03-19 21:00", tz="UTC"),
-                                "short_1h_15m": pd.Timestamp("2025-03-19 21:00", tz="UTC")}
+    assert first.watermarks == {"long_1h_15m": pd.Timestamp("2025-03-19 21:00", tz="UTC"), "short_1h_15m": pd.Timestamp("2025-03-19 21:00", tz="UTC")}
     assert _assert_no_look_ahead(conn) == 2
 
     rerun = run_coordination(conn, MES, RULES)
@@ -387,6 +415,7 @@ def test_overlapping_coordination_runs_produce_each_output_once(db_url, conn, sa
 
 # --------------------------------------------------------------------------- Dagster
 
+
 def _metadata(result, node: str) -> dict:
     (mat,) = result.asset_materializations_for_node(node)
     return {k: v.value for k, v in mat.metadata.items()}
@@ -407,8 +436,7 @@ def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, sampl
         _load(conn, samples[tf])
     resources = {"storage": StorageResource(database_url=db_url)}
     with DagsterInstance.ephemeral() as instance:
-        result = materialize(analysis.assets, resources=resources, instance=instance,
-                             run_config=analysis.run_config([MES]))
+        result = materialize(analysis.assets, resources=resources, instance=instance, run_config=analysis.run_config([MES]))
         assert result.success
         for tf in (TF5, TF15, TF1H, TF4H):
             md = _metadata(result, f"trend_starts_{tf.label}")
@@ -427,8 +455,9 @@ def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, sampl
         assert _coordinated_keys(conn) == _full_coordination_keys(conn)
         _assert_no_look_ahead(conn)
 
-        again = materialize(analysis.assets, resources=resources, instance=instance,
-                            run_config=analysis.run_config([]))  # empty: every configured contract
+        again = materialize(
+            analysis.assets, resources=resources, instance=instance, run_config=analysis.run_config([])
+        )  # empty: every configured contract
         assert again.success
         md = _metadata(again, "trend_starts_1h")
         assert (md["bars_processed"], md["new_signals"]) == (0, 0)
@@ -444,8 +473,7 @@ def test_definitions_load(monkeypatch):
     loaded = defs()
     Definitions.validate_loadable(loaded)
     job = loaded.resolve_job_def("analysis_job")
-    assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_15m", "trend_starts_1h",
-                                           "trend_starts_4h", "coordinated_signals"}
+    assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_15m", "trend_starts_1h", "trend_starts_4h", "coordinated_signals"}
 
 
 def test_analysis_job_runs_with_the_sensors_run_config(db_url, conn, samples, monkeypatch):

@@ -21,11 +21,11 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.aggregation import aggregate_trades
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
 from projectx_pipeline.domain.timeframes import bar_starts_ns, parse_timeframe
 from projectx_pipeline.domain.timestamps import to_ns
+from projectx_pipeline.errors import UsageError
 from projectx_pipeline.gateway.protocol import RECORD_SEPARATOR as RS
 from projectx_pipeline.gateway.simulator import commands, market
 from projectx_pipeline.gateway.simulator.control import SimulatorControl, SimulatorControlError
@@ -44,6 +44,7 @@ TUESDAY_CASH_SESSION = datetime(2025, 3, 18, 14, 0, tzinfo=timezone.utc)
 
 # --------------------------------------------------------------------------- helpers
 
+
 def login(sim: SimulatorServer, user: str = "tester", api_key: str = "key") -> str:
     body = requests.post(f"{sim.api_url}/api/Auth/loginKey", json={"userName": user, "apiKey": api_key}, timeout=5).json()
     assert body["success"], body
@@ -56,10 +57,19 @@ def api(sim: SimulatorServer, path: str, body, token: str | None) -> requests.Re
     return requests.post(f"{sim.api_url}/api/{path}", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=10)
 
 
-def bars_request(contract_id=MES, start="2025-03-01T00:00:00Z", end="2025-06-01T00:00:00Z", unit=2, unit_number=5,
-                 limit=20_000, include_partial=True) -> dict:
-    return {"contractId": contract_id, "live": False, "startTime": start, "endTime": end, "unit": unit,
-            "unitNumber": unit_number, "limit": limit, "includePartialBar": include_partial}
+def bars_request(
+    contract_id=MES, start="2025-03-01T00:00:00Z", end="2025-06-01T00:00:00Z", unit=2, unit_number=5, limit=20_000, include_partial=True
+) -> dict:
+    return {
+        "contractId": contract_id,
+        "live": False,
+        "startTime": start,
+        "endTime": end,
+        "unit": unit,
+        "unitNumber": unit_number,
+        "limit": limit,
+        "includePartialBar": include_partial,
+    }
 
 
 def retrieve(sim, token, **kwargs) -> list[dict]:
@@ -80,13 +90,19 @@ def rollup(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     tf = parse_timeframe(timeframe)
     labels = bar_starts_ns(bars["timestamp"].array.asi8, tf)
     grouped = bars.groupby(labels, sort=True)
-    out = pd.DataFrame({
-        "contract_id": MES,
-        "timestamp": pd.to_datetime(grouped["timestamp"].first().index, utc=True),
-        "open": grouped["open"].first().to_numpy(), "high": grouped["high"].max().to_numpy(),
-        "low": grouped["low"].min().to_numpy(), "close": grouped["close"].last().to_numpy(),
-        "volume": grouped["volume"].sum().to_numpy(), "timeframe_unit": tf.unit, "timeframe_value": tf.value,
-    })
+    out = pd.DataFrame(
+        {
+            "contract_id": MES,
+            "timestamp": pd.to_datetime(grouped["timestamp"].first().index, utc=True),
+            "open": grouped["open"].first().to_numpy(),
+            "high": grouped["high"].max().to_numpy(),
+            "low": grouped["low"].min().to_numpy(),
+            "close": grouped["close"].last().to_numpy(),
+            "volume": grouped["volume"].sum().to_numpy(),
+            "timeframe_unit": tf.unit,
+            "timeframe_value": tf.value,
+        }
+    )
     return normalize_bars(out[BAR_COLUMNS])
 
 
@@ -110,8 +126,9 @@ class RawHub:
     def __init__(self, sim: SimulatorServer, token: str | None, version: int | None = 1, headers: dict | None = None):
         query = f"?access_token={token}" if token else ""
         url = sim.rtc_url.replace("http://", "ws://") + "/hubs/market" + query
-        self.ws = connect(url, compression=None, ping_interval=None, proxy=None, open_timeout=5, close_timeout=1,
-                          additional_headers=headers, legacy=True)
+        self.ws = connect(
+            url, compression=None, ping_interval=None, proxy=None, open_timeout=5, close_timeout=1, additional_headers=headers, legacy=True
+        )
         self._records: deque[str] = deque()
         self.handshake = None
         if version is not None:
@@ -158,6 +175,7 @@ def trades_of(message: dict) -> list[dict]:
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def sample() -> pd.DataFrame:
     return read_bars_csv(default_replay_path())
@@ -173,8 +191,7 @@ def finished_replay():
 
 @pytest.fixture
 def synthetic_sim():
-    sim = SimulatorServer(synthetic=[MES], speed=60, start_time=TUESDAY_CASH_SESSION, ping_interval=0.2,
-                          rate_limits=False).start()
+    sim = SimulatorServer(synthetic=[MES], speed=60, start_time=TUESDAY_CASH_SESSION, ping_interval=0.2, rate_limits=False).start()
     yield sim
     sim.stop()
 
@@ -187,6 +204,7 @@ def small_replay(tmp_path, sample):
 
 
 # --------------------------------------------------------------------------- REST
+
 
 def test_login_validate_and_readable_token_expiry(finished_replay):
     sim = finished_replay
@@ -203,6 +221,7 @@ def test_login_validate_and_readable_token_expiry(finished_replay):
 
 def test_login_with_configured_credentials():
     with SimulatorServer(synthetic=[MES], username="alice", api_key="secret") as sim:
+
         def attempt(user, key):
             return api(sim, "Auth/loginKey", {"userName": user, "apiKey": key}, None).json()
 
@@ -237,8 +256,15 @@ def test_contract_search_and_search_by_id(finished_replay):
     found = api(sim, "Contract/search", {"searchText": "mes", "live": False}, token).json()
     assert found["success"] and [c["id"] for c in found["contracts"]] == [MES]
     contract = api(sim, "Contract/searchById", {"contractId": MES}, token).json()["contract"]
-    assert contract == {"id": MES, "name": "MESM5", "description": "Micro E-mini S&P 500: June 2025", "tickSize": 0.25,
-                        "tickValue": 1.25, "activeContract": True, "symbolId": "F.US.MES"}
+    assert contract == {
+        "id": MES,
+        "name": "MESM5",
+        "description": "Micro E-mini S&P 500: June 2025",
+        "tickSize": 0.25,
+        "tickValue": 1.25,
+        "activeContract": True,
+        "symbolId": "F.US.MES",
+    }
     missing = api(sim, "Contract/searchById", {"contractId": "CON.F.US.ES.M25"}, token).json()
     assert (missing["success"], missing["errorCode"]) == (False, 1)
     assert api(sim, "Contract/search", {"searchText": "NQ", "live": False}, token).json()["contracts"] == []
@@ -278,8 +304,14 @@ def test_retrieve_bars_order_window_limit_and_cap(finished_replay, sample):
     assert minute_bars[0]["t"] == sim.history_bars(MES, "1m")["timestamp"].iloc[-1].strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
     assert retrieve(sim, token, start="2025-04-01T15:00:00Z", end="2025-04-01T14:00:00Z") == []
-    for override, code in [({"contract_id": "CON.F.US.ES.M25"}, 1), ({"unit": 9}, 2), ({"unit_number": 0}, 3),
-                           ({"unit": 2, "unit_number": 7}, 3), ({"unit": 4, "unit_number": 2}, 3), ({"limit": 0}, 4)]:
+    for override, code in [
+        ({"contract_id": "CON.F.US.ES.M25"}, 1),
+        ({"unit": 9}, 2),
+        ({"unit_number": 0}, 3),
+        ({"unit": 2, "unit_number": 7}, 3),
+        ({"unit": 4, "unit_number": 2}, 3),
+        ({"limit": 0}, 4),
+    ]:
         body = api(sim, "History/retrieveBars", bars_request(**override), token).json()
         assert (body["success"], body["errorCode"]) == (False, code), override
 
@@ -318,6 +350,7 @@ def test_rate_limits_answer_429_with_retry_after():
 
 # --------------------------------------------------------------------------- market hub
 
+
 def test_hub_rejects_bad_tokens_before_upgrading(finished_replay):
     with pytest.raises(InvalidStatus) as refused:
         RawHub(finished_replay, "bogus")
@@ -343,8 +376,7 @@ def test_hub_handshake_versions_and_protocols(finished_replay):
 
 def test_hub_streams_trades_quotes_depth_and_pings_to_the_end_of_the_replay(small_replay, sample):
     expected = sample.iloc[:300].reset_index(drop=True)
-    with SimulatorServer(replay=small_replay, speed="max", wait_for_subscriber=True, ping_interval=0.2,
-                         quote_interval=0.2) as sim:
+    with SimulatorServer(replay=small_replay, speed="max", wait_for_subscriber=True, ping_interval=0.2, quote_interval=0.2) as sim:
         hub = RawHub(sim, login(sim))
         unknown = hub.invoke("SubscribeContractTrades", "CON.F.US.ES.M25", "1")
         assert "not found" in unknown["error"]
@@ -375,8 +407,13 @@ def test_hub_streams_trades_quotes_depth_and_pings_to_the_end_of_the_replay(smal
         forms = {re.fullmatch(r".*:\d\d(?:\.(\d+))?(Z|\+00:00)", t["timestamp"]).groups() for t in trades}
         fraction_digits = {len(fraction or "") for fraction, _ in forms}
         assert fraction_digits >= {0, 3, 7} and {zone for _, zone in forms} == {"Z", "+00:00"}, "several ISO forms"
-        live = aggregate_trades(MES, [pd.Timestamp(parse_ts(t["timestamp"])).value for t in trades],
-                                [t["price"] for t in trades], [t["volume"] for t in trades], parse_timeframe("5m"))
+        live = aggregate_trades(
+            MES,
+            [pd.Timestamp(parse_ts(t["timestamp"])).value for t in trades],
+            [t["price"] for t in trades],
+            [t["volume"] for t in trades],
+            parse_timeframe("5m"),
+        )
         pd.testing.assert_frame_equal(normalize_bars(live), expected)
         last_quote = quotes[-1]
         assert parse_ts(last_quote["timestamp"]) == end_of_replay, "a final quote closes the last bar"
@@ -393,8 +430,7 @@ def test_signalrcore_client_connects_subscribes_and_receives_trades():
         received: deque = deque()
         connection = (
             HubConnectionBuilder()
-            .with_url(f"{sim.rtc_url}/hubs/market?access_token={token}",
-                      options={"skip_negotiation": True, "access_token_factory": lambda: token})
+            .with_url(f"{sim.rtc_url}/hubs/market?access_token={token}", options={"skip_negotiation": True, "access_token_factory": lambda: token})
             .with_hub_protocol(JsonHubProtocol(version=1))
             .build()
         )
@@ -473,6 +509,7 @@ def test_history_does_not_depend_on_how_the_window_is_walked(timeframe):
 
 
 # --------------------------------------------------------------------------- fault injection
+
 
 def subscribed(sim: SimulatorServer) -> RawHub:
     hub = RawHub(sim, login(sim))
@@ -647,6 +684,7 @@ def test_status_reports_connections_and_subscriptions(synthetic_sim):
 
 # --------------------------------------------------------------------------- construction and CLI
 
+
 def test_default_sample_can_be_relocated_and_missing_files_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("PROJECTX_SAMPLE_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="PROJECTX_SAMPLE_DIR"):
@@ -665,21 +703,35 @@ def simulate_args(*argv: str):
     return parser.parse_args(list(argv))
 
 
-@pytest.mark.parametrize("argv", [["--speed", "fast"], ["--speed", "0"], ["--synthetic", "MES"],
-                                  ["--replay", "/nonexistent.csv"], ["--replay", "x.csv", "--synthetic", MES],
-                                  ["--port", "70000"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--speed", "fast"],
+        ["--speed", "0"],
+        ["--synthetic", "MES"],
+        ["--replay", "/nonexistent.csv"],
+        ["--replay", "x.csv", "--synthetic", MES],
+        ["--port", "70000"],
+    ],
+)
 def test_cli_usage_errors(argv):
     with pytest.raises(UsageError):
         commands.run(simulate_args(*argv))
 
 
 def test_cli_prints_urls_and_exits_cleanly_on_sigterm():
-    script = ("import argparse, sys\n"
-              "from projectx_pipeline.gateway.simulator import commands\n"
-              "parser = argparse.ArgumentParser(); commands.add_arguments(parser)\n"
-              "sys.exit(commands.run(parser.parse_args(sys.argv[1:])))\n")
-    process = subprocess.Popen([sys.executable, "-c", script, "--port", "0", "--synthetic", MES, "--no-rate-limit"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    script = (
+        "import argparse, sys\n"
+        "from projectx_pipeline.gateway.simulator import commands\n"
+        "parser = argparse.ArgumentParser(); commands.add_arguments(parser)\n"
+        "sys.exit(commands.run(parser.parse_args(sys.argv[1:])))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, "--port", "0", "--synthetic", MES, "--no-rate-limit"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         urls = dict(part.split("=", 1) for part in process.stdout.readline().split())
         assert urls["PROJECTX_API_URL"].startswith("http://127.0.0.1:") and urls["PROJECTX_RTC_URL"] == urls["PROJECTX_API_URL"]

@@ -55,6 +55,7 @@ def _empty_database(db_server, name: str) -> str:
 
 # --------------------------------------------------------------------------- migrations
 
+
 def test_migrations_from_empty_and_rerun(db_server):
     conn = connect(_empty_database(db_server, "mig_empty"))
     try:
@@ -62,8 +63,16 @@ def test_migrations_from_empty_and_rerun(db_server):
         applied = migrate(conn)
         assert applied == [m.version for m in available_migrations()]
         assert {
-            "ohlc_bars", "trades", "detected_signals", "analyzer_watermarks", "coordinator_watermarks",
-            "coordinated_signals", "ingestion_heartbeats", "schema_migrations", "bar_repairs", "bar_revisions",
+            "ohlc_bars",
+            "trades",
+            "detected_signals",
+            "analyzer_watermarks",
+            "coordinator_watermarks",
+            "coordinated_signals",
+            "ingestion_heartbeats",
+            "schema_migrations",
+            "bar_repairs",
+            "bar_revisions",
         } <= table_names(conn)
         assert migrate(conn) == []  # re-run: nothing to do
         with conn.cursor() as cur:
@@ -90,6 +99,7 @@ def test_storage_mode_reported(conn):
 
 
 # --------------------------------------------------------------------------- upserts
+
 
 def test_keep_existing_inserts_then_keeps(conn, sample_5m):
     bars = sample_5m.iloc[:500]
@@ -130,8 +140,17 @@ def test_prices_round_trip_exactly(conn):
     ts = pd.Timestamp("2025-03-17T14:00:00Z")
     prices = [5719.25, 0.1 + 0.2, 1e-9 + 1234.5, 98765.4321, 1 / 3]
     rows = [
-        {"contract_id": MES, "timestamp": ts + pd.Timedelta(minutes=5 * i), "open": p, "high": p, "low": p, "close": p,
-         "volume": 2**40 + i, "timeframe_unit": 2, "timeframe_value": 5}
+        {
+            "contract_id": MES,
+            "timestamp": ts + pd.Timedelta(minutes=5 * i),
+            "open": p,
+            "high": p,
+            "low": p,
+            "close": p,
+            "volume": 2**40 + i,
+            "timeframe_unit": 2,
+            "timeframe_value": 5,
+        }
         for i, p in enumerate(prices)
     ]
     df = pd.DataFrame(rows)
@@ -148,7 +167,7 @@ def test_invalid_bar_rejects_whole_batch_with_clear_error(conn, sample_5m):
         upsert_bars(conn, batch, mode="keep", source="live")
     conn.rollback()  # the caller ends the failed transaction
     # the message names the violated rule and the offending bar (row 10 starts 22:50)
-    assert "violates check constraint \"ohlc_bars_" in str(exc.value)
+    assert 'violates check constraint "ohlc_bars_' in str(exc.value)
     assert "2025-03-16 22:50:00+00" in str(exc.value)
     assert read_bars(conn, MES, TF5).empty  # nothing of that batch stored
 
@@ -195,6 +214,7 @@ def test_last_bar_times(conn, sample_5m):
 
 # --------------------------------------------------------------------------- NOTIFY
 
+
 def test_notify_received_by_listen_connection_with_payloads(db_url, conn, sample_5m):
     listener = _listen(db_url, "ohlc_update")
     try:
@@ -206,8 +226,16 @@ def test_notify_received_by_listen_connection_with_payloads(db_url, conn, sample
         bars = json.loads(payloads[0])
         assert [b["timestamp"] for b in bars] == ["2025-03-16T22:00:00+00:00", "2025-03-16T22:05:00+00:00", "2025-03-16T22:10:00+00:00"]
         first = bars[0]
-        assert first == {"contract_id": MES, "timeframe": "5m", "timestamp": "2025-03-16T22:00:00+00:00",
-                         "open": 5679.75, "high": 5684.0, "low": 5675.25, "close": 5678.25, "volume": 2177}
+        assert first == {
+            "contract_id": MES,
+            "timeframe": "5m",
+            "timestamp": "2025-03-16T22:00:00+00:00",
+            "open": 5679.75,
+            "high": 5684.0,
+            "low": 5675.25,
+            "close": 5678.25,
+            "volume": 2177,
+        }
         # unchanged bars are not announced again
         upsert_bars(conn, batch, mode="keep", source="live")
         conn.commit()
@@ -248,6 +276,7 @@ def test_nothing_is_notified_when_the_batch_fails(db_url, conn, sample_5m):
 
 
 # --------------------------------------------------------------------------- retention
+
 
 def test_plain_postgres_trade_retention(conn):
     now = pd.Timestamp("2025-05-01T00:00:00Z").to_pydatetime()

@@ -39,8 +39,9 @@ def _one(conn, sql, params=()):
 
 def _compressed_chunks(conn, table: str) -> tuple[int, int]:
     """(compressed, total) chunks of a hypertable."""
-    return _one(conn, "SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks"
-                      " WHERE hypertable_name = %s", (table,))
+    return _one(
+        conn, "SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks WHERE hypertable_name = %s", (table,)
+    )
 
 
 def test_the_suite_runs_on_the_backend_it_was_asked_for(conn):
@@ -48,14 +49,19 @@ def test_the_suite_runs_on_the_backend_it_was_asked_for(conn):
     version = timescaledb_active(conn)
     if expected is not None:
         assert bool(version) == (expected == "1"), (
-            f"PROJECTX_EXPECT_TIMESCALEDB={expected!r} but the test server runs "
-            f"{'TimescaleDB ' + version if version else 'plain PostgreSQL'}")
+            f"PROJECTX_EXPECT_TIMESCALEDB={expected!r} but the test server runs {'TimescaleDB ' + version if version else 'plain PostgreSQL'}"
+        )
     if version:
         hypertables = {r[0] for r in _all(conn, "SELECT hypertable_name FROM timescaledb_information.hypertables")}
         assert hypertables == {"ohlc_bars", "trades"}
-        settings = {(r[0], r[1], r[2]) for r in _all(conn, "SELECT hypertable::text, segmentby, orderby"
-                                                          " FROM timescaledb_information.hypertable_columnstore_settings")} \
-            if has_columnstore_api(version) else None
+        settings = (
+            {
+                (r[0], r[1], r[2])
+                for r in _all(conn, "SELECT hypertable::text, segmentby, orderby FROM timescaledb_information.hypertable_columnstore_settings")
+            }
+            if has_columnstore_api(version)
+            else None
+        )
         if settings is not None:
             assert ("ohlc_bars", "contract_id,timeframe_unit,timeframe_value", '"timestamp"') in settings
             assert ("trades", "contract_id", '"timestamp"') in settings
@@ -111,8 +117,10 @@ def test_upserts_and_revisions_land_in_columnstore_chunks(conn, sample_5m):
 def _insert_trades(conn, now: datetime, ages_days: list[int]) -> None:
     with conn.cursor() as cur:
         for days in ages_days:
-            cur.execute('INSERT INTO trades (contract_id, "timestamp", price, size, side, received_at)'
-                        ' VALUES (%s, %s, 5000.25, 1, 0, %s)', (MES, now - timedelta(days=days), now))
+            cur.execute(
+                'INSERT INTO trades (contract_id, "timestamp", price, size, side, received_at) VALUES (%s, %s, 5000.25, 1, 0, %s)',
+                (MES, now - timedelta(days=days), now),
+            )
     conn.commit()
 
 

@@ -8,8 +8,7 @@ import json
 import math
 import subprocess
 import sys
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -17,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .support.paths import SAMPLE_DIR
-from projectx_pipeline.errors import UsageError
+from projectx_pipeline.analysis import commands
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.trend_starts import (
     ANALYZER_ID,
@@ -30,13 +28,15 @@ from projectx_pipeline.domain.trend_starts import (
     reference_emissions,
     validate_bars_for_detection,
 )
-from projectx_pipeline.analysis import commands
+from projectx_pipeline.errors import UsageError
+
+from .support.paths import SAMPLE_DIR
 
 DATA = SAMPLE_DIR
 SAMPLES = ("4h", "1h", "5m")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sample(tf: str) -> pd.DataFrame:
     return read_bars_csv(DATA / f"CON.F.US.MES.M25_{tf}.csv")
 
@@ -51,9 +51,7 @@ def spec_order(signals: list[Signal]) -> list[Signal]:
 
 
 def bar_rows(df: pd.DataFrame) -> list[tuple]:
-    return list(
-        zip(df["timestamp"], df["open"].tolist(), df["high"].tolist(), df["low"].tolist(), df["close"].tolist())
-    )
+    return list(zip(df["timestamp"], df["open"].tolist(), df["high"].tolist(), df["low"].tolist(), df["close"].tolist()))
 
 
 def stream(df: pd.DataFrame, detector: TrendStartDetector | None = None, **params) -> list[Signal]:
@@ -93,12 +91,11 @@ def bar_series(draw, max_size: int = 120, well_formed: bool = True) -> pd.DataFr
     return bars_frame(rows)
 
 
-parameters = st.fixed_dictionaries(
-    {"exhaustion_window": st.integers(0, 10), "containment_grace": st.integers(0, 8)}
-)
+parameters = st.fixed_dictionaries({"exhaustion_window": st.integers(0, 10), "containment_grace": st.integers(0, 8)})
 
 
 # --------------------------------------------------------------------------- §8 test vectors
+
 
 def test_first_4h_rows_match_the_spec():
     expected = [
@@ -164,6 +161,7 @@ def test_alternation_counts(tf, bars, in_emission_order, in_output):
 
 # --------------------------------------------------------------------------- the three forms agree
 
+
 @pytest.mark.parametrize("tf", SAMPLES)
 def test_forms_agree_on_samples(tf):
     df = sample(tf)
@@ -216,15 +214,14 @@ def test_forms_agree_on_bars_with_open_or_close_outside_the_range(bars):
 
 def test_e6_is_reachable_on_malformed_bars():
     """§5.E6 can only fire when the PDS bar opens below its low; implemented anyway."""
-    bars = bars_frame(
-        [(4, 3, 1, 3), (5, 3, 0, 0), (1, 1, 1, 1), (1, 3, 0, 2), (3, 4, 4, 2), (4, 5, 3, 5)], freq="1h"
-    )
+    bars = bars_frame([(4, 3, 1, 3), (5, 3, 0, 0), (1, 1, 1, 1), (1, 3, 0, 2), (3, 4, 4, 2), (4, 5, 3, 5)], freq="1h")
     expected = ("downtrend", 5, 6, "OutsideBarStrongerClose_H")
     for signals in (detect_trend_starts_reference(bars), detect_trend_starts(bars), spec_order(stream(bars))):
         assert expected in [(s.type, s.start_bar, s.confirm_bar, s.rule) for s in signals]
 
 
 # --------------------------------------------------------------------------- causality (§7.7)
+
 
 @pytest.mark.parametrize("tf", ["4h", "1h"])
 def test_every_prefix_gives_the_full_runs_signals(tf):
@@ -243,6 +240,7 @@ def test_prefix_property_on_random_bars(bars, data):
 
 
 # --------------------------------------------------------------------------- persistence
+
 
 def run_in_chunks(df: pd.DataFrame, sizes: list[int]) -> tuple[list[Signal], dict]:
     """An incremental run: each chunk restores the JSON state left by the previous one."""
@@ -325,6 +323,7 @@ def test_parameters_must_be_non_negative_integers(bad):
 
 # --------------------------------------------------------------------------- validation (§7.8)
 
+
 def _bad_bars(row: int, column: str, value) -> pd.DataFrame:
     df = sample("4h").iloc[:10].copy()
     df.loc[row, column] = value
@@ -375,8 +374,8 @@ def test_streaming_rejects_a_bad_bar_without_changing_state():
     for row in rows[:300]:
         out += detector.update(*row)
     before = detector.snapshot()
-    ts, o, h, l, c = rows[300]
-    for bad in [(ts, o, l - 1, l, c), (ts, math.nan, h, l, c), (rows[299][0], o, h, l, c), (None, o, h, l, c)]:
+    ts, o, h, low, c = rows[300]
+    for bad in [(ts, o, low - 1, low, c), (ts, math.nan, h, low, c), (rows[299][0], o, h, low, c), (None, o, h, low, c)]:
         with pytest.raises(ValueError, match="invalid bar"):
             detector.update(*bad)
         assert detector.snapshot() == before
@@ -393,6 +392,7 @@ def test_empty_and_tiny_inputs():
 
 # --------------------------------------------------------------------------- the command
 
+
 def test_command_prints_csv(capsys):
     assert commands.run(argparse.Namespace(file=str(DATA / "CON.F.US.MES.M25_4h.csv"))) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -406,13 +406,8 @@ def test_command_prints_csv(capsys):
 
 
 def test_command_in_a_subprocess():
-    code = (
-        "import argparse, sys; from projectx_pipeline.analysis import commands; "
-        "sys.exit(commands.run(argparse.Namespace(file=sys.argv[1])))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(DATA / "CON.F.US.MES.M25_1h.csv")], capture_output=True, text=True, timeout=120
-    )
+    code = "import argparse, sys; from projectx_pipeline.analysis import commands; sys.exit(commands.run(argparse.Namespace(file=sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, str(DATA / "CON.F.US.MES.M25_1h.csv")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "type,start_ts,confirm_ts,rule,start_price" and len(lines) == 1 + 335

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars
 from projectx_pipeline.domain.trend_starts import detect_trend_starts_frame
+from projectx_pipeline.errors import UsageError
 
 OUTPUT_COLUMNS = ["type", "start_ts", "confirm_ts", "rule", "start_price"]
 _ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"

@@ -20,14 +20,14 @@ calls work inside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.coordination import CoordinationRule, coordinate, known_at, replay_start
 from ..domain.contracts import ContractId
+from ..domain.coordination import CoordinationRule, coordinate, known_at, replay_start
 from ..domain.trend_starts import ANALYZER_ID
 from ..storage import coordinated_signals as coordinated
 from ..storage import locks, trend_signals
@@ -81,11 +81,7 @@ def run_coordination(
             if wm is not None:
                 out = out[out["signal_ts"] > pd.Timestamp(wm)]
             new += coordinated.insert_coordinated(conn, out)
-            closes = [
-                known_at(last_bars[tf], tf)
-                for tf in (rule.anchor_timeframe, rule.trigger_timeframe)
-                if tf in last_bars
-            ]
+            closes = [known_at(last_bars[tf], tf) for tf in (rule.anchor_timeframe, rule.trigger_timeframe) if tf in last_bars]
             if len(closes) == 2:
                 caught_up = min(closes).to_pydatetime()
                 if wm is None or caught_up > wm:

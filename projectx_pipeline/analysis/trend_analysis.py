@@ -106,12 +106,18 @@ def _state(detector: TrendStartDetector, rows: list[tuple], previous: dict | Non
     }
 
 
-def _save_watermark(conn, analyzer_id: str, contract_id: str, tf: Timeframe, detector: TrendStartDetector,
-                    rows: list[tuple], previous: dict | None) -> None:
+def _save_watermark(
+    conn, analyzer_id: str, contract_id: str, tf: Timeframe, detector: TrendStartDetector, rows: list[tuple], previous: dict | None
+) -> None:
     """Record that the detector has seen every bar through the last of `rows`, and its state."""
     store.save_analyzer_watermark(
-        conn, analyzer_id, contract_id, tf,
-        last_bar_ts=rows[-1][0], bars_processed=detector.bars_processed, state=_state(detector, rows, previous),
+        conn,
+        analyzer_id,
+        contract_id,
+        tf,
+        last_bar_ts=rows[-1][0],
+        bars_processed=detector.bars_processed,
+        state=_state(detector, rows, previous),
     )
 
 
@@ -126,12 +132,7 @@ def _first_difference(stored: pd.DataFrame, computed: pd.DataFrame) -> pd.Timest
         for col in ("start_ts", "confirm_ts"):
             frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
     m = s.merge(c, on=["type", "start_ts"], how="outer", suffixes=("_s", "_c"), indicator=True)
-    differs = (
-        (m["_merge"] != "both")
-        | (m["confirm_ts_s"] != m["confirm_ts_c"])
-        | (m["rule_s"] != m["rule_c"])
-        | (m["price_s"] != m["price_c"])
-    )
+    differs = (m["_merge"] != "both") | (m["confirm_ts_s"] != m["confirm_ts_c"]) | (m["rule_s"] != m["rule_c"]) | (m["price_s"] != m["price_c"])
     if not differs.any():
         return None
     candidates = pd.concat([m.loc[differs, "confirm_ts_s"], m.loc[differs, "confirm_ts_c"]]).dropna()
@@ -223,9 +224,7 @@ def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -
         # rows referencing signals, so taking it first rules out a lock-order deadlock.
         locks.lock_coordination(conn, contract_id)
         deleted = store.delete_signals_confirmed_from(conn, analyzer_id, contract_id, tf, changed_from)
-        inserted = store.insert_detected_signals(
-            conn, analyzer_id, contract_id, tf, computed[computed["confirm_ts"] >= changed_from]
-        )
+        inserted = store.insert_detected_signals(conn, analyzer_id, contract_id, tf, computed[computed["confirm_ts"] >= changed_from])
         coordinated.rewind_coordinator_watermarks(conn, contract_id, changed_from)
     last_bar_ts = rows[-1][0] if rows else None
     if rows:

@@ -28,7 +28,6 @@ class ContractId(str):
             return value
         if not isinstance(value, str) or not CONTRACT_ID_RE.fullmatch(value):
             raise DomainError(
-                f"invalid contract id {value!r}: expected the gateway's form "
-                "CON.F.<country>.<root>.<month code><2-digit year>, e.g. CON.F.US.MES.M25"
+                f"invalid contract id {value!r}: expected the gateway's form CON.F.<country>.<root>.<month code><2-digit year>, e.g. CON.F.US.MES.M25"
             )
         return super().__new__(cls, value)

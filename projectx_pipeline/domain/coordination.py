@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DomainError
-from .timeframes import bar_end, bar_starts_ns, parse_timeframe, Timeframe
+from .timeframes import Timeframe, bar_end, bar_starts_ns, parse_timeframe
 from .timestamps import from_ns, to_ns
 from .trend_starts import DOWNTREND, UPTREND
 
@@ -73,9 +73,7 @@ class CoordinationRule:
     def __post_init__(self) -> None:
         where = f"coordination rule {self.name!r}"
         if not isinstance(self.name, str) or not _RULE_NAME_RE.fullmatch(self.name):
-            raise DomainError(
-                f"invalid coordination rule name {self.name!r}: expected 1-64 letters, digits, '_', '.' or '-'"
-            )
+            raise DomainError(f"invalid coordination rule name {self.name!r}: expected 1-64 letters, digits, '_', '.' or '-'")
         if not isinstance(self.label, str) or not self.label.strip():
             raise DomainError(f"{where}: invalid label {self.label!r}: expected a non-empty string such as long")
         for side, tf, kind in (
@@ -87,14 +85,9 @@ class CoordinationRule:
             if kind not in SIGNAL_TYPES:
                 raise DomainError(f"{where}: invalid {side} type {kind!r}: expected uptrend or downtrend")
         if self.anchor_type != self.trigger_type:
-            raise DomainError(
-                f"{where}: anchor type {self.anchor_type} and trigger type {self.trigger_type} differ: "
-                "opposite types never coordinate"
-            )
+            raise DomainError(f"{where}: anchor type {self.anchor_type} and trigger type {self.trigger_type} differ: opposite types never coordinate")
         if self.anchor_timeframe == self.trigger_timeframe:
-            raise DomainError(
-                f"{where}: anchor and trigger are both {self.anchor_timeframe}: expected two different timeframes"
-            )
+            raise DomainError(f"{where}: anchor and trigger are both {self.anchor_timeframe}: expected two different timeframes")
         if not isinstance(self.within, timedelta) or self.within < timedelta(0):
             raise DomainError(f"{where}: invalid within {self.within!r}: expected a non-negative duration")
 
@@ -117,12 +110,7 @@ class CoordinationRule:
                 raise DomainError(f"{where}: {side}.timeframe: {exc}") from None
             sides[side] = (tf, value["type"])
         minutes = data["within_minutes"]
-        if (
-            not isinstance(minutes, (int, float))
-            or isinstance(minutes, bool)
-            or not math.isfinite(minutes)
-            or minutes < 0
-        ):
+        if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not math.isfinite(minutes) or minutes < 0:
             raise DomainError(f"{where}: invalid within_minutes {minutes!r}: expected a number of minutes >= 0, e.g. 60")
         return cls(
             name=data["name"],
@@ -248,8 +236,7 @@ def _prepare(signals: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         if misaligned.any():
             k = int(np.flatnonzero(rows)[np.argmax(misaligned)])
             raise ValueError(
-                f"{_signal_name(work, k)}: confirm_ts {pd.Timestamp(int(confirm_ns[k]), tz='UTC').isoformat()} "
-                f"is not the label of a {tf} bar"
+                f"{_signal_name(work, k)}: confirm_ts {pd.Timestamp(int(confirm_ns[k]), tz='UTC').isoformat()} is not the label of a {tf} bar"
             )
         known = known_ns[rows] = known_at_ns(confirm, tf)
         # A session-anchored label in the daily maintenance break would "close" as it opens.
@@ -317,9 +304,7 @@ def coordinate(signals: pd.DataFrame, rules: Iterable[CoordinationRule]) -> pd.D
     out = pd.concat(parts, ignore_index=True)
     for column in ("signal_ts", "anchor_known_at", "trigger_known_at"):
         out[column] = pd.to_datetime(out[column].to_numpy(), utc=True)
-    out = out.sort_values(
-        ["contract_id", "signal_ts", "rule", "anchor_known_at", "anchor_signal_id"], kind="mergesort"
-    )
+    out = out.sort_values(["contract_id", "signal_ts", "rule", "anchor_known_at", "anchor_signal_id"], kind="mergesort")
     return out.reset_index(drop=True)[OUTPUT_COLUMNS]
 
 

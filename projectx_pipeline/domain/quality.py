@@ -18,7 +18,7 @@ from .timestamps import to_ns
 @dataclass(frozen=True)
 class Session:
     trade_date: date
-    open: datetime   # UTC
+    open: datetime  # UTC
     close: datetime  # UTC (early closes included)
 
 
@@ -45,10 +45,13 @@ def bar_schema(tick_size: float) -> pa.DataFrameSchema:
     """Types, OHLC invariants, tick grid, non-negative volume, unique keys, ascending timestamps."""
 
     def price(name: str) -> pa.Column:
-        return pa.Column(float, [
-            pa.Check(np.isfinite, element_wise=False, error=f"{name} must be finite"),
-            pa.Check(lambda s: _on_tick_grid(s, tick_size), error=f"{name} must be a multiple of the tick size {tick_size}"),
-        ])
+        return pa.Column(
+            float,
+            [
+                pa.Check(np.isfinite, element_wise=False, error=f"{name} must be finite"),
+                pa.Check(lambda s: _on_tick_grid(s, tick_size), error=f"{name} must be a multiple of the tick size {tick_size}"),
+            ],
+        )
 
     return pa.DataFrameSchema(
         {
@@ -66,10 +69,16 @@ def bar_schema(tick_size: float) -> pa.DataFrameSchema:
             pa.Check(lambda d: d.high >= d.low, error="high must be >= low"),
             pa.Check(lambda d: (d.open >= d.low) & (d.open <= d.high), error="open must lie within [low, high]"),
             pa.Check(lambda d: (d.close >= d.low) & (d.close <= d.high), error="close must lie within [low, high]"),
-            pa.Check(lambda d: ~d.duplicated(["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep=False),
-                     error="key (contract, timeframe, timestamp) must be unique"),
-            pa.Check(lambda d: d.groupby(["contract_id", "timeframe_unit", "timeframe_value"])["timestamp"].diff().fillna(pd.Timedelta(1)) > pd.Timedelta(0),
-                     error="timestamps must ascend within a contract and timeframe"),
+            pa.Check(
+                lambda d: ~d.duplicated(["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep=False),
+                error="key (contract, timeframe, timestamp) must be unique",
+            ),
+            pa.Check(
+                lambda d: (
+                    d.groupby(["contract_id", "timeframe_unit", "timeframe_value"])["timestamp"].diff().fillna(pd.Timedelta(1)) > pd.Timedelta(0)
+                ),
+                error="timestamps must ascend within a contract and timeframe",
+            ),
         ],
         strict=False,
         coerce=False,
@@ -87,14 +96,16 @@ def validate_bars(bars: pd.DataFrame, tick_size: float) -> pd.DataFrame:
         for case in fc.itertuples(index=False):
             idx = case.index
             bar = bars.loc[idx] if idx is not None and not pd.isna(idx) and idx in bars.index else None
-            rows.append({
-                "contract_id": bar["contract_id"] if bar is not None else None,
-                "timeframe": f"{bar['timeframe_value']}/{bar['timeframe_unit']}" if bar is not None else None,
-                "timestamp": bar["timestamp"].isoformat() if bar is not None else None,
-                "column": case.column,
-                "rule": str(case.check),
-                "value": str(case.failure_case),
-            })
+            rows.append(
+                {
+                    "contract_id": bar["contract_id"] if bar is not None else None,
+                    "timeframe": f"{bar['timeframe_value']}/{bar['timeframe_unit']}" if bar is not None else None,
+                    "timestamp": bar["timestamp"].isoformat() if bar is not None else None,
+                    "column": case.column,
+                    "rule": str(case.check),
+                    "value": str(case.failure_case),
+                }
+            )
         return pd.DataFrame(rows)
     return pd.DataFrame(columns=["contract_id", "timeframe", "timestamp", "column", "rule", "value"])
 
@@ -136,6 +147,9 @@ def reconcile(live: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         elif r["side"] == "right_only":
             rows.append({**base, "field": "bar", "live": "missing", "history": "present"})
         else:
-            rows.extend({**base, "field": f, "live": r[f"{f}_live"], "history": r[f"{f}_history"]}
-                        for f in ("open", "high", "low", "close", "volume") if r[f"{f}_live"] != r[f"{f}_history"])
+            rows.extend(
+                {**base, "field": f, "live": r[f"{f}_live"], "history": r[f"{f}_history"]}
+                for f in ("open", "high", "low", "close", "volume")
+                if r[f"{f}_live"] != r[f"{f}_history"]
+            )
     return pd.DataFrame(rows, columns=key + ["field", "live", "history"])

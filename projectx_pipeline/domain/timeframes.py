@@ -29,7 +29,6 @@ from .errors import DomainError
 from .sessions import session_open_for, session_opens_ns, trade_date_of, trade_date_session
 from .timestamps import NS_PER_DAY, NS_PER_SECOND, from_ns, to_ns, utc
 
-
 UNIT_SECOND, UNIT_MINUTE, UNIT_HOUR, UNIT_DAY, UNIT_WEEK, UNIT_MONTH = 1, 2, 3, 4, 5, 6
 _UNIT_SUFFIX = {UNIT_SECOND: "s", UNIT_MINUTE: "m", UNIT_HOUR: "h", UNIT_DAY: "d", UNIT_WEEK: "w", UNIT_MONTH: "mo"}
 _SUFFIX_UNIT = {v: k for k, v in _UNIT_SUFFIX.items()}
@@ -52,9 +51,7 @@ class Timeframe:
         if self.unit >= UNIT_DAY and self.value != 1:
             raise DomainError(f"unsupported timeframe {self.value}{_UNIT_SUFFIX[self.unit]}: day, week and month bars take value 1")
         if self.unit in (UNIT_SECOND, UNIT_MINUTE) and 86_400 % (self.value * _UNIT_SECONDS[self.unit]) != 0:
-            raise DomainError(
-                f"unsupported timeframe {self.label}: second and minute bars must divide a day evenly"
-            )
+            raise DomainError(f"unsupported timeframe {self.label}: second and minute bars must divide a day evenly")
 
     @property
     def label(self) -> str:
@@ -162,6 +159,7 @@ def bar_end(start: datetime, tf: Timeframe) -> datetime:
 
 
 # --------------------------------------------------------------------------- vectorized
+
 
 def bar_starts_ns(ts_ns: np.ndarray, tf: Timeframe) -> np.ndarray:
     """Vectorized `bar_start` on int64 ns since the epoch; identical results (property-tested)."""

@@ -97,7 +97,5 @@ def _first_naive(column: pd.Series) -> object | None:
     is_text = present.map(lambda v: type(v) is str)
     naive = pd.Series(False, index=present.index)
     naive[is_text] = ~present[is_text].astype(object).str.contains(_ISO_OFFSET_RE, regex=True)
-    naive[~is_text] = present[~is_text].map(
-        lambda v: isinstance(v, (datetime, np.datetime64)) and getattr(v, "tzinfo", None) is None
-    )
+    naive[~is_text] = present[~is_text].map(lambda v: isinstance(v, (datetime, np.datetime64)) and getattr(v, "tzinfo", None) is None)
     return present[naive].iloc[0] if naive.any() else None

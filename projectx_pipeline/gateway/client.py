@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import requests
 
-from projectx_pipeline.domain.market import empty_bars, normalize_bars
 from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.market import empty_bars, normalize_bars
 from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import utc
 from projectx_pipeline.logs import get_logger, kv
@@ -147,7 +147,7 @@ class GatewayClient:
         if self._owns_session:
             self._session.close()
 
-    def __enter__(self) -> "GatewayClient":
+    def __enter__(self) -> GatewayClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -363,22 +363,28 @@ class GatewayClient:
             frame["timeframe_unit"] = timeframe.unit
             frame["timeframe_value"] = timeframe.value
             bars = normalize_bars(frame)
-        log.info(kv(
-            "bars_retrieved", contract=contract_id, timeframe=timeframe.label, start=_iso_utc(start_utc),
-            end=_iso_utc(end_utc), bars=len(bars), requests=len(pages), seconds=f"{time.monotonic() - started:.2f}",
-        ))
+        log.info(
+            kv(
+                "bars_retrieved",
+                contract=contract_id,
+                timeframe=timeframe.label,
+                start=_iso_utc(start_utc),
+                end=_iso_utc(end_utc),
+                bars=len(bars),
+                requests=len(pages),
+                seconds=f"{time.monotonic() - started:.2f}",
+            )
+        )
         return bars
 
     # ----------------------------------------------------------------------- hub
 
-    def market_hub(self, contracts: list[str], out: queue.Queue, **options: Unpack[MarketHubOptions]) -> "MarketHub":
+    def market_hub(self, contracts: list[str], out: queue.Queue, **options: Unpack[MarketHubOptions]) -> MarketHub:
         """A MarketHub on this client's gateway, using this client for its tokens (including a
         fresh login after the gateway rejects or logs out a token). `options` go to MarketHub."""
         from .hub import MarketHub
 
-        return MarketHub(
-            self.config.rtc_url, self.token, contracts, out, token_rejected=self.invalidate_token, **options
-        )
+        return MarketHub(self.config.rtc_url, self.token, contracts, out, token_rejected=self.invalidate_token, **options)
 
 
 _BAR_FIELDS = {"t": "timestamp", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}

@@ -65,7 +65,7 @@ class GatewayConfig:
         return self.rtc_url + MARKET_HUB_PATH
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, gateway: str | None = None) -> "GatewayConfig":
+    def from_env(cls, environ: Mapping[str, str] = os.environ, gateway: str | None = None) -> GatewayConfig:
         """Hosts and credentials of `gateway` (`Settings.gateway`; by default decided from
         `environ` by `settings.choose_gateway`, the one place that choice is made).
 

@@ -74,7 +74,7 @@ class GatewayError(GatewayClientError):
         super().__init__(f"{endpoint} failed with error code {error_code} ({meaning}){detail}")
 
     @classmethod
-    def from_envelope(cls, endpoint: str, envelope: dict) -> "GatewayError":
+    def from_envelope(cls, endpoint: str, envelope: dict) -> GatewayError:
         code = envelope.get("errorCode")
         return cls(endpoint, code, meaning_of(endpoint, code), envelope.get("errorMessage"))
 

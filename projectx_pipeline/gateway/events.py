@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.domain.contracts import CONTRACT_ID_RE
+from projectx_pipeline.domain.market import Quote, Trade
 
 _UTC = timezone.utc
 PREVIEW_CHARS = 500
@@ -109,7 +109,7 @@ def parse_timestamp(text: str) -> datetime:
         end = pos + 1
         while end < n and "0" <= text[end] <= "9":
             end += 1
-        fraction = text[pos + 1:end]
+        fraction = text[pos + 1 : end]
         if not 1 <= len(fraction) <= 9:
             raise ValueError("fractional seconds must have 1 to 9 digits")
         micro = int(fraction[:6].ljust(6, "0"))
@@ -130,8 +130,14 @@ def parse_timestamp(text: str) -> datetime:
             delta = -delta
     try:
         parsed = datetime(
-            int(text[0:4]), int(text[5:7]), int(text[8:10]),
-            int(text[11:13]), int(text[14:16]), int(text[17:19]), micro, tzinfo=_UTC,
+            int(text[0:4]),
+            int(text[5:7]),
+            int(text[8:10]),
+            int(text[11:13]),
+            int(text[14:16]),
+            int(text[17:19]),
+            micro,
+            tzinfo=_UTC,
         )
         return parsed if delta is None else parsed - delta
     except (ValueError, OverflowError) as exc:
@@ -139,6 +145,7 @@ def parse_timestamp(text: str) -> datetime:
 
 
 # --------------------------------------------------------------------------- payload shape
+
 
 def payload_problem(obj: object, limits: EventLimits = DEFAULT_LIMITS) -> str | None:
     """Why a decoded payload is too deep or too large to trust, or None. Iterative and bounded:
@@ -304,6 +311,7 @@ def _parse_event(
 
 
 # --------------------------------------------------------------------------- trades
+
 
 def _trade(item: object, contract_id: str, latest: datetime, limits: EventLimits) -> Trade | str:
     if type(item) is not dict:

@@ -145,7 +145,7 @@ class _SupervisedJsonProtocol(JsonHubProtocol):
     window into one connection. The protocol sees every frame, pings included, which is low
     enough for the watchdog and high enough to need no change to signalrcore's transport."""
 
-    def __init__(self, connection: "_Connection"):
+    def __init__(self, connection: _Connection):
         super().__init__(version=1)
         self._connection = connection
 
@@ -197,7 +197,7 @@ class _SupervisedJsonProtocol(JsonHubProtocol):
 class _Connection:
     """One signalrcore connection, from build to close, and what the supervisor knows of it."""
 
-    def __init__(self, hub: "MarketHub", number: int, token: str):
+    def __init__(self, hub: MarketHub, number: int, token: str):
         self.hub = hub
         self.number = number
         self.token = token
@@ -406,8 +406,16 @@ class MarketHub:
         self._current: _Connection | None = None
         self._stats_lock = threading.Lock()
         self._stats: dict = {
-            "messages": 0, "trades": 0, "quotes": 0, "malformed": 0, "reconnects": 0, "connects": 0,
-            "dropped": 0, "errors": 0, "last_message_at": None, "state": "idle",
+            "messages": 0,
+            "trades": 0,
+            "quotes": 0,
+            "malformed": 0,
+            "reconnects": 0,
+            "connects": 0,
+            "dropped": 0,
+            "errors": 0,
+            "last_message_at": None,
+            "state": "idle",
         }
         self._malformed_log = _LogThrottle()
         self._dropped_log = _LogThrottle()

@@ -43,17 +43,29 @@ def build_daemon(args: argparse.Namespace):
     gateway_config = GatewayConfig.from_env(gateway=settings.gateway)  # the choice load_settings made
     client = GatewayClient(gateway_config, rate_limits=settings.file.gateway.rate_limits, max_retries=settings.file.gateway.max_retries)
     config = IngestConfig(
-        contracts=contracts, timeframes=timeframes, database_url=url, grace_seconds=ing.grace_seconds,
-        heartbeat_seconds=ing.heartbeat_seconds, trade_flush_seconds=ing.trade_flush_seconds,
-        trade_batch_size=ing.trade_batch_size, outage_buffer_bars=ing.outage_buffer_bars,
-        initial_lookback=timedelta(days=ing.initial_lookback_days), repair_delay_seconds=ing.repair_delay_seconds,
+        contracts=contracts,
+        timeframes=timeframes,
+        database_url=url,
+        grace_seconds=ing.grace_seconds,
+        heartbeat_seconds=ing.heartbeat_seconds,
+        trade_flush_seconds=ing.trade_flush_seconds,
+        trade_batch_size=ing.trade_batch_size,
+        outage_buffer_bars=ing.outage_buffer_bars,
+        initial_lookback=timedelta(days=ing.initial_lookback_days),
+        repair_delay_seconds=ing.repair_delay_seconds,
         stale_after_seconds=ing.stale_after_seconds,
         trades_retention_days=settings.file.storage.trades_retention_days,
         bars_compress_after_days=settings.file.storage.bars_compress_after_days,
     )
     daemon = IngestDaemon(config, client, lambda out: client.market_hub(contracts, out, stale_after=ing.stale_after_seconds))
-    log.info(kv("ingest_config", gateway="simulator" if gateway_config.use_simulator else "projectx",
-                api_url=gateway_config.api_url, rtc_url=gateway_config.rtc_url))
+    log.info(
+        kv(
+            "ingest_config",
+            gateway="simulator" if gateway_config.use_simulator else "projectx",
+            api_url=gateway_config.api_url,
+            rtc_url=gateway_config.rtc_url,
+        )
+    )
     return daemon
 
 

@@ -13,17 +13,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from ..domain.aggregation import BarAggregator, split_valid
 from ..domain.market import Quote, Trade
-from ..domain.timeframes import bar_end, Timeframe
-from ..domain.timestamps import NS_PER_SECOND
-from ..domain.timestamps import from_ns, to_ns
+from ..domain.timeframes import Timeframe, bar_end
+from ..domain.timestamps import NS_PER_SECOND, from_ns, to_ns
 from ..gateway.events import HubEvent
 from ..history import HistorySource
 from ..logs import get_logger, kv
@@ -127,14 +127,26 @@ class IngestDaemon:
         self._awaiting_resume: set[str] = set(config.contracts)
         self._stop = threading.Event()
         self.writer = StoreWriter(
-            config.database_url, config.contracts, self.counters, instance_id=self.instance_id,
-            outage_buffer_bars=config.outage_buffer_bars, trade_flush_seconds=config.trade_flush_seconds,
-            trade_batch_size=config.trade_batch_size, heartbeat_seconds=config.heartbeat_seconds,
-            repair_delay_seconds=config.repair_delay_seconds, heartbeat_state=self._heartbeat_state,
+            config.database_url,
+            config.contracts,
+            self.counters,
+            instance_id=self.instance_id,
+            outage_buffer_bars=config.outage_buffer_bars,
+            trade_flush_seconds=config.trade_flush_seconds,
+            trade_batch_size=config.trade_batch_size,
+            heartbeat_seconds=config.heartbeat_seconds,
+            repair_delay_seconds=config.repair_delay_seconds,
+            heartbeat_state=self._heartbeat_state,
         )
         self.repairer = Repairer(
-            config.database_url, gateway, config.contracts, config.timeframes, self.clock, self.counters,
-            initial_lookback=config.initial_lookback, trades_retention_days=config.trades_retention_days,
+            config.database_url,
+            gateway,
+            config.contracts,
+            config.timeframes,
+            self.clock,
+            self.counters,
+            initial_lookback=config.initial_lookback,
+            trades_retention_days=config.trades_retention_days,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -148,8 +160,11 @@ class IngestDaemon:
                     migrate(conn)
                     if self.config.trades_retention_days is not None and self.config.bars_compress_after_days is not None:
                         with transaction(conn):
-                            apply_policies(conn, trades_retention_days=self.config.trades_retention_days,
-                                           bars_compress_after_days=self.config.bars_compress_after_days)
+                            apply_policies(
+                                conn,
+                                trades_retention_days=self.config.trades_retention_days,
+                                bars_compress_after_days=self.config.bars_compress_after_days,
+                            )
                 finally:
                     conn.close()
                 return
@@ -169,8 +184,14 @@ class IngestDaemon:
         # the first connect is a feed start: repair from the newest stored bar to now
         self.repairer.request_gap_repair()
         self.hub.start()
-        log.info(kv("ingest_started", instance=self.instance_id,
-                    contracts=",".join(self.config.contracts), timeframes=",".join(tf.label for tf in self.config.timeframes)))
+        log.info(
+            kv(
+                "ingest_started",
+                instance=self.instance_id,
+                contracts=",".join(self.config.contracts),
+                timeframes=",".join(tf.label for tf in self.config.timeframes),
+            )
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -206,8 +227,7 @@ class IngestDaemon:
         self.repairer.stop(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
         self._connection_state = "stopped"
         flushed = self.writer.stop(timeout=max(0.5, deadline - time.monotonic()))
-        log.info(kv("ingest_stopped", flushed=flushed,
-                    counters={cid: c.as_dict() for cid, c in self.counters.items()}))
+        log.info(kv("ingest_stopped", flushed=flushed, counters={cid: c.as_dict() for cid, c in self.counters.items()}))
 
     # ------------------------------------------------------------------ main loop
     def _drain(self, wait: bool = True) -> list:

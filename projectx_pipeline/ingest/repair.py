@@ -41,9 +41,19 @@ RETENTION_INTERVAL_SECONDS = 3600.0
 
 
 class Repairer(threading.Thread):
-    def __init__(self, database_url: str, gateway: HistorySource, contracts: list[str], timeframes: list[Timeframe], clock: FeedClock,
-                 counters: dict[str, Counters], *, initial_lookback: timedelta, poll_seconds: float = 0.5,
-                 trades_retention_days: int | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        gateway: HistorySource,
+        contracts: list[str],
+        timeframes: list[Timeframe],
+        clock: FeedClock,
+        counters: dict[str, Counters],
+        *,
+        initial_lookback: timedelta,
+        poll_seconds: float = 0.5,
+        trades_retention_days: int | None = None,
+    ):
         super().__init__(name="projectx-repair", daemon=True)
         self.url = database_url
         self.gateway = gateway
@@ -189,8 +199,18 @@ class Repairer(threading.Thread):
         changed = result.inserted + result.revised
         self.counters[cid].repairs += changed
         if changed:
-            log.info(kv("bars_repaired", contract=cid, timeframe=tf.label, reason=reason, inserted=result.inserted,
-                        revised=result.revised, **{"from": start.isoformat()}, to=end.isoformat()))
+            log.info(
+                kv(
+                    "bars_repaired",
+                    contract=cid,
+                    timeframe=tf.label,
+                    reason=reason,
+                    inserted=result.inserted,
+                    revised=result.revised,
+                    **{"from": start.isoformat()},
+                    to=end.isoformat(),
+                )
+            )
         return changed
 
     def _repair_due_windows(self) -> bool:

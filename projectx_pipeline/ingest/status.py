@@ -10,8 +10,9 @@ from ..errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped"
+    )
     parser.add_argument("--max-age", type=float, default=30.0, help="seconds before a heartbeat counts as stale (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -57,12 +58,25 @@ def run(args: argparse.Namespace) -> int:
     missing = own - {r[0] for r in rows}
     stale += sorted(missing)
     if args.json:
-        print(json.dumps([
-            {"contract_id": r[0], "instance": r[1], "state": r[2], "last_event_at": r[3] and r[3].isoformat(),
-             "last_trade_at": r[4] and r[4].isoformat(), "last_bar_at": r[5] and r[5].isoformat(), "counters": r[6],
-             "heartbeat_age_s": (now - r[7]).total_seconds(), "stale": r[0] in stale}
-            for r in rows
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "contract_id": r[0],
+                        "instance": r[1],
+                        "state": r[2],
+                        "last_event_at": r[3] and r[3].isoformat(),
+                        "last_trade_at": r[4] and r[4].isoformat(),
+                        "last_bar_at": r[5] and r[5].isoformat(),
+                        "counters": r[6],
+                        "heartbeat_age_s": (now - r[7]).total_seconds(),
+                        "stale": r[0] in stale,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
     else:
         wall = datetime.now(timezone.utc)
         print(f"{'contract':<20} {'state':<13} {'heartbeat':>9} {'trade lag':>9} {'last trade (UTC)':<20} {'last bar (UTC)':<20} counters")

@@ -61,9 +61,20 @@ class _Pending:
 
 
 class StoreWriter(threading.Thread):
-    def __init__(self, database_url: str, contracts: list[str], counters: dict[str, Counters], *, instance_id: str,
-                 outage_buffer_bars: int, trade_flush_seconds: float, trade_batch_size: int, heartbeat_seconds: float,
-                 repair_delay_seconds: float, heartbeat_state):
+    def __init__(
+        self,
+        database_url: str,
+        contracts: list[str],
+        counters: dict[str, Counters],
+        *,
+        instance_id: str,
+        outage_buffer_bars: int,
+        trade_flush_seconds: float,
+        trade_batch_size: int,
+        heartbeat_seconds: float,
+        repair_delay_seconds: float,
+        heartbeat_state,
+    ):
         super().__init__(name="projectx-writer", daemon=True)
         self.url = database_url
         self.contracts = contracts
@@ -311,8 +322,13 @@ class StoreWriter(threading.Thread):
             return
         if self._rewrite_bars:
             try:
-                self._store().upsert(pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
-                    ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep="last"), mode="keep", source="live")
+                self._store().upsert(
+                    pd.concat(self._rewrite_bars, ignore_index=True).drop_duplicates(
+                        ["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep="last"
+                    ),
+                    mode="keep",
+                    source="live",
+                )
             except psycopg2.Error as exc:
                 self._on_db_error(exc, "bars")
                 self._forget_ticks()
@@ -428,8 +444,16 @@ class StoreWriter(threading.Thread):
     def _write_heartbeats(self, final: bool = False) -> None:
         state = self.heartbeat_state()
         beats = [
-            Heartbeat(cid, self.instance_id, "stopped" if final else state[cid]["connection_state"], state[cid]["last_event_at"],
-                      state[cid]["last_trade_at"], self.counters[cid].last_bar_at, self.started_at, self.counters[cid].as_dict())
+            Heartbeat(
+                cid,
+                self.instance_id,
+                "stopped" if final else state[cid]["connection_state"],
+                state[cid]["last_event_at"],
+                state[cid]["last_trade_at"],
+                self.counters[cid].last_bar_at,
+                self.started_at,
+                self.counters[cid].as_dict(),
+            )
             for cid in self.contracts
         ]
         try:
@@ -444,4 +468,3 @@ def instance_name() -> str:
     import os
 
     return f"{socket.gethostname()}:{os.getpid()}"
-

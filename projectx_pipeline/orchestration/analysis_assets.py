@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dagster import (
     AssetExecutionContext,
-    AssetSelection,
     AssetsDefinition,
+    AssetSelection,
     Config,
     Failure,
     MaterializeResult,
@@ -45,14 +45,14 @@ from dagster import (
     in_process_executor,
 )
 
-from ..domain.coordination import parse_rules
+from ..analysis.coordination_runner import CoordinationResult, run_coordination
+from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
 from ..domain.contracts import ContractId
+from ..domain.coordination import parse_rules
 from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID
 from ..logs import kv
 from ..settings import Settings
-from ..analysis.coordination_runner import CoordinationResult, run_coordination
-from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
 from .metadata import md_cell, md_table
 from .resources import StorageResource
 
@@ -95,8 +95,13 @@ R = TypeVar("R", AnalysisResult, CoordinationResult)
 
 
 def _run_per_contract(
-    context: AssetExecutionContext, contract_ids: list[str], storage: StorageResource, event: str,
-    run: Callable[[object, str], R], summary: Callable[[R], dict[str, object]], **fields: object,
+    context: AssetExecutionContext,
+    contract_ids: list[str],
+    storage: StorageResource,
+    event: str,
+    run: Callable[[object, str], R],
+    summary: Callable[[R], dict[str, object]],
+    **fields: object,
 ) -> tuple[list[R], dict[str, str]]:
     """`run(conn, contract_id)` for each contract, each in its own transaction: the results, and
     the error of each contract that failed (one bad contract must not hold up the others).
@@ -148,10 +153,19 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
         results, errors = _run_per_contract(
-            context, _contracts(context, config, settings), storage, "trend_starts",
+            context,
+            _contracts(context, config, settings),
+            storage,
+            "trend_starts",
             lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
-            lambda r: {"mode": r.mode, "bars": r.bars_processed, "new": r.new_signals,
-                       "deleted": r.deleted_signals, "total": r.total_signals, "last_bar": r.last_bar_ts},
+            lambda r: {
+                "mode": r.mode,
+                "bars": r.bars_processed,
+                "new": r.new_signals,
+                "deleted": r.deleted_signals,
+                "total": r.total_signals,
+                "last_bar": r.last_bar_ts,
+            },
             timeframe=tf.label,
         )
         latest = _latest_rows(results, lambda row: (row["known_at"], row["start_ts"]))
@@ -165,9 +179,15 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
             "per_contract": MetadataValue.md(
                 md_table(
                     [
-                        {"contract_id": r.contract_id, "mode": r.mode, "bars_processed": r.bars_processed,
-                         "new_signals": r.new_signals, "deleted_signals": r.deleted_signals,
-                         "total_signals": r.total_signals, "last_bar_ts": r.last_bar_ts}
+                        {
+                            "contract_id": r.contract_id,
+                            "mode": r.mode,
+                            "bars_processed": r.bars_processed,
+                            "new_signals": r.new_signals,
+                            "deleted_signals": r.deleted_signals,
+                            "total_signals": r.total_signals,
+                            "last_bar_ts": r.last_bar_ts,
+                        }
                         for r in results
                     ],
                     ["contract_id", "mode", "bars_processed", "new_signals", "deleted_signals", "total_signals", "last_bar_ts"],
@@ -181,8 +201,16 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
 
 
 _COORDINATED_TABLE_COLUMNS = [
-    "contract_id", "label", "rule", "signal_ts", "anchor_timeframe", "anchor_known_at",
-    "trigger_timeframe", "trigger_known_at", "anchor_signal_id", "trigger_signal_id",
+    "contract_id",
+    "label",
+    "rule",
+    "signal_ts",
+    "anchor_timeframe",
+    "anchor_known_at",
+    "trigger_timeframe",
+    "trigger_known_at",
+    "anchor_signal_id",
+    "trigger_signal_id",
 ]
 
 
@@ -201,7 +229,10 @@ def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefi
     )
     def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
         results, errors = _run_per_contract(
-            context, _contracts(context, config, settings), storage, "coordination",
+            context,
+            _contracts(context, config, settings),
+            storage,
+            "coordination",
             lambda conn, cid: run_coordination(conn, cid, rules, latest=LATEST_ROWS),
             lambda r: {"new": r.new_outputs, "total": r.total_outputs, "watermarks": r.watermarks},
         )
@@ -210,9 +241,7 @@ def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefi
             "contracts": MetadataValue.json([r.contract_id for r in results]),
             "new_outputs": sum(r.new_outputs for r in results),
             "total_outputs": sum(r.total_outputs for r in results),
-            "watermarks": MetadataValue.json(
-                {r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}
-            ),
+            "watermarks": MetadataValue.json({r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}),
             "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
         }
         return _materialized(metadata, errors)

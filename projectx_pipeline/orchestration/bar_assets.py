@@ -1,6 +1,5 @@
 """Bar assets: the daemon's live output (external) and the gateway-history backfill."""
 
-
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -58,8 +57,17 @@ def build_bar_assets(settings: Settings, partitions: MultiPartitionsDefinition) 
         sessions = sessions_from_calendar(settings.file.dagster.gap_calendar, trade_date, trade_date, settings.file.dagster.closed_dates)
         with storage.connection() as conn:
             r = backfill_trade_date(gateway.client, conn, contract_id, trade_date, settings.timeframes, sessions)
-        context.log.info(kv("historical_bars_done", contract=contract_id, trade_date=trade_date, rows=r.rows, inserted=r.inserted,
-                            revised=r.revised, holes=r.holes))
+        context.log.info(
+            kv(
+                "historical_bars_done",
+                contract=contract_id,
+                trade_date=trade_date,
+                rows=r.rows,
+                inserted=r.inserted,
+                revised=r.revised,
+                holes=r.holes,
+            )
+        )
         return MaterializeResult(
             metadata={
                 "rows_per_timeframe": MetadataValue.json(r.rows),

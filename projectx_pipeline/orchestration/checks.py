@@ -1,7 +1,6 @@
 """Checks on `historical_bars`, one evaluation per trade date × contract partition. Each names
 the offending bars in its metadata."""
 
-
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
@@ -16,7 +15,7 @@ from dagster import (
 
 from ..domain.quality import find_gaps, reconcile, sessions_from_calendar, validate_bars
 from ..domain.sessions import trade_date_session
-from ..domain.timeframes import Timeframe, UNIT_DAY
+from ..domain.timeframes import UNIT_DAY, Timeframe
 from ..settings import Settings
 from ..storage.bars import read_bars, read_live_versions
 from .metadata import md_table
@@ -38,12 +37,15 @@ def _table(df: pd.DataFrame) -> MetadataValue:
     return MetadataValue.md(md_table(shown.to_dict("records"), list(shown.columns)))
 
 
-def build_bar_checks(settings: Settings, historical_bars: AssetsDefinition,
-                     partitions: MultiPartitionsDefinition) -> list[AssetChecksDefinition]:
+def build_bar_checks(settings: Settings, historical_bars: AssetsDefinition, partitions: MultiPartitionsDefinition) -> list[AssetChecksDefinition]:
     """The checks of `historical_bars` for the contracts, timeframes and calendar of `settings`."""
 
-    @asset_check(asset=historical_bars, partitions_def=partitions, blocking=True,
-                 description="pandera: types, OHLC invariants, tick grid, non-negative volume, unique keys, ascending timestamps.")
+    @asset_check(
+        asset=historical_bars,
+        partitions_def=partitions,
+        blocking=True,
+        description="pandera: types, OHLC invariants, tick grid, non-negative volume, unique keys, ascending timestamps.",
+    )
     def bars_valid(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
         trade_date, contract_id = split_partition_key(partitions, context.partition_key)
         start, end = trade_date_session(trade_date)
@@ -55,8 +57,11 @@ def build_bar_checks(settings: Settings, historical_bars: AssetsDefinition,
             metadata={"bars_checked": len(bars), "violations": len(problems), "offending_bars": _table(problems)},
         )
 
-    @asset_check(asset=historical_bars, partitions_def=partitions,
-                 description="Missing bars inside the session per the CME Globex equity calendar (halt, weekends, holidays excluded).")
+    @asset_check(
+        asset=historical_bars,
+        partitions_def=partitions,
+        description="Missing bars inside the session per the CME Globex equity calendar (halt, weekends, holidays excluded).",
+    )
     def bars_gaps(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
         trade_date, contract_id = split_partition_key(partitions, context.partition_key)
         start, end = trade_date_session(trade_date)
@@ -66,7 +71,11 @@ def build_bar_checks(settings: Settings, historical_bars: AssetsDefinition,
         for tf in settings.timeframes:
             if tf.unit > UNIT_DAY:
                 continue
-            series = bars[(bars.timeframe_unit == tf.unit) & (bars.timeframe_value == tf.value)] if not bars.empty else pd.DataFrame({"timestamp": pd.DatetimeIndex([], tz="UTC")})
+            series = (
+                bars[(bars.timeframe_unit == tf.unit) & (bars.timeframe_value == tf.value)]
+                if not bars.empty
+                else pd.DataFrame({"timestamp": pd.DatetimeIndex([], tz="UTC")})
+            )
             gaps = find_gaps(series, tf, sessions)
             if len(gaps):
                 missing[tf.label] = [t.isoformat() for t in gaps]
@@ -76,15 +85,21 @@ def build_bar_checks(settings: Settings, historical_bars: AssetsDefinition,
             passed=total == 0,
             severity=AssetCheckSeverity.WARN,
             metadata={
-                "trading_session": MetadataValue.text("closed (holiday/weekend)" if not sessions else f"{sessions[0].open.isoformat()} → {sessions[0].close.isoformat()}"),
+                "trading_session": MetadataValue.text(
+                    "closed (holiday/weekend)" if not sessions else f"{sessions[0].open.isoformat()} → {sessions[0].close.isoformat()}"
+                ),
                 "missing_bars": total,
                 "missing_per_timeframe": MetadataValue.json({k: len(v) for k, v in missing.items()}),
                 "offending_bars": _table(listed),
             },
         )
 
-    @asset_check(asset=historical_bars, partitions_def=partitions, additional_deps=["ohlc_bars"],
-                 description="Bars built live vs the gateway's history for the same windows; fails above the configured tolerance.")
+    @asset_check(
+        asset=historical_bars,
+        partitions_def=partitions,
+        additional_deps=["ohlc_bars"],
+        description="Bars built live vs the gateway's history for the same windows; fails above the configured tolerance.",
+    )
     def bars_reconciled(context: AssetCheckExecutionContext, storage: StorageResource, gateway: GatewayResource) -> AssetCheckResult:
         trade_date, contract_id = split_partition_key(partitions, context.partition_key)
         start, end = trade_date_session(trade_date)

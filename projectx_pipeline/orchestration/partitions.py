@@ -1,6 +1,5 @@
 """Partitions, defined once: CME trade dates × configured contracts."""
 
-
 from datetime import date
 
 from dagster import DailyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition

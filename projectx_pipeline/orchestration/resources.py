@@ -7,10 +7,10 @@ The gateway is one interface with two implementations, the real ProjectX gateway
 simulator; `gateway_resource` picks one from `Settings.gateway`, the platform's single choice.
 """
 
-
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr

@@ -1,12 +1,11 @@
 """Schedules: after each session close, backfill the finished trade date for every contract
 (the job includes the bar checks, reconciliation among them)."""
 
-
 from zoneinfo import ZoneInfo
 
 from dagster import (
-    AssetSelection,
     AssetsDefinition,
+    AssetSelection,
     DefaultScheduleStatus,
     RunRequest,
     ScheduleDefinition,

@@ -1,6 +1,5 @@
 """Sensors: new live bars → `ohlc_bars` materializations and analysis runs; run failures → one alert hook."""
 
-
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -75,17 +74,26 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
         analyzed = {tf.label for tf in analyzed_timeframes(settings)}
         for cid, by_tf in new_by_contract.items():
             newest = max(by_tf.values())
-            events.append(AssetMaterialization(
-                asset_key="ohlc_bars",
-                partition=partition_key(trade_date_of(newest), cid),
-                metadata={"last_bar_time": MetadataValue.text(newest.isoformat()),
-                          "new_bars_by_timeframe": MetadataValue.json({k: v.isoformat() for k, v in sorted(by_tf.items())})},
-            ))
+            events.append(
+                AssetMaterialization(
+                    asset_key="ohlc_bars",
+                    partition=partition_key(trade_date_of(newest), cid),
+                    metadata={
+                        "last_bar_time": MetadataValue.text(newest.isoformat()),
+                        "new_bars_by_timeframe": MetadataValue.json({k: v.isoformat() for k, v in sorted(by_tf.items())}),
+                    },
+                )
+            )
             affected = sorted(set(by_tf) & analyzed)
             if affected:
                 run_key = cid + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
-                run_requests.append(RunRequest(run_key=run_key, run_config=analysis.run_config([cid]),
-                                               tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)}))
+                run_requests.append(
+                    RunRequest(
+                        run_key=run_key,
+                        run_config=analysis.run_config([cid]),
+                        tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)},
+                    )
+                )
         context.update_cursor(json.dumps({"since": high_water, "last": last}))
         return SensorResult(run_requests=run_requests, asset_events=events)
 
@@ -103,8 +111,11 @@ def send_alert(message: str) -> None:
             log.warning(kv("alert_webhook_failed", error=type(exc).__name__))
 
 
-@run_failure_sensor(name="run_failure_alert", default_status=DefaultSensorStatus.RUNNING,
-                    description="Every failed run reported in one place (log + optional webhook).")
+@run_failure_sensor(
+    name="run_failure_alert",
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Every failed run reported in one place (log + optional webhook).",
+)
 def run_failure_alert(context: RunFailureSensorContext):
     run = context.dagster_run
     send_alert(f"run {run.run_id} of job {run.job_name} failed: {context.failure_event.message}")

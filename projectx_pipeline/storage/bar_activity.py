@@ -17,7 +17,7 @@ class IngestedBars(NamedTuple):
     contract_id: str
     timeframe_unit: int
     timeframe_value: int
-    newest_bar: datetime       # the latest bar's start time
+    newest_bar: datetime  # the latest bar's start time
     bar_count: int
     last_ingested_at: datetime  # when the latest of them was written
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,8 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from ..domain.market import BAR_COLUMNS, empty_bars, normalize_bars
 from ..domain.contracts import ContractId
+from ..domain.market import BAR_COLUMNS, empty_bars, normalize_bars
 from ..domain.timeframes import Timeframe
 
 OHLC_CHANNEL = "ohlc_update"
@@ -38,8 +39,14 @@ BARS_PER_NOTIFY = 25
 UpsertMode = Literal["keep", "replace"]
 _STAGE_COLS_SQL = 'contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source'
 _CANONICAL_DTYPES = {
-    "timestamp": "datetime64[ns, UTC]", "open": "float64", "high": "float64", "low": "float64",
-    "close": "float64", "volume": "int64", "timeframe_unit": "int64", "timeframe_value": "int64",
+    "timestamp": "datetime64[ns, UTC]",
+    "open": "float64",
+    "high": "float64",
+    "low": "float64",
+    "close": "float64",
+    "volume": "int64",
+    "timeframe_unit": "int64",
+    "timeframe_value": "int64",
 }
 
 
@@ -72,7 +79,10 @@ def _validate_frame(df: pd.DataFrame) -> pd.DataFrame:
     key["t"] = df["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     if len(np.unique(key)) != len(key):
         dup = df[df.duplicated(["contract_id", "timeframe_unit", "timeframe_value", "timestamp"], keep=False)].iloc[0]
-        raise ValueError(f"bars frame has duplicate key {dup['contract_id']} {dup['timeframe_unit']}/{dup['timeframe_value']} {dup['timestamp']}: expected each bar once")
+        raise ValueError(
+            f"bars frame has duplicate key {dup['contract_id']} {dup['timeframe_unit']}/{dup['timeframe_value']} {dup['timestamp']}: "
+            "expected each bar once"
+        )
     return df
 
 
@@ -89,8 +99,17 @@ def _copy_binary(df: pd.DataFrame, source: str) -> io.BytesIO:
     for cid in pd.unique(df["contract_id"]):
         part = df[df["contract_id"] == cid] if df["contract_id"].iloc[0] != cid or len(pd.unique(df["contract_id"])) > 1 else df
         c = cid.encode()
-        fields = [("n", ">i2"), ("lc", ">i4"), ("c", f"S{len(c)}"), ("lu", ">i4"), ("u", ">i2"), ("lv", ">i4"), ("v", ">i4"),
-                  ("lt", ">i4"), ("t", ">i8")]
+        fields = [
+            ("n", ">i2"),
+            ("lc", ">i4"),
+            ("c", f"S{len(c)}"),
+            ("lu", ">i4"),
+            ("u", ">i2"),
+            ("lv", ">i4"),
+            ("v", ">i4"),
+            ("lt", ">i4"),
+            ("t", ">i8"),
+        ]
         fields += [(f, ">f8") if i % 2 else (f"l{f}", ">i4") for f in ("o", "h", "l", "cl") for i in (0, 1)]
         fields += [("lvol", ">i4"), ("vol", ">i8"), ("ls", ">i4"), ("s", f"S{len(src)}")]
         rec = np.empty(len(part), dtype=np.dtype(fields))
@@ -106,8 +125,7 @@ def _copy_binary(df: pd.DataFrame, source: str) -> io.BytesIO:
 
 
 _TF_LABEL_SQL = (
-    "w.timeframe_value::text || CASE w.timeframe_unit WHEN 1 THEN 's' WHEN 2 THEN 'm' WHEN 3 THEN 'h'"
-    " WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
+    "w.timeframe_value::text || CASE w.timeframe_unit WHEN 1 THEN 's' WHEN 2 THEN 'm' WHEN 3 THEN 'h' WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
 )
 
 # Both modes insert every staged bar; they differ in what a conflict with a stored bar does.
@@ -119,9 +137,11 @@ _INSERT_STAGED_SQL = """
         ON CONFLICT (contract_id, timeframe_unit, timeframe_value, "timestamp")"""
 
 _UPSERT_SQL = {
-    "keep": _INSERT_STAGED_SQL + """ DO NOTHING
+    "keep": _INSERT_STAGED_SQL
+    + """ DO NOTHING
         RETURNING b.*, true AS inserted""",
-    "replace": _INSERT_STAGED_SQL + """ DO UPDATE
+    "replace": _INSERT_STAGED_SQL
+    + """ DO UPDATE
             SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, source = EXCLUDED.source, ingested_at = now(),
                 revisions = b.revisions + 1
@@ -155,7 +175,7 @@ SMALL_BATCH = 2000
 _ARRAYS_PARAMS = "text[], smallint[], integer[], timestamptz[], float8[], float8[], float8[], float8[], bigint[], text[]"
 _ARRAYS_STAGE = (
     "stage AS (SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    " AS u(contract_id, timeframe_unit, timeframe_value, \"timestamp\", open, high, low, close, volume, source))"
+    ' AS u(contract_id, timeframe_unit, timeframe_value, "timestamp", open, high, low, close, volume, source))'
 )
 
 
@@ -173,9 +193,9 @@ def _statement(mode: UpsertMode, notify: bool, arrays: bool) -> str:
     stage = "stage" if arrays else "_bars_stage"
     audit = _AUDIT_SQL.format(stage=stage) if mode == "replace" else ""
     return f"""
-        WITH {_ARRAYS_STAGE + ',' if arrays else ''} written AS ({_UPSERT_SQL[mode].format(stage=stage)}) {audit} {notify_sql if notify else ""}
+        WITH {_ARRAYS_STAGE + "," if arrays else ""} written AS ({_UPSERT_SQL[mode].format(stage=stage)}) {audit} {notify_sql if notify else ""}
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
-               {'(SELECT count(*) FROM notified)' if notify else '0'}
+               {"(SELECT count(*) FROM notified)" if notify else "0"}
         FROM written"""
 
 
@@ -185,7 +205,7 @@ def _statement(mode: UpsertMode, notify: bool, arrays: bool) -> str:
 # created IF NOT EXISTS each time: a caller's rollback may have undone its creation.
 _STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bars_stage ("
-    " contract_id text, timeframe_unit smallint, timeframe_value integer, \"timestamp\" timestamptz,"
+    ' contract_id text, timeframe_unit smallint, timeframe_value integer, "timestamp" timestamptz,'
     " open double precision, high double precision, low double precision, close double precision,"
     " volume bigint, source text); TRUNCATE _bars_stage"
 )
@@ -193,10 +213,13 @@ _STAGE_SQL = (
 
 def _as_arrays(df: pd.DataFrame, source: str) -> list:
     return [
-        df["contract_id"].tolist(), df["timeframe_unit"].tolist(), df["timeframe_value"].tolist(),
+        df["contract_id"].tolist(),
+        df["timeframe_unit"].tolist(),
+        df["timeframe_value"].tolist(),
         df["timestamp"].dt.to_pydatetime().tolist(),
         *(df[c].tolist() for c in ("open", "high", "low", "close")),  # repr() on the wire: exact
-        df["volume"].tolist(), [source] * len(df),
+        df["volume"].tolist(),
+        [source] * len(df),
     ]
 
 
@@ -271,8 +294,9 @@ class BarStore:
         return cur.fetchone()
 
 
-def upsert_bars(conn: psycopg2.extensions.connection, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"],
-                notify: bool = True) -> UpsertResult:
+def upsert_bars(
+    conn: psycopg2.extensions.connection, bars: pd.DataFrame, *, mode: UpsertMode, source: Literal["live", "history"], notify: bool = True
+) -> UpsertResult:
     """One write with a BarStore of its own (`BarStore.upsert`): for a caller writing once; one
     that writes repeatedly keeps a BarStore, which reads the session's statements only once."""
     return BarStore(conn).upsert(bars, mode=mode, source=source, notify=notify)
@@ -281,10 +305,21 @@ def upsert_bars(conn: psycopg2.extensions.connection, bars: pd.DataFrame, *, mod
 _READ_COLUMNS = 'contract_id, "timestamp", open, high, low, close, volume, timeframe_unit, timeframe_value'
 
 
-def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe: Timeframe, start: datetime | None = None, end: datetime | None = None, *, with_source: bool = False) -> pd.DataFrame:
+def read_bars(
+    conn: psycopg2.extensions.connection,
+    contract_id: str,
+    timeframe: Timeframe,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    with_source: bool = False,
+) -> pd.DataFrame:
     """Stored bars of one contract and timeframe with start in [start, end), ascending."""
     ContractId(contract_id)
-    sql = f"SELECT {_READ_COLUMNS}{', source' if with_source else ''} FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
+    sql = (
+        f"SELECT {_READ_COLUMNS}{', source' if with_source else ''} FROM ohlc_bars"
+        " WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s"
+    )
     params: list = [contract_id, timeframe.unit, timeframe.value]
     if start is not None:
         sql += ' AND "timestamp" >= %s'
@@ -313,8 +348,9 @@ def read_bars(conn: psycopg2.extensions.connection, contract_id: str, timeframe:
 _LAST_BAR_SQL = 'SELECT max("timestamp") FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s'
 
 
-def last_bar_times(conn: psycopg2.extensions.connection, contract_id: str, timeframes: Iterable[Timeframe],
-                   before: Mapping[Timeframe, datetime] | None = None) -> dict[Timeframe, datetime | None]:
+def last_bar_times(
+    conn: psycopg2.extensions.connection, contract_id: str, timeframes: Iterable[Timeframe], before: Mapping[Timeframe, datetime] | None = None
+) -> dict[Timeframe, datetime | None]:
     """Start of the newest stored bar per timeframe (None when there is none); with `before`, the
     newest of those starting before `before[tf]`."""
     ContractId(contract_id)
@@ -351,6 +387,7 @@ def read_live_versions(conn: psycopg2.extensions.connection, contract_id: str, s
 
 
 # --------------------------------------------------------------------------- reads for the trend analysis
+
 
 def _bars_sql(after: bool) -> str:
     return (

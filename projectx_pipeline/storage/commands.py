@@ -24,9 +24,9 @@ def _database_url() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from .db import connect
-    from .urls import redact_url
     from .local_db import LocalDatabaseError, default_cluster
     from .migrate import migrate, timescaledb_active
+    from .urls import redact_url
 
     external = _database_url()
     cluster = default_cluster()

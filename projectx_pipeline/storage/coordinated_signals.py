@@ -10,16 +10,16 @@ insert is `ON CONFLICT DO NOTHING` and returns how many rows were really added.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import psycopg2.extensions
 import psycopg2.extras
 
-from ..domain.coordination import STORED_OUTPUT_COLUMNS
 from ..domain.contracts import ContractId
+from ..domain.coordination import STORED_OUTPUT_COLUMNS
 from .trend_signals import TF_LABEL_SQL, utc_series
 
 # What a frame of coordinated signals must have: the output columns the table stores.
@@ -109,6 +109,7 @@ def count_coordinated(conn: psycopg2.extensions.connection, contract_id: str) ->
 
 # --------------------------------------------------------------------------- coordinator watermarks
 
+
 def load_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_id: str, rules: Iterable[str]) -> dict[str, datetime | None]:
     """last_known_at per rule name (None for a rule that has never advanced)."""
     ContractId(contract_id)
@@ -142,8 +143,7 @@ def rewind_coordinator_watermarks(conn: psycopg2.extensions.connection, contract
     ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
-            "UPDATE coordinator_watermarks SET last_known_at = %s, updated_at = now()"
-            " WHERE contract_id = %s AND last_known_at > %s",
+            "UPDATE coordinator_watermarks SET last_known_at = %s, updated_at = now() WHERE contract_id = %s AND last_known_at > %s",
             (ts, contract_id, ts),
         )
         return cur.rowcount

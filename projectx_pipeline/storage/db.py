@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg2
 import psycopg2.extensions
@@ -20,9 +20,7 @@ APPLICATION_NAME = "projectx_pipeline"
 def connect(url: str, *, application_name: str = APPLICATION_NAME, connect_timeout: int = 10, **kwargs) -> psycopg2.extensions.connection:
     """A new connection; every session works in UTC so timestamps never depend on the server's zone."""
     try:
-        conn = psycopg2.connect(
-            url, application_name=application_name, connect_timeout=connect_timeout, options="-c TimeZone=UTC", **kwargs
-        )
+        conn = psycopg2.connect(url, application_name=application_name, connect_timeout=connect_timeout, options="-c TimeZone=UTC", **kwargs)
     except psycopg2.OperationalError as exc:
         # psycopg2 messages can echo the DSN; keep only the first line and redact it.
         raise StorageUnavailable(f"cannot connect to {redact_url(url)}: {redact_url(str(exc).strip().splitlines()[0])}") from None

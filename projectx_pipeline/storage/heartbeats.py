@@ -6,9 +6,9 @@ Every function works inside the caller's transaction and never commits or rolls 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 import psycopg2.extensions
 
@@ -41,8 +41,19 @@ def write_heartbeats(conn: psycopg2.extensions.connection, heartbeats: Iterable[
     """Insert or replace each contract's heartbeat; `updated_at` is the server's now."""
     with conn.cursor() as cur:
         for h in heartbeats:
-            cur.execute(_UPSERT_SQL, (h.contract_id, h.instance_id, h.connection_state, h.last_event_at, h.last_trade_at,
-                                      h.last_bar_at, h.started_at, json.dumps(h.counters)))
+            cur.execute(
+                _UPSERT_SQL,
+                (
+                    h.contract_id,
+                    h.instance_id,
+                    h.connection_state,
+                    h.last_event_at,
+                    h.last_trade_at,
+                    h.last_bar_at,
+                    h.started_at,
+                    json.dumps(h.counters),
+                ),
+            )
 
 
 def heartbeat_holder(conn: psycopg2.extensions.connection, contract_id: str) -> tuple[str, datetime] | None:

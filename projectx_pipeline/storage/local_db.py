@@ -52,10 +52,7 @@ def find_server_bindir() -> Path:
     if chosen:
         path = Path(chosen)
         if not _has_server_programs(path):
-            raise LocalDatabaseError(
-                f"PROJECTX_PG_BINDIR={chosen!r} is not a PostgreSQL server bin dir: expected "
-                f"{', '.join(SERVER_PROGRAMS)} in it"
-            )
+            raise LocalDatabaseError(f"PROJECTX_PG_BINDIR={chosen!r} is not a PostgreSQL server bin dir: expected {', '.join(SERVER_PROGRAMS)} in it")
         return path
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
@@ -165,7 +162,11 @@ class LocalCluster:
                 )
 
     def timescaledb_available(self) -> bool:
-        proc = subprocess.run([str(self.bindir / "pg_config"), "--sharedir"], capture_output=True, text=True) if (self.bindir / "pg_config").exists() else None
+        proc = (
+            subprocess.run([str(self.bindir / "pg_config"), "--sharedir"], capture_output=True, text=True)
+            if (self.bindir / "pg_config").exists()
+            else None
+        )
         sharedirs = [proc.stdout.strip()] if proc and proc.returncode == 0 else []
         sharedirs += glob.glob(f"/usr/share/postgresql/{self.bindir.parent.name}")
         return any(Path(d, "extension", "timescaledb.control").exists() for d in sharedirs)
@@ -206,10 +207,21 @@ class LocalCluster:
         self._chown_for_server(self.data, self.run_dir, pwfile)
         os.chmod(self.data, 0o700)
         try:
-            proc = self._run([
-                "initdb", "-D", str(self.data), "-U", SUPERUSER, f"--pwfile={pwfile}", "--auth-host=scram-sha-256",
-                "--auth-local=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-            ])
+            proc = self._run(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
@@ -245,7 +257,10 @@ class LocalCluster:
         if self._as_root and not self.log_file.exists():
             self.log_file.touch()
             self._chown_for_server(self.log_file)
-        proc = self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.log_file), "-o", " ".join(options), "-w", "-t", str(int(timeout)), "start"], timeout=timeout + 10)
+        proc = self._run(
+            ["pg_ctl", "-D", str(self.data), "-l", str(self.log_file), "-o", " ".join(options), "-w", "-t", str(int(timeout)), "start"],
+            timeout=timeout + 10,
+        )
         if proc.returncode != 0:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise LocalDatabaseError(f"PostgreSQL failed to start: {proc.stderr.strip() or proc.stdout.strip()}\n{tail}")

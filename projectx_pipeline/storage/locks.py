@@ -20,7 +20,6 @@ from ..domain.contracts import ContractId
 from ..domain.timeframes import Timeframe
 from .trend_signals import check_timeframe, validate_analyzer_id
 
-
 DAEMON_LOCK_NAMESPACE = 0x50584947  # "PXIG"
 
 

@@ -50,8 +50,16 @@ def apply_policies(conn: psycopg2.extensions.connection, *, trades_retention_day
             else:
                 cur.execute("SELECT remove_compression_policy(%s, if_exists => true)", (table,))
                 cur.execute("SELECT add_compression_policy(%s, %s::interval)", (table, after))
-    log.info(kv("storage_policies_applied", backend="timescaledb", version=version, api="columnstore" if columnstore else "compression",
-                trades_retention_days=trades_retention_days, compress_after_days=bars_compress_after_days))
+    log.info(
+        kv(
+            "storage_policies_applied",
+            backend="timescaledb",
+            version=version,
+            api="columnstore" if columnstore else "compression",
+            trades_retention_days=trades_retention_days,
+            compress_after_days=bars_compress_after_days,
+        )
+    )
     return "timescaledb"
 
 

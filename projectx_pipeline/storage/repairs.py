@@ -6,9 +6,9 @@ Every function works inside the caller's transaction and never commits or rolls 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 import psycopg2.extensions
 import psycopg2.extras
@@ -40,7 +40,8 @@ def queue_repairs(conn: psycopg2.extensions.connection, requests: Iterable[Repai
         psycopg2.extras.execute_values(
             cur,
             "INSERT INTO bar_repairs (contract_id, timeframe_unit, timeframe_value, window_start, due_at, reason) VALUES %s "
-            "ON CONFLICT (contract_id, timeframe_unit, timeframe_value, window_start) DO UPDATE SET due_at = GREATEST(bar_repairs.due_at, EXCLUDED.due_at)",
+            "ON CONFLICT (contract_id, timeframe_unit, timeframe_value, window_start)"
+            " DO UPDATE SET due_at = GREATEST(bar_repairs.due_at, EXCLUDED.due_at)",
             [(r.contract_id, r.timeframe_unit, r.timeframe_value, r.window_start, r.due_at, r.reason) for r in _dedupe(requests)],
         )
 

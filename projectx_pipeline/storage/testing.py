@@ -31,7 +31,7 @@ class TestDatabaseServer:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.admin_url = ""
 
-    def start(self) -> "TestDatabaseServer":
+    def start(self) -> TestDatabaseServer:
         if self.external_url:
             self.admin_url = self.external_url
         else:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 import psycopg2.extensions
 
@@ -39,7 +39,9 @@ def tick_payloads(batch: TradeBatch) -> list[str]:
     current: list[str] = []
     size = 2
     for ts, px, sz, side in zip(batch.ts_ns, batch.price, batch.size, batch.side):
-        item = json.dumps({"c": batch.contract_id, "t": from_ns(ts).isoformat().replace("+00:00", "Z"), "p": px, "s": sz, "a": side}, separators=(",", ":"))
+        item = json.dumps(
+            {"c": batch.contract_id, "t": from_ns(ts).isoformat().replace("+00:00", "Z"), "p": px, "s": sz, "a": side}, separators=(",", ":")
+        )
         if current and size + len(item) + 1 > TICK_PAYLOAD_LIMIT:
             payloads.append("[" + ",".join(current) + "]")
             current, size = [], 2
@@ -66,5 +68,4 @@ def copy_trades(conn: psycopg2.extensions.connection, batches: Iterable[TradeBat
 def notify_ticks(conn: psycopg2.extensions.connection, batches: Iterable[TradeBatch]) -> None:
     """Announce the trades on tick_data_channel, in payloads under the size limit, in one statement."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                    (TICK_CHANNEL, [p for b in batches for p in tick_payloads(b)]))
+        cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (TICK_CHANNEL, [p for b in batches for p in tick_payloads(b)]))

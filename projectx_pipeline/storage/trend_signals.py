@@ -14,16 +14,16 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.coordination import known_at_ns
 from ..domain.contracts import ContractId
+from ..domain.coordination import known_at_ns
 from ..domain.errors import DomainError
 from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import DOWNTREND, UPTREND
@@ -47,8 +47,7 @@ SIGNAL_COLUMNS = [
 _ANALYZER_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # A timeframe's label ('15m') from the columns of the detected_signals row aliased `d`.
 TF_LABEL_SQL = (
-    "d.timeframe_value::text || CASE d.timeframe_unit WHEN 1 THEN 's' WHEN 2 THEN 'm' WHEN 3 THEN 'h'"
-    " WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
+    "d.timeframe_value::text || CASE d.timeframe_unit WHEN 1 THEN 's' WHEN 2 THEN 'm' WHEN 3 THEN 'h' WHEN 4 THEN 'd' WHEN 5 THEN 'w' ELSE 'mo' END"
 )
 
 
@@ -132,9 +131,7 @@ def insert_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: s
             " price double precision, rule text, details jsonb) ON COMMIT DELETE ROWS"
         )
         cur.execute("TRUNCATE _signals_stage")
-        cur.copy_expert(
-            "COPY _signals_stage (start_ts, confirm_ts, known_at, signal_type, price, rule, details) FROM STDIN", text
-        )
+        cur.copy_expert("COPY _signals_stage (start_ts, confirm_ts, known_at, signal_type, price, rule, details) FROM STDIN", text)
         cur.execute(
             """
             WITH written AS (
@@ -225,7 +222,9 @@ def read_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: str
         return _signals_frame(cur.fetchall())
 
 
-def latest_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe | None = None, limit: int = 10) -> pd.DataFrame:
+def latest_signals(
+    conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe | None = None, limit: int = 10
+) -> pd.DataFrame:
     """The `limit` most recently known signals (newest first)."""
     validate_analyzer_id(analyzer_id)
     ContractId(contract_id)
@@ -246,14 +245,14 @@ def count_signals(conn: psycopg2.extensions.connection, analyzer_id: str, contra
     _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM detected_signals WHERE analyzer_id = %s AND contract_id = %s"
-            " AND timeframe_unit = %s AND timeframe_value = %s",
+            "SELECT count(*) FROM detected_signals WHERE analyzer_id = %s AND contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
             (analyzer_id, contract_id, tf.unit, tf.value),
         )
         return int(cur.fetchone()[0])
 
 
 # --------------------------------------------------------------------------- analyzer watermarks
+
 
 @dataclass(frozen=True)
 class AnalyzerWatermark:
@@ -282,7 +281,14 @@ def load_analyzer_watermark(conn: psycopg2.extensions.connection, analyzer_id: s
 
 
 def save_analyzer_watermark(
-    conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe, *, last_bar_ts: datetime, bars_processed: int, state: dict
+    conn: psycopg2.extensions.connection,
+    analyzer_id: str,
+    contract_id: str,
+    tf: Timeframe,
+    *,
+    last_bar_ts: datetime,
+    bars_processed: int,
+    state: dict,
 ) -> None:
     """Insert or replace the watermark (state must be JSON data: no NaN/inf)."""
     _check_key(analyzer_id, contract_id, tf)
@@ -306,8 +312,7 @@ def analyzer_last_bars(conn: psycopg2.extensions.connection, analyzer_id: str, c
     ContractId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT timeframe_unit, timeframe_value, last_bar_ts FROM analyzer_watermarks"
-            " WHERE analyzer_id = %s AND contract_id = %s",
+            "SELECT timeframe_unit, timeframe_value, last_bar_ts FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s",
             (analyzer_id, contract_id),
         )
         return {Timeframe(u, v): ts for u, v, ts in cur.fetchall()}
@@ -318,7 +323,6 @@ def delete_analyzer_watermark(conn: psycopg2.extensions.connection, analyzer_id:
     _check_key(analyzer_id, contract_id, tf)
     with conn.cursor() as cur:
         cur.execute(
-            "DELETE FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s"
-            " AND timeframe_unit = %s AND timeframe_value = %s",
+            "DELETE FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
             (analyzer_id, contract_id, tf.unit, tf.value),
         )

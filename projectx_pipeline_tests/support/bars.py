@@ -54,6 +54,7 @@ def bar_diff(expected: pd.DataFrame, got: pd.DataFrame, label: str) -> str:
         parts.append(f"{len(extra)} unexpected ({show(extra)})")
     if len(differ):
         row = differ.iloc[0]
-        parts.append(f"{len(differ)} differ ({show(differ)}; first: want "
-                     f"{[row[c + '_want'] for c in VALUES]} got {[row[c + '_got'] for c in VALUES]})")
+        parts.append(
+            f"{len(differ)} differ ({show(differ)}; first: want {[row[c + '_want'] for c in VALUES]} got {[row[c + '_got'] for c in VALUES]})"
+        )
     return "; ".join(parts)

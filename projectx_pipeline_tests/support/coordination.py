@@ -11,6 +11,11 @@ LONG = {
     "trigger": {"timeframe": "15m", "type": "uptrend"},
     "within_minutes": 60,
 }
-SHORT = {**LONG, "name": "short_1h_15m", "label": "short",
-         "anchor": {"timeframe": "1h", "type": "downtrend"}, "trigger": {"timeframe": "15m", "type": "downtrend"}}
+SHORT = {
+    **LONG,
+    "name": "short_1h_15m",
+    "label": "short",
+    "anchor": {"timeframe": "1h", "type": "downtrend"},
+    "trigger": {"timeframe": "15m", "type": "downtrend"},
+}
 RULES = parse_rules([LONG, SHORT])

@@ -20,7 +20,8 @@ class InProcessDaemon:
         options = dict(repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5)
         options.update(config)
         self.daemon = IngestDaemon(
-            IngestConfig([MES], TIMEFRAMES, url, **options), self.client,
+            IngestConfig([MES], TIMEFRAMES, url, **options),
+            self.client,
             lambda out: self.client.market_hub([MES], out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
         )
         self.result: list[int] = []
@@ -30,7 +31,7 @@ class InProcessDaemon:
     def counters(self):
         return self.daemon.counters[MES]
 
-    def __enter__(self) -> "InProcessDaemon":
+    def __enter__(self) -> InProcessDaemon:
         self.daemon.start()
         self.thread.start()
         return self

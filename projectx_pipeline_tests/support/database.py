@@ -23,8 +23,9 @@ def scalar(url: str, sql: str, params=()):
 def count_bars(url: str, tf: Timeframe | None = TF_5M) -> int:
     if tf is None:
         return scalar(url, "SELECT count(*) FROM ohlc_bars")
-    return scalar(url, "SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s",
-                  (MES, tf.unit, tf.value))
+    return scalar(
+        url, "SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND timeframe_unit = %s AND timeframe_value = %s", (MES, tf.unit, tf.value)
+    )
 
 
 def assert_no_duplicates(url: str) -> None:

@@ -13,8 +13,7 @@ from ..contracts import ContractId
 from ..errors import DomainError
 from ..timeframes import DEFAULT_TIMEFRAMES, Timeframe, bar_end, bar_starts_ns, parse_timeframes
 from ..timestamps import NS_PER_SECOND, from_ns, to_ns
-from .trade_checks import NAT
-from .trade_checks import check_now, coerce_trades, raise_if_invalid
+from .trade_checks import NAT, check_now, coerce_trades, raise_if_invalid
 
 # --------------------------------------------------------------------------- live aggregation
 #
@@ -46,6 +45,7 @@ REPAIR_COLUMNS = ["contract_id", "timestamp", "timeframe_unit", "timeframe_value
 
 
 # ..................................................................... windows
+
 
 def _base_step_ns(timeframes) -> int:
     """Length of the base window: the gcd of all timeframes, in ns.
@@ -112,6 +112,7 @@ def _merge(earlier: tuple, later: tuple) -> tuple:
 
 
 # ..................................................................... output
+
 
 def _bars_frame(contract_id: str, pieces: list) -> pd.DataFrame:
     """BAR_COLUMNS + complete from (timeframe, rows, complete) pieces, in the canonical dtypes."""
@@ -238,6 +239,7 @@ class _TimeframeState:
 
 
 # ..................................................................... aggregator
+
 
 class BarAggregator:
     """Live trades → bars of several timeframes for one contract (pure: no I/O, no wall clock).
@@ -417,8 +419,13 @@ class BarAggregator:
                 # The whole batch falls in the open window, the usual case live: nothing closes.
                 if whole is None:
                     whole = (
-                        int(fields[0][0]), int(fields[1][-1]), float(fields[2][0]), float(fields[3].max()),
-                        float(fields[4].min()), float(fields[5][-1]), int(fields[6].sum()),
+                        int(fields[0][0]),
+                        int(fields[1][-1]),
+                        float(fields[2][0]),
+                        float(fields[3].max()),
+                        float(fields[4].min()),
+                        float(fields[5][-1]),
+                        int(fields[6].sum()),
                     )
                 st.open = _merge(st.open, (st.open[0], *whole))
                 continue

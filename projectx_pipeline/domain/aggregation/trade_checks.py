@@ -23,8 +23,7 @@ def coerce_trades(ts_ns, price, size) -> tuple[np.ndarray, np.ndarray, np.ndarra
             raise DomainError(f"trade {name} have shape {a.shape}: expected a 1-D array")
     if not ts.size == px.size == sz.size:
         raise DomainError(
-            f"trade arrays of different lengths: {ts.size} timestamps, {px.size} prices, {sz.size} sizes: "
-            "expected one of each per trade"
+            f"trade arrays of different lengths: {ts.size} timestamps, {px.size} prices, {sz.size} sizes: expected one of each per trade"
         )
     if ts.dtype.kind == "M":
         ts = ts.astype("datetime64[ns]").view(np.int64)

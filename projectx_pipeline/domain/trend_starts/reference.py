@@ -111,14 +111,7 @@ def reference_emissions(
                 cus_rule = CUS_RULES[2]
             elif d0 is not None and outside(n, P) and C[n] > C[P] and up_close(n) and L[n] < L[d0]:
                 cus_rule = CUS_RULES[3]
-            elif (
-                d0 is not None
-                and d0 > u0
-                and not any(L[j] < L[u0] for j in range(u0 + 1, n))
-                and H[n] > H[d0]
-                and C[n] > C[P]
-                and up_close(n)
-            ):
+            elif d0 is not None and d0 > u0 and not any(L[j] < L[u0] for j in range(u0 + 1, n)) and H[n] > H[d0] and C[n] > C[P] and up_close(n):
                 cus_rule = CUS_RULES[4]
 
         # E. CDS

@@ -35,12 +35,7 @@ CDS_RULES = (
 _CDS_BASE = len(CUS_RULES)
 _FORCED_BY_CUS_BASE = _CDS_BASE + len(CDS_RULES)
 _FORCED_BY_CDS_BASE = _FORCED_BY_CUS_BASE + len(CUS_RULES)
-RULE_NAMES = (
-    CUS_RULES
-    + CDS_RULES
-    + tuple("FORCED_by_CUS_" + r for r in CUS_RULES)
-    + tuple("FORCED_by_CDS_" + r for r in CDS_RULES)
-)
+RULE_NAMES = CUS_RULES + CDS_RULES + tuple("FORCED_by_CUS_" + r for r in CUS_RULES) + tuple("FORCED_by_CDS_" + r for r in CDS_RULES)
 
 # Type codes: downtrend sorts before uptrend (§6.1).
 _DOWN, _UP = 0, 1

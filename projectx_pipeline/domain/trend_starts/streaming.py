@@ -27,7 +27,6 @@ from .rules import (
 from .types import PendingStarts, Signal
 from .validation import _bar_problem
 
-
 _SNAPSHOT_FORMAT = 1
 
 
@@ -290,12 +289,8 @@ class TrendStartDetector:
             },
             "pending_uptrend_bar": self._u,
             "pending_downtrend_bar": self._d,
-            "containment": (
-                {"high": self._rh, "low": self._rl, "start_bar": self._s} if self._cont else None
-            ),
-            "last_emitted": (
-                {"type": self._last_type, "start_bar": self._last_bar} if self._last_type is not None else None
-            ),
+            "containment": ({"high": self._rh, "low": self._rl, "start_bar": self._s} if self._cont else None),
+            "last_emitted": ({"type": self._last_type, "start_bar": self._last_bar} if self._last_type is not None else None),
             "emitted": sorted([start, kind] for start, kind in self._emitted if start >= first),
         }
 
@@ -305,10 +300,7 @@ class TrendStartDetector:
         a consistent snapshot of this analyzer."""
         try:
             if state["analyzer"] != ANALYZER_ID or state["format"] != _SNAPSHOT_FORMAT:
-                raise ValueError(
-                    f"snapshot of {state['analyzer']!r} format {state['format']!r}: "
-                    f"expected {ANALYZER_ID!r} format {_SNAPSHOT_FORMAT}"
-                )
+                raise ValueError(f"snapshot of {state['analyzer']!r} format {state['format']!r}: expected {ANALYZER_ID!r} format {_SNAPSHOT_FORMAT}")
             det = cls(state["exhaustion_window"], state["containment_grace"])
             n, first, bars = int(state["bars_processed"]), int(state["first_bar"]), state["bars"]
             ts_ns = [int(v) for v in bars["timestamp_ns"]]

@@ -26,10 +26,7 @@ def _bar_problem(ts_ns: int | None, prices: tuple[float, float, float, float], p
     if prices[1] < prices[2]:
         return f"{where}: high {prices[1]!r} < low {prices[2]!r}"
     if previous_ts_ns is not None and ts_ns <= previous_ts_ns:
-        return (
-            f"{where}: timestamp is not after the previous bar's {_iso(previous_ts_ns)} "
-            "(bars must be in strictly ascending time order)"
-        )
+        return f"{where}: timestamp is not after the previous bar's {_iso(previous_ts_ns)} (bars must be in strictly ascending time order)"
     return None
 
 

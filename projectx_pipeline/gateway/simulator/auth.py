@@ -23,11 +23,11 @@ def _jwt(user: str, expires_at: float) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     header = {"alg": "HS256", "typ": "JWT"}
-    claims = {"sub": user, "name": user, "iat": int(time.time()), "exp": int(expires_at),
-              "jti": uuid.uuid4().hex, "iss": "projectx-simulator"}
+    claims = {"sub": user, "name": user, "iat": int(time.time()), "exp": int(expires_at), "jti": uuid.uuid4().hex, "iss": "projectx-simulator"}
     compact = (",", ":")
-    return ".".join((part(json.dumps(header, separators=compact).encode()), part(json.dumps(claims, separators=compact).encode()),
-                     part(secrets.token_bytes(32))))
+    return ".".join(
+        (part(json.dumps(header, separators=compact).encode()), part(json.dumps(claims, separators=compact).encode()), part(secrets.token_bytes(32)))
+    )
 
 
 @dataclass

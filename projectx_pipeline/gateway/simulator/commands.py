@@ -7,9 +7,9 @@ import signal
 import threading
 from pathlib import Path
 
-from projectx_pipeline.errors import UsageError
 from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,14 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5080, help="port for REST, the hub and /control (default 5080; 0 = any)")
     parser.add_argument("--replay", metavar="PATH", help="bar CSV to replay (default: the MES 5m sample)")
     parser.add_argument("--speed", default="1", help="replay speed: a multiple of real time, or 'max' (default 1)")
-    parser.add_argument("--synthetic", nargs="+", metavar="CONTRACT",
-                        help="serve a seeded synthetic market for these contract ids instead of a replay")
+    parser.add_argument(
+        "--synthetic", nargs="+", metavar="CONTRACT", help="serve a seeded synthetic market for these contract ids instead of a replay"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the trade generator (default 0)")
     parser.add_argument("--username", help="accept only this userName at login (default: any)")
     parser.add_argument("--api-key", help="accept only this apiKey at login (default: any)")
     parser.add_argument("--no-rate-limit", action="store_true", help="disable the gateway's rate limits")
-    parser.add_argument("--wait-for-subscriber", action="store_true",
-                        help="hold the clock at the start until the first trade subscription")
+    parser.add_argument("--wait-for-subscriber", action="store_true", help="hold the clock at the start until the first trade subscription")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +45,15 @@ def run(args: argparse.Namespace) -> int:
         for contract_id in args.synthetic or []:
             ContractId(contract_id)
         simulator = SimulatorServer(
-            host=args.host, port=args.port, replay=args.replay, speed=speed, synthetic=args.synthetic,
-            seed=args.seed, username=args.username, api_key=args.api_key, rate_limits=not args.no_rate_limit,
+            host=args.host,
+            port=args.port,
+            replay=args.replay,
+            speed=speed,
+            synthetic=args.synthetic,
+            seed=args.seed,
+            username=args.username,
+            api_key=args.api_key,
+            rate_limits=not args.no_rate_limit,
             wait_for_subscriber=args.wait_for_subscriber,
         )
     except (DomainError, ValueError, FileNotFoundError) as exc:

@@ -51,8 +51,7 @@ class SimulatorControl:
         """Send GatewayLogout to every hub client."""
         return self._post("logout")
 
-    def rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0,
-                    delay: float = 0.0) -> dict:
+    def rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0, delay: float = 0.0) -> dict:
         """The next `count` REST calls answer `status` after `delay` seconds.
 
         `retry_after=None` sends no Retry-After header; `status=None` only slows the normal answers."""

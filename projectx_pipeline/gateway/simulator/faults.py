@@ -147,8 +147,7 @@ class FaultInjector:
     async def _fault_logout(self) -> None:
         await self._hub.broadcast_handshaken([hub_record({"type": 1, "target": LOGOUT_EVENT, "arguments": []})])
 
-    async def _fault_rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0,
-                                 delay: float = 0.0) -> None:
+    async def _fault_rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0, delay: float = 0.0) -> None:
         """The next `count` REST calls answer `status` (None: the normal answer) after `delay` seconds."""
         if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
             raise ValueError(f"status {status!r} is not an HTTP error status")

@@ -109,8 +109,9 @@ class MarketHubEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         refusing_for = self.refuse_until - time.monotonic()
         if refusing_for > 0:
-            return web.Response(status=503, headers={"Retry-After": str(math.ceil(refusing_for))},
-                                text="the market hub is refusing connections (simulated outage)")
+            return web.Response(
+                status=503, headers={"Retry-After": str(math.ceil(refusing_for))}, text="the market hub is refusing connections (simulated outage)"
+            )
         token = request.query.get("access_token") or bearer_token(request)
         session = self._sessions.session_for(token)
         if session is None:
@@ -139,8 +140,7 @@ class MarketHubEndpoint:
             try:
                 msg = await client.ws.receive(timeout=timeout)
             except asyncio.TimeoutError:
-                reason = "Server timeout elapsed without receiving a message from the client." if client.handshaken \
-                    else "Handshake was canceled."
+                reason = "Server timeout elapsed without receiving a message from the client." if client.handshaken else "Handshake was canceled."
                 await self.close_client(client, reason)
                 return
             if msg.type == WSMsgType.TEXT:

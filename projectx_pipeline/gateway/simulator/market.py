@@ -26,12 +26,11 @@ import numpy.typing as npt
 import pandas as pd
 
 from projectx_pipeline.domain.aggregation import aggregate_trades
-from projectx_pipeline.domain.market import empty_bars, normalize_bars, read_bars_csv
 from projectx_pipeline.domain.contracts import ContractId
+from projectx_pipeline.domain.market import empty_bars, normalize_bars, read_bars_csv
 from projectx_pipeline.domain.sessions import NEW_YORK, trade_date_session
-from projectx_pipeline.domain.timeframes import bar_end, bar_starts_ns, Timeframe, UNIT_DAY, UNIT_MONTH, UNIT_WEEK
-from projectx_pipeline.domain.timestamps import NS_PER_DAY, NS_PER_SECOND
-from projectx_pipeline.domain.timestamps import from_ns, to_ns
+from projectx_pipeline.domain.timeframes import UNIT_DAY, UNIT_MONTH, UNIT_WEEK, Timeframe, bar_end, bar_starts_ns
+from projectx_pipeline.domain.timestamps import NS_PER_DAY, NS_PER_SECOND, from_ns, to_ns
 from projectx_pipeline.sample_data import sample_path
 
 NS_PER_MS = 1_000_000
@@ -40,8 +39,7 @@ NS_PER_MINUTE = 60 * NS_PER_SECOND
 DEFAULT_SAMPLE = sample_path("5m").name
 
 _MONTHS = {"F": 1, "G": 2, "H": 3, "J": 4, "K": 5, "M": 6, "N": 7, "Q": 8, "U": 9, "V": 10, "X": 11, "Z": 12}
-_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-                "October", "November", "December")
+_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
 
 
 @dataclass(frozen=True)
@@ -155,6 +153,7 @@ class MarketSource(Protocol):
 
 # --------------------------------------------------------------------------- bar windows
 
+
 def window_open_ns(label_ns: int, tf: Timeframe) -> int:
     """Where the trades of the bar labelled `label_ns` start.
 
@@ -253,14 +252,14 @@ def history_bars(
 
 # --------------------------------------------------------------------------- replay
 
+
 def default_replay_path() -> Path:
     """The packaged MES 5m sample, or the same file name under `$PROJECTX_SAMPLE_DIR` if set."""
     override = os.environ.get("PROJECTX_SAMPLE_DIR")
     path = Path(override) / DEFAULT_SAMPLE if override else sample_path("5m")
     if not path.is_file():
         raise FileNotFoundError(
-            f"default replay sample not found at {path}: pass a replay CSV or set PROJECTX_SAMPLE_DIR "
-            f"to the directory holding {DEFAULT_SAMPLE}"
+            f"default replay sample not found at {path}: pass a replay CSV or set PROJECTX_SAMPLE_DIR to the directory holding {DEFAULT_SAMPLE}"
         )
     return path
 
@@ -319,8 +318,16 @@ class ReplaySource:
         ts: list[int] = []
         price: list[float] = []
         size: list[int] = []
-        rows = zip(opens.tolist(), ends.tolist(), bars["open"].tolist(), bars["high"].tolist(), bars["low"].tolist(),
-                   bars["close"].tolist(), bars["volume"].tolist(), bars["timestamp"])
+        rows = zip(
+            opens.tolist(),
+            ends.tolist(),
+            bars["open"].tolist(),
+            bars["high"].tolist(),
+            bars["low"].tolist(),
+            bars["close"].tolist(),
+            bars["volume"].tolist(),
+            bars["timestamp"],
+        )
         for window_open, window_end, o, h, lo, c, volume, label in rows:
             if not (lo <= min(o, c) and h >= max(o, c)) or volume < 1:
                 raise ValueError(f"replay bar {label} is inconsistent: o={o} h={h} l={lo} c={c} v={volume}")
@@ -450,8 +457,7 @@ class SyntheticSource:
         self.first_ns = self.start_ns // NS_PER_MINUTE * NS_PER_MINUTE - SYNTHETIC_HISTORY_DAYS * NS_PER_DAY
         self.end_ns = None
         self._keys = {
-            cid: _mix(np.array([(self.seed ^ (zlib.crc32(cid.encode()) << 32)) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-            for cid in self.contracts
+            cid: _mix(np.array([(self.seed ^ (zlib.crc32(cid.encode()) << 32)) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0] for cid in self.contracts
         }
 
     def next_step_ns(self, after_ns: int) -> int | None:

@@ -123,8 +123,7 @@ class MarketPublisher:
             if quote is not None:
                 await self._hub.send(client, quote)
         else:
-            reset = {"timestamp": format_timestamp(self._clock.now_ns, 0), "type": _DOM_RESET, "price": 0.0,
-                     "volume": 0, "currentVolume": 0}
+            reset = {"timestamp": format_timestamp(self._clock.now_ns, 0), "type": _DOM_RESET, "price": 0.0, "volume": 0, "currentVolume": 0}
             await self._hub.send(client, hub_event(DEPTH_EVENT, contract_id, [reset]))
 
     async def _publish_trades(self, contract_id: str, trades: Trades) -> None:
@@ -182,8 +181,13 @@ class MarketPublisher:
                 size = 10 + int(stats.last / contract.tick_size) % 40
                 levels = [
                     {"timestamp": stamp, "type": _DOM_BID, "price": stats.last, "volume": size, "currentVolume": size},
-                    {"timestamp": stamp, "type": _DOM_ASK, "price": round(stats.last + contract.tick_size, 10),
-                     "volume": size + 3, "currentVolume": size + 3},
+                    {
+                        "timestamp": stamp,
+                        "type": _DOM_ASK,
+                        "price": round(stats.last + contract.tick_size, 10),
+                        "volume": size + 3,
+                        "currentVolume": size + 3,
+                    },
                 ]
                 await self._hub.broadcast(depth_subscribers, [hub_event(DEPTH_EVENT, cid, levels)])
 
@@ -195,6 +199,11 @@ class MarketPublisher:
         for client in targets:
             contract_id = sorted(client.trades)[0]
             last = self._stats[contract_id].last
-            record = malformed_record(kind, contract_id, self._source.contracts[contract_id].symbol_id,
-                                      last if last is not None else 1.0, format_timestamp(self._clock.now_ns, 0))
+            record = malformed_record(
+                kind,
+                contract_id,
+                self._source.contracts[contract_id].symbol_id,
+                last if last is not None else 1.0,
+                format_timestamp(self._clock.now_ns, 0),
+            )
             await self._hub.send(client, record)

@@ -71,9 +71,12 @@ class BadRequest(Exception):
 
 
 def _problem(field_name: str, message: str) -> web.Response:
-    body = {"type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
-            "title": "One or more validation errors occurred.", "status": 400,
-            "errors": {field_name: [message]}}
+    body = {
+        "type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+        "title": "One or more validation errors occurred.",
+        "status": 400,
+        "errors": {field_name: [message]},
+    }
     return web.json_response(body, status=400, content_type="application/problem+json")
 
 
@@ -123,8 +126,9 @@ class RestApi:
     """The REST endpoints under `/api`. `pending_faults` holds the RestFaults (see `faults.py`)
     the next calls answer with, one per call, before anything else is checked."""
 
-    def __init__(self, source: MarketSource, clock: MarketClock, sessions: SessionStore,
-                 username: str | None, api_key: str | None, rate_limits: bool):
+    def __init__(
+        self, source: MarketSource, clock: MarketClock, sessions: SessionStore, username: str | None, api_key: str | None, rate_limits: bool
+    ):
         self._source = source
         self._clock = clock
         self._sessions = sessions
@@ -184,8 +188,11 @@ class RestApi:
         text = _require(body, "searchText", str).strip().lower()
         if "live" in body and not isinstance(body["live"], bool):
             raise BadRequest("live", "The live field must be a boolean.")
-        found = [c.to_gateway() for c in self._source.contracts.values()
-                 if not text or any(text in s.lower() for s in (c.id, c.name, c.description, c.symbol_id))]
+        found = [
+            c.to_gateway()
+            for c in self._source.contracts.values()
+            if not text or any(text in s.lower() for s in (c.id, c.name, c.description, c.symbol_id))
+        ]
         return _envelope(contracts=found[:20])
 
     async def _contract_by_id(self, body: dict, _session) -> web.Response:
@@ -210,11 +217,20 @@ class RestApi:
             return _envelope(3, f"Invalid unit number: {exc}", bars=None)
         if limit < 1:
             return _envelope(4, f"Invalid limit {limit}.", bars=None)
-        bars = await asyncio.get_running_loop().run_in_executor(None, lambda: market.history_bars(
-            self._source, contract_id, tf, start_ns, end_ns, self._clock.now_ns,
-            limit=min(limit, MAX_BARS_PER_REQUEST), include_partial=include_partial))
+        bars = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: market.history_bars(
+                self._source,
+                contract_id,
+                tf,
+                start_ns,
+                end_ns,
+                self._clock.now_ns,
+                limit=min(limit, MAX_BARS_PER_REQUEST),
+                include_partial=include_partial,
+            ),
+        )
         rows = zip(bars["timestamp"], bars["open"], bars["high"], bars["low"], bars["close"], bars["volume"])
-        out = [{"t": _iso_bar_time(t), "o": float(o), "h": float(h), "l": float(lo), "c": float(c), "v": int(v)}
-               for t, o, h, lo, c, v in rows]
+        out = [{"t": _iso_bar_time(t), "o": float(o), "h": float(h), "l": float(lo), "c": float(c), "v": int(v)} for t, o, h, lo, c, v in rows]
         out.reverse()  # newest first, like the gateway's documented example
         return _envelope(bars=out)

@@ -73,8 +73,12 @@ class SimulatorServer:
     ):
         if replay is not None and synthetic:
             raise ValueError("choose either a replay file or synthetic contracts, not both")
-        for name, value in (("ping_interval", ping_interval), ("quote_interval", quote_interval),
-                            ("client_timeout", client_timeout), ("token_ttl_seconds", token_ttl_seconds)):
+        for name, value in (
+            ("ping_interval", ping_interval),
+            ("quote_interval", quote_interval),
+            ("client_timeout", client_timeout),
+            ("token_ttl_seconds", token_ttl_seconds),
+        ):
             if not value > 0:
                 raise ValueError(f"invalid {name} {value!r}: expected a positive number of seconds")
         speed = parse_speed(speed)
@@ -96,11 +100,11 @@ class SimulatorServer:
         self._sessions = SessionStore(token_ttl_seconds)
         self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits)
         # The hub hands new subscriptions to the publisher, which needs the hub to send: bound late.
-        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed,
-                                      ping_interval, client_timeout)
+        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout)
         self._publisher = MarketPublisher(self._source, self._clock, self._hub, quote_interval)
-        self._faults = FaultInjector(self._hub, self._clock, self._sessions, self._rest.pending_faults,
-                                     self._publisher.pending_malformed, self._status)
+        self._faults = FaultInjector(
+            self._hub, self._clock, self._sessions, self._rest.pending_faults, self._publisher.pending_malformed, self._status
+        )
 
         self.port: int | None = None
         self._thread: threading.Thread | None = None
@@ -164,11 +168,12 @@ class SimulatorServer:
         """The replay position: every trade before it has been released, none after."""
         return from_ns(self._clock.now_ns)
 
-    def history_bars(self, contract_id: str, timeframe: str | Timeframe, start: datetime | None = None,
-                     end: datetime | None = None) -> pd.DataFrame:
+    def history_bars(self, contract_id: str, timeframe: str | Timeframe, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
         """Every bar up to the clock (the one in progress included), labelled in [start, end), oldest first."""
         return market.history_bars(
-            self._source, contract_id, parse_timeframe(timeframe),
+            self._source,
+            contract_id,
+            parse_timeframe(timeframe),
             to_ns(start) if start is not None else 0,  # the epoch: even a month bar labelled before the first trade
             to_ns(end) if end is not None else _FAR_FUTURE_NS,
             self._clock.now_ns,
@@ -194,12 +199,14 @@ class SimulatorServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         app = web.Application()
-        app.add_routes([
-            *self._rest.routes(),
-            web.get(MARKET_HUB_PATH, self._hub.handle),
-            web.get("/control/status", self._faults.handle_status),
-            web.post("/control/{action}", self._faults.handle),
-        ])
+        app.add_routes(
+            [
+                *self._rest.routes(),
+                web.get(MARKET_HUB_PATH, self._hub.handle),
+                web.get("/control/status", self._faults.handle_status),
+                web.post("/control/{action}", self._faults.handle),
+            ]
+        )
         # No access log: hub URLs carry the token in their query string.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -207,8 +214,10 @@ class SimulatorServer:
             site = web.TCPSite(runner, self.host, self._requested_port)
             await site.start()
             self.port = runner.addresses[0][1]
-            tasks = [asyncio.create_task(self._clock.run(self._publisher.advance, self._publisher.finished_tick)),
-                     asyncio.create_task(self._hub.run_pings())]
+            tasks = [
+                asyncio.create_task(self._clock.run(self._publisher.advance, self._publisher.finished_tick)),
+                asyncio.create_task(self._hub.run_pings()),
+            ]
             log.info(kv("simulator_listening", mode=self.mode, url=self._base_url()))
             self._ready.set()
             await self._stopping.wait()
