@@ -41,6 +41,7 @@ import psycopg2.extensions
 
 from ..domain.contracts import ContractId
 from ..domain.timeframes import Timeframe
+from ..domain.timestamps import utc_series
 from ..domain.trend_starts import ANALYZER_ID, Signal, TrendStartDetector
 from ..storage import bars, locks
 from ..storage import coordinated_signals as coordinated
@@ -84,8 +85,8 @@ def _signals_to_frame(signals: list[Signal]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "type": pd.Series([s.type for s in signals], dtype=object),
-            "start_ts": pd.to_datetime(pd.Series([s.start_ts for s in signals], dtype=object), utc=True).astype("datetime64[ns, UTC]"),
-            "confirm_ts": pd.to_datetime(pd.Series([s.confirm_ts for s in signals], dtype=object), utc=True).astype("datetime64[ns, UTC]"),
+            "start_ts": utc_series(pd.Series([s.start_ts for s in signals], dtype=object)),
+            "confirm_ts": utc_series(pd.Series([s.confirm_ts for s in signals], dtype=object)),
             "rule": pd.Series([s.rule for s in signals], dtype=object),
             "start_price": pd.Series([s.start_price for s in signals], dtype=np.float64),
         }
@@ -130,7 +131,7 @@ def _first_difference(stored: pd.DataFrame, computed: pd.DataFrame) -> pd.Timest
     c = computed.loc[:, ["type", "start_ts", "confirm_ts", "rule", "start_price"]].rename(columns={"start_price": "price"})
     for frame in (s, c):
         for col in ("start_ts", "confirm_ts"):
-            frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
+            frame[col] = utc_series(frame[col])
     m = s.merge(c, on=["type", "start_ts"], how="outer", suffixes=("_s", "_c"), indicator=True)
     differs = (m["_merge"] != "both") | (m["confirm_ts_s"] != m["confirm_ts_c"]) | (m["rule_s"] != m["rule_c"]) | (m["price_s"] != m["price_c"])
     if not differs.any():

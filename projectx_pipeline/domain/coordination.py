@@ -42,7 +42,7 @@ import pandas as pd
 
 from .errors import DomainError
 from .timeframes import Timeframe, bar_end, bar_starts_ns, parse_timeframe
-from .timestamps import from_ns, to_ns
+from .timestamps import aware_timestamp, from_ns, timestamps_ns, to_ns
 from .trend_starts import DOWNTREND, UPTREND
 
 SIGNAL_COLUMNS = ["signal_id", "contract_id", "timeframe", "type", "start_ts", "confirm_ts"]
@@ -172,15 +172,10 @@ def known_at_ns(confirm_ns: np.ndarray, tf: Timeframe) -> np.ndarray:
 
 
 def _utc(ts) -> pd.Timestamp:
-    t = pd.Timestamp(ts)
-    if t is pd.NaT or t.tzinfo is None:
-        raise DomainError(f"invalid time {ts!r}: expected a timezone-aware time")
+    t = aware_timestamp(ts)
+    if t is None:
+        raise DomainError(f"missing time {ts!r}: expected a timezone-aware time")
     return t.tz_convert("UTC")
-
-
-def _utc_ns(column: pd.Series) -> np.ndarray:
-    ts = pd.to_datetime(column, utc=True).astype("datetime64[ns, UTC]")
-    return ts.dt.tz_convert(None).to_numpy().view(np.int64)
 
 
 def _empty_output(signal_ids: pd.Series) -> pd.DataFrame:
@@ -210,7 +205,7 @@ def _prepare(signals: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     if missing:
         raise ValueError(f"signals are missing column(s) {', '.join(missing)}: expected {', '.join(SIGNAL_COLUMNS)}")
     work = signals.loc[:, SIGNAL_COLUMNS].reset_index(drop=True)
-    start_ns, confirm_ns = _utc_ns(work["start_ts"]), _utc_ns(work["confirm_ts"])
+    start_ns, confirm_ns = timestamps_ns(work["start_ts"]), timestamps_ns(work["confirm_ts"])
     nat = np.iinfo(np.int64).min
     missing_time = (start_ns == nat) | (confirm_ns == nat)
     if missing_time.any():

@@ -45,6 +45,8 @@ def empty_bars() -> pd.DataFrame:
 def normalize_bars(df: pd.DataFrame) -> pd.DataFrame:
     """Coerce a frame to the canonical bar layout and dtypes (timestamps to ns UTC)."""
     out = df.loc[:, BAR_COLUMNS].copy()
+    # Bars come from the gateway or its CSV exports, whose rule is that a time without an offset
+    # is UTC (docs/projectx-gateway-api.md), unlike the domain's own inputs (domain.timestamps).
     ts = pd.to_datetime(out["timestamp"], utc=True)
     out["timestamp"] = ts.astype("datetime64[ns, UTC]")
     for c in ("open", "high", "low", "close"):

@@ -71,11 +71,17 @@ def aware_timestamp(ts: object) -> pd.Timestamp | None:
 def timestamps_ns(column: pd.Series) -> np.ndarray:
     """int64 ns since the epoch of a column of aware times (or of ns counts); a missing time
     (NaT, None) becomes the int64 minimum. A naive time is a DomainError naming the first one."""
-    ts = pd.to_datetime(column, utc=True).astype("datetime64[ns, UTC]")
+    return utc_series(column).dt.tz_convert(None).to_numpy().view(np.int64)
+
+
+def utc_series(values: object) -> pd.Series:
+    """A series of aware times (or ns counts) as datetime64[ns, UTC]; a naive time is a
+    DomainError naming the first one, as everywhere else."""
+    column = values if isinstance(values, pd.Series) else pd.Series(values)
     naive = _first_naive(column)
     if naive is not None:
         raise naive_time_error(naive)
-    return ts.dt.tz_convert(None).to_numpy().view(np.int64)
+    return pd.to_datetime(column, utc=True).astype("datetime64[ns, UTC]")
 
 
 def utc_index(ts_ns: np.ndarray) -> pd.DatetimeIndex:
@@ -94,7 +100,9 @@ def _first_naive(column: pd.Series) -> object | None:
         present = column.dropna()
         return present.iloc[0] if len(present) else None
     present = column.dropna()
-    is_text = present.map(lambda v: type(v) is str)
+    if present.empty:
+        return None
+    is_text = present.map(lambda v: type(v) is str).astype(bool)
     naive = pd.Series(False, index=present.index)
     naive[is_text] = ~present[is_text].astype(object).str.contains(_ISO_OFFSET_RE, regex=True)
     naive[~is_text] = present[~is_text].map(lambda v: isinstance(v, (datetime, np.datetime64)) and getattr(v, "tzinfo", None) is None)

@@ -20,7 +20,8 @@ import psycopg2.extras
 
 from ..domain.contracts import ContractId
 from ..domain.coordination import STORED_OUTPUT_COLUMNS
-from .trend_signals import TF_LABEL_SQL, utc_series
+from ..domain.timestamps import utc_series
+from .trend_signals import TF_LABEL_SQL
 
 # What a frame of coordinated signals must have: the output columns the table stores.
 COORDINATED_COLUMNS = STORED_OUTPUT_COLUMNS

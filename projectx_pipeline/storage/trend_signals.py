@@ -26,6 +26,7 @@ from ..domain.contracts import ContractId
 from ..domain.coordination import known_at_ns
 from ..domain.errors import DomainError
 from ..domain.timeframes import Timeframe
+from ..domain.timestamps import timestamps_ns, utc_series
 from ..domain.trend_starts import DOWNTREND, UPTREND
 
 # Columns a frame of detected signals must have (`detect_trend_starts_frame` has them all).
@@ -73,14 +74,6 @@ def _check_key(analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
     check_timeframe(tf)
 
 
-def utc_series(values) -> pd.Series:
-    return pd.to_datetime(pd.Series(values), utc=True).astype("datetime64[ns, UTC]")
-
-
-def _utc_ns(column: pd.Series) -> np.ndarray:
-    return utc_series(column).dt.tz_convert(None).to_numpy().view(np.int64)
-
-
 def _copy_escape(values: Iterable[str]) -> list[str]:
     """COPY text-format escaping of free text (backslash, tab, newline, carriage return)."""
     table = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -108,7 +101,7 @@ def insert_detected_signals(conn: psycopg2.extensions.connection, analyzer_id: s
     bad = ~np.isin(kinds, [UPTREND, DOWNTREND])
     if bad.any():
         raise ValueError(f"invalid signal type {kinds[np.argmax(bad)]!r}: expected uptrend or downtrend")
-    start_ns, confirm_ns = _utc_ns(frame["start_ts"]), _utc_ns(frame["confirm_ts"])
+    start_ns, confirm_ns = timestamps_ns(frame["start_ts"]), timestamps_ns(frame["confirm_ts"])
     known_ns = known_at_ns(confirm_ns, tf)
     prices = frame["start_price"].to_numpy(dtype=np.float64)
     if not np.isfinite(prices).all():
