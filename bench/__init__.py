@@ -198,7 +198,7 @@ def synthetic_trades(n: int, seed: int = 7, contract_id: str = MES) -> tuple[np.
     """The first `n` trades of the simulator's synthetic market (CME hours, bursts, tick grid)
     from Monday 2025-01-06 00:00 UTC on: int64 ns timestamps, float64 prices, int64 sizes."""
     from projectx_pipeline.domain.timestamps import NS_PER_DAY, to_ns
-    from projectx_pipeline.gateway.simulator.market import SyntheticSource
+    from projectx_pipeline.gateway.simulator.synthetic import SyntheticSource
 
     start = to_ns(datetime(2025, 1, 6, tzinfo=timezone.utc))
     src = SyntheticSource([contract_id], seed, start)

@@ -9,7 +9,7 @@
 
 The simulator runs in synthetic mode (`SimulatorServer(synthetic=[MES], rate_limits=False,
 start_time=2026-01-05)`). Its synthetic history is bounded by the module constant
-`simulator.market.SYNTHETIC_HISTORY_DAYS` (60 days before the clock start), read when the
+`simulator.synthetic.SYNTHETIC_HISTORY_DAYS` (60 days before the clock start), read when the
 source is built; the bench raises it to 400 days for its own simulator instance, which gives
 the whole year (no package change). Synthetic trades exist Sunday 18:00 – Friday 17:00 New York,
 so the year is the 260 trade dates Monday 2025-01-06 … Friday 2026-01-02 (no holidays).
@@ -35,7 +35,7 @@ from projectx_pipeline.domain.timeframes import parse_timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.gateway.client import GatewayClient
 from projectx_pipeline.gateway.config import GatewayConfig
-from projectx_pipeline.gateway.simulator import market
+from projectx_pipeline.gateway.simulator import market, synthetic
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import BarStore, read_bars
 from projectx_pipeline.storage.db import connect
@@ -91,12 +91,12 @@ def run(ctx: Context) -> list[Row]:
     start, end = trade_date_session(first)[0], trade_date_session(last)[1]
     span = f"{len(dates)} trade dates {first}…{last}"
 
-    saved = market.SYNTHETIC_HISTORY_DAYS
-    market.SYNTHETIC_HISTORY_DAYS = 400
+    saved = synthetic.SYNTHETIC_HISTORY_DAYS
+    synthetic.SYNTHETIC_HISTORY_DAYS = 400
     try:
         sim = SimulatorServer(synthetic=[MES], rate_limits=False, start_time=CLOCK_START).start()
     finally:
-        market.SYNTHETIC_HISTORY_DAYS = saved
+        synthetic.SYNTHETIC_HISTORY_DAYS = saved
     client = GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "bench", "bench", True), rate_limits=False)
     url = ctx.create_database("bench_backfill")
     conn = connect(url)

@@ -30,8 +30,9 @@ from projectx_pipeline.gateway.protocol import RECORD_SEPARATOR as RS
 from projectx_pipeline.gateway.simulator import commands, market
 from projectx_pipeline.gateway.simulator.control import SimulatorControl, SimulatorControlError
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
-from projectx_pipeline.gateway.simulator.market import SyntheticSource, default_replay_path
+from projectx_pipeline.gateway.simulator.replay import default_replay_path
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+from projectx_pipeline.gateway.simulator.synthetic import SyntheticSource
 
 from .support.market import MES
 from .support.simulator import finished_simulator

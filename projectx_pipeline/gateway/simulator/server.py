@@ -8,7 +8,8 @@ runs them on one event loop in a background thread:
 * `clock.py` — the market clock (the replay position and its speed);
 * `publisher.py` — the live feed: trades, quotes and depth released by the clock;
 * `faults.py` — the `/control` fault-injection endpoint;
-* `auth.py` — tokens and sessions; `market.py` — the market sources and bar history.
+* `auth.py` — tokens and sessions; `market.py` — the market contract and bar history, with
+  `contracts.py`, `replay.py` and `synthetic.py` (the catalogue and the two market sources).
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from ..protocol import MARKET_HUB_PATH
 from . import market
 from .auth import SessionStore
 from .clock import MAX_SPEED, MarketClock, parse_speed
+from .contracts import Contract
 from .faults import FaultInjector
 from .hub_protocol import MarketHubEndpoint
-from .market import Contract, MarketSource, ReplaySource, SyntheticSource
+from .market import MarketSource
 from .publisher import MarketPublisher
+from .replay import ReplaySource, default_replay_path
 from .rest import RestApi
+from .synthetic import SyntheticSource
 
 log = get_logger("projectx.simulator")
 
@@ -92,7 +96,7 @@ class SimulatorServer:
         else:
             if start_time is not None:
                 raise ValueError("start_time applies to the synthetic market only: a replay starts at its first bar")
-            self._source = ReplaySource(replay if replay is not None else market.default_replay_path(), seed)
+            self._source = ReplaySource(replay if replay is not None else default_replay_path(), seed)
             self.mode = "replay"
         self.host, self._requested_port = host, port
 
