@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 from .storage.urls import URL_PASSWORD, url_password
@@ -87,8 +88,13 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Redacts a record's message and traceback in place, before any handler formats it."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
+        try:
+            msg = record.getMessage()
+        except Exception:  # a record that cannot be formatted is left to the handler to report
+            return True
         if record.exc_info and record.exc_info[1] is not None:
             # render the traceback now so the formatter cannot print an unredacted copy
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -104,7 +110,8 @@ _logger_lock = threading.Lock()
 
 
 def get_logger(name: str) -> logging.Logger:
-    """The platform logger `name` (under "projectx."), with a RedactingFilter on the logger itself.
+    """The platform logger `name` (under "projectx.", or a library's logger the platform must keep
+    clean, such as signalrcore's), with a RedactingFilter on the logger itself.
 
     A logger's filters run on the records it creates before any handler sees them, so a handler
     attached to "projectx" by someone else (Dagster's managed_python_loggers) never gets a secret;
@@ -152,3 +159,28 @@ def configure_logging(level: str | None = None, *, fmt: str | None = None, strea
     root.setLevel((level or os.environ.get("PROJECTX_LOG_LEVEL", "INFO")).upper())
     # signalrcore logs every frame at DEBUG, including its URL with the token
     logging.getLogger("SignalRCoreClient").setLevel(logging.WARNING)
+
+
+class LogThrottle:
+    """At most `burst` lines per `period` seconds (a flood of bad input must not flood the log);
+    says how many were suppressed in between."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0):
+        self._burst, self._period = burst, period
+        self._window_start = 0.0
+        self._in_window = 0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> tuple[bool, int]:
+        """(whether to log this line, how many lines were suppressed since the last one logged)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self._period:
+                self._window_start, self._in_window = now, 0
+            if self._in_window >= self._burst:
+                self._suppressed += 1
+                return False, 0
+            self._in_window += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return True, suppressed

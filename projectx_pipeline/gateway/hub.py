@@ -38,10 +38,9 @@ from signalrcore.messages.handshake.response import HandshakeResponseMessage
 from signalrcore.protocol.json_hub_protocol import JsonHubProtocol
 
 from projectx_pipeline.domain.contracts import ContractId
-from projectx_pipeline.logs import get_logger, kv
+from projectx_pipeline.logs import LogThrottle, get_logger, kv
 
 from .config import validate_url
-from .errors import redact
 from .events import (
     DEFAULT_LIMITS,
     EventLimits,
@@ -67,52 +66,10 @@ SIGNALRCORE_LOGGER = "SignalRCoreClient"
 _HTTP_401_RE = re.compile(r"HTTP/\d(?:\.\d)? 401\b")
 
 
-class _RedactTokens(logging.Filter):
-    """Removes tokens from log records: signalrcore logs its URL (which carries the token) and,
-    at debug level, the token itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a record that cannot be formatted is left to the handler to report
-            return True
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_TOKEN_REDACTOR = _RedactTokens()
-
-
 def install_signalrcore_redaction() -> None:
-    signalrcore_log = logging.getLogger(SIGNALRCORE_LOGGER)
-    if _TOKEN_REDACTOR not in signalrcore_log.filters:
-        signalrcore_log.addFilter(_TOKEN_REDACTOR)
-
-
-class _LogThrottle:
-    """At most `burst` lines per `period` seconds; says how many were suppressed in between."""
-
-    def __init__(self, burst: int = 10, period: float = 10.0):
-        self._burst, self._period = burst, period
-        self._window_start = 0.0
-        self._in_window = 0
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def admit(self) -> tuple[bool, int]:
-        """(whether to log this line, how many lines were suppressed since the last one logged)."""
-        with self._lock:
-            now = time.monotonic()
-            if now - self._window_start >= self._period:
-                self._window_start, self._in_window = now, 0
-            if self._in_window >= self._burst:
-                self._suppressed += 1
-                return False, 0
-            self._in_window += 1
-            suppressed, self._suppressed = self._suppressed, 0
-            return True, suppressed
+    """signalrcore logs its URL (which carries the token) and, at debug level, the token itself:
+    its logger gets the platform's redacting filter, like every platform logger."""
+    get_logger(SIGNALRCORE_LOGGER)
 
 
 def _utcnow() -> datetime:
@@ -417,8 +374,8 @@ class MarketHub:
             "last_message_at": None,
             "state": "idle",
         }
-        self._malformed_log = _LogThrottle()
-        self._dropped_log = _LogThrottle()
+        self._malformed_log = LogThrottle()
+        self._dropped_log = LogThrottle()
         install_signalrcore_redaction()
 
     def __repr__(self) -> str:
