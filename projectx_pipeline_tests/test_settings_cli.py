@@ -44,6 +44,7 @@ def test_secrets_never_show_in_repr():
     ("yaml_text", "expected"),
     [
         ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m, 7x]\n", "timeframes"),
+        ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m, 5m, 1m]\n", "1m given more than once"),
         ("contracts: [{id: 'MES; DROP TABLE'}]\ntimeframes: [1m]\n", "contracts.0.id"),
         ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_seconds: -1}\n", "ingest.grace_seconds = -1"),
         ("contracts: [{id: 'CON.F.US.MES.M25'}]\ntimeframes: [1m]\ningest: {grace_secs: 1}\n", "ingest.grace_secs"),
@@ -170,6 +171,7 @@ def _cli(args: list[str], env_extra: dict | None = None, cwd: str | None = None)
     ("args", "needle"),
     [
         (["ingest", "--timeframes", "1m,9q"], "invalid timeframe '9q'"),
+        (["ingest", "--timeframes", "5m,1h,5m"], "5m given more than once"),
         (["ingest", "--contracts", "CON.F.US.MES.M25;DROP"], "invalid contract id"),
         (["db", "explode"], "invalid choice: 'explode'"),
         (["no-such-command"], "invalid choice"),
