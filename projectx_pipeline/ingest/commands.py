@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 from ..errors import UsageError
-from ..logs import get_logger, kv
+from ..logs import configure_logging, get_logger, kv
 
 log = get_logger("projectx.ingest")
 
@@ -70,7 +70,6 @@ def build_daemon(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..logs import configure_logging
     from .writer import AnotherDaemonRunning
 
     configure_logging()

@@ -28,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from projectx_pipeline.logs import configure_logging
+
     from .clock import parse_speed
     from .server import SimulatorServer
+
+    configure_logging()  # its event lines (listening, control actions, hub clients) on stderr, like the daemon's
 
     try:
         speed = parse_speed(args.speed)
