@@ -18,6 +18,10 @@ VALIDATE_ENDPOINT = "Auth/validate"
 SEARCH_ENDPOINT = "Contract/search"
 SEARCH_BY_ID_ENDPOINT = "Contract/searchById"
 HISTORY_ENDPOINT = "History/retrieveBars"
+LOGOUT_ENDPOINT = "Auth/logout"
+AVAILABLE_CONTRACTS_ENDPOINT = "Contract/available"
+ACCOUNT_SEARCH_ENDPOINT = "Account/search"
+PING_ENDPOINT = "Status/ping"  # the one GET
 
 # Rate budgets, (requests, per seconds): History/retrieveBars has its own, every other
 # endpoint the default one.
@@ -30,6 +34,8 @@ MAX_BARS_PER_REQUEST = 20_000
 # --------------------------------------------------------------------------- market hub
 
 MARKET_HUB_PATH = "/hubs/market"
+USER_HUB_PATH = "/hubs/user"
+NEGOTIATE_SUFFIX = "/negotiate"  # POST <hub>/negotiate[?negotiateVersion=1]
 RECORD_SEPARATOR = "\x1e"  # ends every SignalR JSON record
 
 # Client → server invocations, each taking one argument: the contract id.
@@ -39,6 +45,16 @@ SUBSCRIBE_QUOTES = "SubscribeContractQuotes"
 UNSUBSCRIBE_QUOTES = "UnsubscribeContractQuotes"
 SUBSCRIBE_DEPTH = "SubscribeContractMarketDepth"
 UNSUBSCRIBE_DEPTH = "UnsubscribeContractMarketDepth"
+
+# User hub invocations: SubscribeAccounts takes no argument, the others one account id.
+SUBSCRIBE_ACCOUNTS = "SubscribeAccounts"
+UNSUBSCRIBE_ACCOUNTS = "UnsubscribeAccounts"
+SUBSCRIBE_ORDERS = "SubscribeOrders"
+UNSUBSCRIBE_ORDERS = "UnsubscribeOrders"
+SUBSCRIBE_POSITIONS = "SubscribePositions"
+UNSUBSCRIBE_POSITIONS = "UnsubscribePositions"
+SUBSCRIBE_ACCOUNT_TRADES = "SubscribeTrades"
+UNSUBSCRIBE_ACCOUNT_TRADES = "UnsubscribeTrades"
 
 # Server → client events; all but the logout carry the arguments (contractId, data).
 TRADE_EVENT = "GatewayTrade"
