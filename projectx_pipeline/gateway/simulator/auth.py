@@ -2,7 +2,7 @@
 
 A missing, unknown or expired token gets HTTP 401 with an empty body, at REST and at the hub
 upgrade alike. Tokens are valid `token_ttl` seconds; `Auth/validate` issues a new one and the
-old one stays valid."""
+old one stays valid; `Auth/logout` ends the session of the token it was called with."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def _jwt(user: str, expires_at: float) -> str:
 class Session:
     user: str
     expires_at: float  # epoch seconds
+    token: str
 
 
 class SessionStore:
@@ -49,7 +50,7 @@ class SessionStore:
     def issue(self, user: str) -> str:
         expires_at = time.time() + self._token_ttl
         token = _jwt(user, expires_at)
-        self._sessions[token] = Session(user, expires_at)
+        self._sessions[token] = Session(user, expires_at, token)
         return token
 
     def session_for(self, token: str | None) -> Session | None:
@@ -57,6 +58,10 @@ class SessionStore:
         if session is None or session.expires_at <= time.time():
             return None
         return session
+
+    def revoke(self, token: str) -> None:
+        """End one session: the token is refused from now on, at REST and at the hubs."""
+        self._sessions.pop(token, None)
 
     def clear(self) -> None:
         """Invalidate every token issued so far."""

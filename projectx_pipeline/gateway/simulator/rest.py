@@ -1,4 +1,4 @@
-"""The simulator's REST API: login, token renewal, contract search and bar history.
+"""The simulator's REST API: login, token renewal and logout, contracts, accounts, bar history and ping.
 
 Choices where the real gateway is unconfirmed, made explicit here:
 
@@ -29,18 +29,23 @@ from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 
 from ..protocol import (
+    ACCOUNT_SEARCH_ENDPOINT,
     API_ROOT,
+    AVAILABLE_CONTRACTS_ENDPOINT,
     DEFAULT_BUDGET,
     HISTORY_BUDGET,
     HISTORY_ENDPOINT,
     ISO_SECONDS_FORMAT,
     LOGIN_ENDPOINT,
+    LOGOUT_ENDPOINT,
     MAX_BARS_PER_REQUEST,
+    PING_ENDPOINT,
     SEARCH_BY_ID_ENDPOINT,
     SEARCH_ENDPOINT,
     VALIDATE_ENDPOINT,
 )
 from . import market
+from .accounts import SIMULATED_ACCOUNTS
 from .auth import Session, SessionStore, bearer_token, unauthorized
 from .clock import MarketClock
 from .market import MarketSource
@@ -143,6 +148,11 @@ class RestApi:
             web.post(f"{API_ROOT}/{SEARCH_ENDPOINT}", self._endpoint(self._contract_search, bucket="other")),
             web.post(f"{API_ROOT}/{SEARCH_BY_ID_ENDPOINT}", self._endpoint(self._contract_by_id, bucket="other")),
             web.post(f"{API_ROOT}/{HISTORY_ENDPOINT}", self._endpoint(self._retrieve_bars, bucket="history")),
+            web.post(f"{API_ROOT}/{LOGOUT_ENDPOINT}", self._endpoint(self._logout, bucket="other", body_required=False)),
+            web.post(f"{API_ROOT}/{AVAILABLE_CONTRACTS_ENDPOINT}", self._endpoint(self._available_contracts, bucket="other")),
+            web.post(f"{API_ROOT}/{ACCOUNT_SEARCH_ENDPOINT}", self._endpoint(self._account_search, bucket="other")),
+            # The one GET, and the one call that needs no token: a liveness probe.
+            web.get(f"{API_ROOT}/{PING_ENDPOINT}", self._endpoint(self._ping, bucket="other", authenticated=False, body_required=False)),
         ]
 
     def _endpoint(self, handler, *, bucket: str, authenticated: bool = True, body_required: bool = True):
@@ -183,6 +193,21 @@ class RestApi:
 
     async def _validate(self, _body: dict, session: Session) -> web.Response:
         return _envelope(newToken=self._sessions.issue(session.user))
+
+    async def _logout(self, _body: dict, session: Session) -> web.Response:
+        self._sessions.revoke(session.token)
+        return _envelope()
+
+    async def _ping(self, _body: dict, _session) -> web.Response:
+        return web.json_response("pong")
+
+    async def _account_search(self, body: dict, _session) -> web.Response:
+        only_active = _require(body, "onlyActiveAccounts", bool)
+        return _envelope(accounts=[a.to_gateway() for a in SIMULATED_ACCOUNTS if a.active or not only_active])
+
+    async def _available_contracts(self, body: dict, _session) -> web.Response:
+        _require(body, "live", bool)
+        return _envelope(contracts=[c.to_gateway() for c in self._source.contracts.values()])
 
     async def _contract_search(self, body: dict, _session) -> web.Response:
         text = _require(body, "searchText", str).strip().lower()
