@@ -1,8 +1,9 @@
 """`projectx dev` (what `make dev` runs): the whole platform on one machine.
 
 Local database (unless DATABASE_URL is set) → migrations → simulator replaying the MES sample
-(unless the settings choose the real gateway: PROJECTX_GATEWAY=projectx, or, with it unset,
-PROJECTX_USERNAME and PROJECTX_API_KEY both set) → ingestion daemon → Dagster webserver
+shifted to the present, its first two weeks already history (unless the settings choose the
+real gateway: PROJECTX_GATEWAY=projectx, or, with it unset, PROJECTX_USERNAME and
+PROJECTX_API_KEY both set) → ingestion daemon → Dagster webserver
 (127.0.0.1:3000) and daemon. Ctrl-C (or SIGTERM) stops everything, children first, then the
 database this command started.
 """
@@ -30,7 +31,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("PROJECTX_DEV_SPEED", "10"),
         help="simulator replay speed (× real time, or 'max'; default 10: a 5m bar every 30 s)",
     )
+    parser.add_argument(
+        "--history-days",
+        type=float,
+        default=14.0,
+        help="days of the MES sample the simulator serves as history when the platform starts (default 14); the replay is shifted"
+        " to the present, so 'the last N days' has bars and the live feed is today's",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address the webserver and simulator bind to")
+
+
+def simulator_command(args: argparse.Namespace) -> list[str]:
+    """The simulator `make dev` runs: the MES sample shifted to now, `--history-days` of it already history."""
+    if not args.history_days >= 0:
+        raise UsageError(f"--history-days {args.history_days}: expected a number of days >= 0")
+    return [
+        "projectx",
+        "simulate",
+        "--host",
+        args.host,
+        "--port",
+        str(args.simulator_port),
+        "--speed",
+        str(args.speed),
+        "--start",
+        f"+{args.history_days}d",
+        "--shift-to-now",
+    ]
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -128,14 +155,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             if _port_in_use("127.0.0.1", args.simulator_port):
                 raise UsageError(f"port {args.simulator_port} is in use: stop what runs there or pass --simulator-port")
-            sim = children.start(
-                "simulator", ["projectx", "simulate", "--host", args.host, "--port", str(args.simulator_port), "--speed", str(args.speed)], env
-            )
+            sim = children.start("simulator", simulator_command(args), env)
             if not _wait_for_port("127.0.0.1", args.simulator_port, sim, 30):
                 raise UsageError("the simulator did not start (see its output above)")
             sim_url = f"http://127.0.0.1:{args.simulator_port}"
             env["PROJECTX_API_URL"] = env["PROJECTX_RTC_URL"] = sim_url
-            lines.append(f"gateway      simulator {sim_url} replaying the MES 5m sample at {args.speed}× (control: {sim_url}/control/status)")
+            lines.append(
+                f"gateway      simulator {sim_url} replaying the MES 5m sample at {args.speed}×, shifted to the present"
+                f" with {args.history_days:g} days of history (control: {sim_url}/control/status)"
+            )
         # 3. ingestion daemon
         children.start("ingest", ["projectx", "ingest"], env)
         lines.append(

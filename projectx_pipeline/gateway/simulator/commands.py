@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from projectx_pipeline.domain.contracts import ContractId
@@ -24,6 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username", help="accept only this userName at login (default: any)")
     parser.add_argument("--api-key", help="accept only this apiKey at login (default: any)")
     parser.add_argument("--no-rate-limit", action="store_true", help="disable the gateway's rate limits")
+    parser.add_argument(
+        "--start",
+        metavar="WHEN",
+        help="where the clock starts: for a replay an ISO time inside it (with its offset), '+<N>d'/'+<N>h' after its first bar,"
+        " or 'end'; history serves everything before it (default: the first bar). For --synthetic an ISO time (default now)",
+    )
+    parser.add_argument(
+        "--shift-to-now",
+        action="store_true",
+        help="replay the sample moved by whole weeks (New York time: weekdays and session hours kept) so that the clock starts now,"
+        " --start lying less than a week before: clients asking for the last N days get bars",
+    )
     parser.add_argument("--wait-for-subscriber", action="store_true", help="hold the clock at the start until the first trade subscription")
 
 
@@ -43,6 +56,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--replay and --synthetic are exclusive: choose one market source")
     if args.replay and not Path(args.replay).is_file():
         raise UsageError(f"--replay {args.replay}: no such file")
+    if args.shift_to_now and args.synthetic:
+        raise UsageError("--shift-to-now moves a replay: the synthetic market starts now already")
+    start = args.start
+    if start is not None and args.synthetic:
+        try:
+            start = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"--start {args.start}: expected an ISO time with its offset, like 2025-03-18T14:00:00Z") from None
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0..65535")
     try:
@@ -59,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             rate_limits=not args.no_rate_limit,
             wait_for_subscriber=args.wait_for_subscriber,
+            start_time=start,
+            shift_to_now=args.shift_to_now,
         )
     except (DomainError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
@@ -72,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"PROJECTX_API_URL={simulator.api_url} PROJECTX_RTC_URL={simulator.rtc_url}", flush=True)
         print(f"control: {simulator.control_url}", flush=True)
+        if simulator.weeks_shifted:
+            print(f"replay shifted {simulator.weeks_shifted} weeks to now: clock {simulator.clock().isoformat()}", flush=True)
         while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals
             pass
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import pandas as pd
 
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.domain.timeframes import Timeframe
+from projectx_pipeline.domain.timestamps import from_ns
 from projectx_pipeline.sample_data import sample_path
 
 from .contracts import contract_for
 from .market import NS_PER_MS, Trades, bar_labels_ns, no_trades, window_end_ns, window_open_ns
+from .replay_time import resolve_start_ns, shift_bars_weeks, weeks_to_now
 
 DEFAULT_SAMPLE = sample_path("5m").name
 
@@ -39,9 +42,15 @@ class ReplaySource:
     extra trades on the tick grid between those points. Sizes are >= 1 and sum exactly to the
     bar's volume; timestamps are strictly inside the window, strictly increasing, at millisecond
     resolution, and every third one falls on a whole second (so the feed shows both ISO forms).
-    The sequence depends only on the file and the seed."""
+    The sequence depends only on the file and the seed.
 
-    def __init__(self, path: str | os.PathLike, seed: int = 0):
+    The clock starts at `start` (see `replay_time.resolve_start_ns`; default the first bar) and
+    history holds every trade before it. With `shift_to_ns` (the present, for a replay that
+    happens now) every bar is moved by the whole weeks of New York time that bring the start to
+    at most that instant and less than a week before it, and the clock starts at that instant:
+    history then answers "the last N days" like the live gateway. `weeks_shifted` says by how much."""
+
+    def __init__(self, path: str | os.PathLike, seed: int = 0, start: datetime | str | None = None, shift_to_ns: int | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"replay file not found: {path}")
@@ -55,6 +64,12 @@ class ReplaySource:
         if len(tfs) != 1:
             raise ValueError(f"replay file {path} mixes timeframes: expected exactly one")
         self.timeframe = Timeframe(int(tfs.iloc[0, 0]), int(tfs.iloc[0, 1]))
+        self.weeks_shifted = 0
+        if shift_to_ns is not None:
+            labels = bar_labels_ns(bars)
+            position = resolve_start_ns(start, window_open_ns(int(labels[0]), self.timeframe), window_end_ns(int(labels[-1]), self.timeframe))
+            self.weeks_shifted = weeks_to_now(position, shift_to_ns)
+            bars = shift_bars_weeks(bars, self.weeks_shifted)
         contract = contract_for(str(contract_ids[0]))
         self.contracts = {contract.id: contract}
         self.bars = bars
@@ -65,8 +80,16 @@ class ReplaySource:
         ends = np.array([window_end_ns(int(x), self.timeframe) for x in labels], dtype=np.int64)
         self._step_ends = ends
         self.first_ns = int(opens[0])
-        self.start_ns = int(opens[0])
         self.end_ns = int(ends[-1])
+        if shift_to_ns is None:
+            self.start_ns = resolve_start_ns(start, self.first_ns, self.end_ns)
+        elif self.first_ns <= shift_to_ns < self.end_ns:
+            self.start_ns = shift_to_ns
+        else:
+            raise ValueError(
+                f"replay {path} shifted by {self.weeks_shifted} weeks ends at {from_ns(self.end_ns).isoformat()}, before"
+                f" {from_ns(shift_to_ns).isoformat()}: choose an earlier start (less than a week before the end is too late)"
+            )
         self._trades = self._expand(bars, opens, ends, contract.tick_size, seed)
 
     def trades_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> Trades:

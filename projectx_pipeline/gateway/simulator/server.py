@@ -53,9 +53,15 @@ class SimulatorServer:
     time (or, with "max", as fast as the slowest subscribed client reads), history never holds a
     trade at or after it, and trades released before a client subscribed are lost to that client.
 
-    Two parameters go beyond the gateway's own behaviour, for tests and demos: `client_timeout`
-    (seconds of client silence before the hub closes the connection; ASP.NET's default is 30) and
-    `start_time` (where the synthetic clock starts; default now)."""
+    `start_time` is where the clock starts. For the synthetic market: any aware datetime (default
+    now). For a replay: a point of the replay in its own times, "+<N>d"/"+<N>h" after its first
+    bar, or "end" (default: the first bar); history serves everything before it.
+    `shift_to_now` moves the replay by whole weeks (New York time) so that its clock starts at the
+    present, `start_time` then lying less than a week before it: clients asking for "the last N
+    days" get bars, as from the live gateway (`replay_time.py`).
+
+    `client_timeout` goes beyond the gateway's own behaviour, for tests and demos: seconds of
+    client silence before the hub closes the connection (ASP.NET's default is 30)."""
 
     def __init__(
         self,
@@ -73,7 +79,8 @@ class SimulatorServer:
         ping_interval: float = 15.0,
         quote_interval: float = 1.0,
         client_timeout: float = 30.0,
-        start_time: datetime | None = None,
+        start_time: datetime | str | None = None,
+        shift_to_now: bool = False,
     ):
         if replay is not None and synthetic:
             raise ValueError("choose either a replay file or synthetic contracts, not both")
@@ -87,16 +94,25 @@ class SimulatorServer:
                 raise ValueError(f"invalid {name} {value!r}: expected a positive number of seconds")
         speed = parse_speed(speed)
         self._source: MarketSource
+        self.weeks_shifted = 0  # how many weeks later than recorded a replay plays (shift_to_now)
         if synthetic:
             if speed == MAX_SPEED:
                 raise ValueError("speed 'max' needs a replay: the synthetic market runs on a real-time clock")
+            if shift_to_now:
+                raise ValueError("shift_to_now moves a replay: the synthetic market already starts now unless start_time says otherwise")
+            if isinstance(start_time, str):
+                raise ValueError(f"invalid start_time {start_time!r} for the synthetic market: expected an aware datetime")
             start_ns = to_ns(start_time) if start_time is not None else time.time_ns() // 1_000_000 * 1_000_000
             self._source = SyntheticSource(list(synthetic), seed, start_ns)
             self.mode = "synthetic"
         else:
-            if start_time is not None:
-                raise ValueError("start_time applies to the synthetic market only: a replay starts at its first bar")
-            self._source = ReplaySource(replay if replay is not None else default_replay_path(), seed)
+            replay_source = ReplaySource(
+                replay if replay is not None else default_replay_path(),
+                seed,
+                start=start_time,
+                shift_to_ns=time.time_ns() if shift_to_now else None,
+            )
+            self._source, self.weeks_shifted = replay_source, replay_source.weeks_shifted
             self.mode = "replay"
         self.host, self._requested_port = host, port
 
@@ -240,6 +256,7 @@ class SimulatorServer:
         return {
             "mode": self.mode,
             "clock": self.clock().isoformat(),
+            "weeks_shifted": self.weeks_shifted,
             "speed": self._clock.speed,
             "paused": self._clock.paused,
             "waiting_for_subscriber": self._clock.waiting_for_subscriber,
