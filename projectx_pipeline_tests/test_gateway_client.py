@@ -107,7 +107,7 @@ def test_a_malformed_error_code_is_an_undocumented_gateway_error(code):
 
 
 def test_login_errors_name_the_meaning_and_never_the_key():
-    sim = SimulatorServer(speed="max", username="alice", api_key="right-key").start()
+    sim = SimulatorServer(start_time="end", username="alice", api_key="right-key").start()
     try:
         with pytest.raises(GatewayError) as caught:
             make_client(sim, username="bob", api_key="right-key").search_contracts("MES")
@@ -132,7 +132,7 @@ def test_contract_ids_are_validated_before_any_request(sim, request_log):
 
 
 def test_token_is_refreshed_with_validate_shortly_before_it_expires():
-    sim = SimulatorServer(speed="max", token_ttl_seconds=5).start()
+    sim = SimulatorServer(start_time="end", token_ttl_seconds=5).start()
     try:
         log = RequestLog()
         client = make_client(sim, log)
