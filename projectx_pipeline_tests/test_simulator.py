@@ -365,10 +365,14 @@ def test_hub_rejects_bad_tokens_before_upgrading(finished_replay):
 
 def test_hub_handshake_versions_and_protocols(finished_replay):
     token = login(finished_replay)
-    for version in (0, 1):
+    hub = RawHub(finished_replay, token, version=1)
+    assert hub.handshake == "{}"
+    hub.close()
+    for version in (0, 2):  # the gateway speaks version 1 of the JSON protocol, and only that
         hub = RawHub(finished_replay, token, version=version)
-        assert hub.handshake == "{}"
-        hub.close()
+        assert hub.handshake == json.dumps({"error": f"The server does not support version {version} of the 'json' protocol."}, separators=(",", ":"))
+        with pytest.raises(ConnectionClosed):
+            hub.next(timeout=3)
     hub = RawHub(finished_replay, token, version=None)
     hub.ws.send(json.dumps({"protocol": "messagepack", "version": 1}) + RS)
     assert "error" in json.loads(hub.next_raw())
