@@ -36,8 +36,9 @@ setup(
     ],
     extras_require={
         # wheel: the read-only-install test builds the package without build isolation;
-        # ruff and mypy: `make lint` (CI runs it before the tests)
-        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "wheel>=0.42", "ruff>=0.6", "mypy>=1.11"],
+        # ruff and mypy: `make lint` (CI runs it before the tests);
+        # pysignalr: a second public SignalR client the simulator's hubs are tested against
+        "dev": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "wheel>=0.42", "ruff>=0.6", "mypy>=1.11", "pysignalr==1.3.3"],
     },
     entry_points={"console_scripts": ["projectx=projectx_pipeline.cli:main"]},
 )

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
 
 from projectx_pipeline.domain.aggregation import aggregate_trades
 from projectx_pipeline.domain.market import BAR_COLUMNS, normalize_bars, read_bars_csv
@@ -34,8 +33,9 @@ from projectx_pipeline.gateway.simulator.replay import default_replay_path
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.gateway.simulator.synthetic import SyntheticSource
 
+from .support.hub_wire import RawHub
 from .support.market import MES
-from .support.simulator import finished_simulator
+from .support.simulator import api, finished_simulator, login
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,18 +44,6 @@ TUESDAY_CASH_SESSION = datetime(2025, 3, 18, 14, 0, tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def login(sim: SimulatorServer, user: str = "tester", api_key: str = "key") -> str:
-    body = requests.post(f"{sim.api_url}/api/Auth/loginKey", json={"userName": user, "apiKey": api_key}, timeout=5).json()
-    assert body["success"], body
-    return body["token"]
-
-
-def api(sim: SimulatorServer, path: str, body, token: str | None) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return requests.post(f"{sim.api_url}/api/{path}", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=10)
 
 
 def bars_request(
@@ -119,50 +107,6 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
 
 def parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-class RawHub:
-    """A bare SignalR JSON-protocol client on a raw WebSocket: sees the wire exactly as sent."""
-
-    def __init__(self, sim: SimulatorServer, token: str | None, version: int | None = 1, headers: dict | None = None):
-        query = f"?access_token={token}" if token else ""
-        url = sim.rtc_url.replace("http://", "ws://") + "/hubs/market" + query
-        self.ws = connect(
-            url, compression=None, ping_interval=None, proxy=None, open_timeout=5, close_timeout=1, additional_headers=headers, legacy=True
-        )
-        self._records: deque[str] = deque()
-        self.handshake = None
-        if version is not None:
-            self.ws.send(json.dumps({"protocol": "json", "version": version}) + RS)
-            self.handshake = self.next_raw()
-
-    def next_raw(self, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while not self._records:
-            frame = self.ws.recv(timeout=max(0.001, deadline - time.monotonic()))
-            self._records.extend(r for r in frame.split(RS) if r)
-        return self._records.popleft()
-
-    def next(self, timeout: float = 5.0) -> dict | None:
-        """The next message; None for a record that is not JSON."""
-        try:
-            return json.loads(self.next_raw(timeout))
-        except ValueError:
-            return None
-
-    def wait_for(self, predicate, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self.next(max(0.001, deadline - time.monotonic()))
-            if message is not None and predicate(message):
-                return message
-
-    def invoke(self, target: str, contract_id: str, invocation_id: str) -> dict:
-        self.ws.send(json.dumps({"type": 1, "invocationId": invocation_id, "target": target, "arguments": [contract_id]}) + RS)
-        return self.wait_for(lambda m: m.get("type") == 3 and m.get("invocationId") == invocation_id)
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def is_event(target: str):
@@ -365,10 +309,14 @@ def test_hub_rejects_bad_tokens_before_upgrading(finished_replay):
 
 def test_hub_handshake_versions_and_protocols(finished_replay):
     token = login(finished_replay)
-    for version in (0, 1):
+    hub = RawHub(finished_replay, token, version=1)
+    assert hub.handshake == "{}"
+    hub.close()
+    for version in (0, 2):  # the gateway speaks version 1 of the JSON protocol, and only that
         hub = RawHub(finished_replay, token, version=version)
-        assert hub.handshake == "{}"
-        hub.close()
+        assert hub.handshake == json.dumps({"error": f"The server does not support version {version} of the 'json' protocol."}, separators=(",", ":"))
+        with pytest.raises(ConnectionClosed):
+            hub.next(timeout=3)
     hub = RawHub(finished_replay, token, version=None)
     hub.ws.send(json.dumps({"protocol": "messagepack", "version": 1}) + RS)
     assert "error" in json.loads(hub.next_raw())

@@ -1,13 +1,16 @@
 """The simulator's fault injection: `POST /control/<action>` and `GET /control/status`.
 
 Simulator only, for tests and demos: drop, close, stall, refuse, malformed, expire_tokens,
-logout, rest_errors, pause, resume, speed (each `_fault_<action>` below says what it does)."""
+logout, rest_errors, pause, resume, speed (each `_fault_<action>` below says what it does).
+The hub faults hit every hub alike (`/hubs/market` and `/hubs/user`), as an outage of the
+gateway's real-time service would."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,7 +19,7 @@ from ...logs import get_logger, kv
 from ..protocol import LOGOUT_EVENT, RECORD_SEPARATOR, TRADE_EVENT
 from .auth import SessionStore
 from .clock import MarketClock
-from .hub_protocol import MarketHubEndpoint, hub_event, hub_record
+from .hub_protocol import HubEndpoint, hub_event, hub_record
 from .rest import BadRequest, read_json_body
 
 log = get_logger("projectx.simulator")
@@ -78,19 +81,19 @@ def _seconds(value: object) -> float:
 
 
 class FaultInjector:
-    """The control endpoint: each action changes the hub, the clock, the sessions, the REST
+    """The control endpoint: each action changes the hubs, the clock, the sessions, the REST
     answers or the feed, and is answered with the simulator's status (`status()`)."""
 
     def __init__(
         self,
-        hub: MarketHubEndpoint,
+        hubs: Sequence[HubEndpoint],
         clock: MarketClock,
         sessions: SessionStore,
         rest_faults,
         malformed,
         status: Callable[[], dict],
     ):
-        self._hub = hub
+        self._hubs = list(hubs)
         self._clock = clock
         self._sessions = sessions
         self._rest_faults = rest_faults  # the REST API's queue of RestFault
@@ -117,19 +120,24 @@ class FaultInjector:
 
     async def _fault_drop(self) -> None:
         """Abort every hub TCP connection, without any close frame."""
-        self._hub.abort_all()
+        for hub in self._hubs:
+            hub.abort_all()
 
     async def _fault_close(self) -> None:
         """Send a SignalR close (type 7) that allows a reconnect, then close the WebSocket."""
-        await self._hub.close_all("Server closed the connection.", allow_reconnect=True)
+        await asyncio.gather(*(hub.close_all("Server closed the connection.", allow_reconnect=True) for hub in self._hubs))
 
     async def _fault_stall(self, seconds: float) -> None:
         """Keep the sockets open but send nothing at all (no pings either) for `seconds`."""
-        self._hub.stall_until = time.monotonic() + _seconds(seconds)
+        until = time.monotonic() + _seconds(seconds)
+        for hub in self._hubs:
+            hub.stall_until = until
 
     async def _fault_refuse(self, seconds: float) -> None:
-        """Answer new hub upgrades with HTTP 503 for `seconds`."""
-        self._hub.refuse_until = time.monotonic() + _seconds(seconds)
+        """Answer new negotiations and hub upgrades with HTTP 503 for `seconds`."""
+        until = time.monotonic() + _seconds(seconds)
+        for hub in self._hubs:
+            hub.refuse_until = until
 
     async def _fault_malformed(self, count: int = 1, kinds: list[str] | None = None) -> None:
         """Interleave `count` bad GatewayTrade events (cycling through `kinds`) with the good ones."""
@@ -142,10 +150,11 @@ class FaultInjector:
     async def _fault_expire_tokens(self) -> None:
         """Invalidate every token issued so far: REST answers 401 and hub connections are closed."""
         self._sessions.clear()
-        await self._hub.close_all("Unauthorized: the access token has expired.")
+        await asyncio.gather(*(hub.close_all("Unauthorized: the access token has expired.") for hub in self._hubs))
 
     async def _fault_logout(self) -> None:
-        await self._hub.broadcast_handshaken([hub_record({"type": 1, "target": LOGOUT_EVENT, "arguments": []})])
+        logout = hub_record({"type": 1, "target": LOGOUT_EVENT, "arguments": []})
+        await asyncio.gather(*(hub.broadcast_handshaken([logout]) for hub in self._hubs))
 
     async def _fault_rest_errors(self, status: int | None = 500, count: int = 1, retry_after: float | None = 1.0, delay: float = 0.0) -> None:
         """The next `count` REST calls answer `status` (None: the normal answer) after `delay` seconds."""

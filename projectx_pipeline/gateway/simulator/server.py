@@ -1,10 +1,11 @@
-"""A local ProjectX Gateway: REST API, SignalR market hub and a fault-injection endpoint on one port.
+"""A local ProjectX Gateway: REST API, SignalR market and user hubs and a fault-injection endpoint on one port.
 
 Faithful to the protocol in `docs/projectx-gateway-api.md`. This module assembles the parts and
 runs them on one event loop in a background thread:
 
 * `rest.py` — the REST endpoints (login, contracts, bar history) and their rate limits;
-* `hub_protocol.py` — the SignalR market hub (handshake, records, subscriptions, pings);
+* `hub_protocol.py` — the SignalR hubs `/hubs/market` and `/hubs/user` (negotiation, handshake,
+  records, subscriptions, pings), both on one shared hub machinery;
 * `clock.py` — the market clock (the replay position and its speed);
 * `publisher.py` — the live feed: trades, quotes and depth released by the clock;
 * `faults.py` — the `/control` fault-injection endpoint;
@@ -27,13 +28,12 @@ from projectx_pipeline.domain.timeframes import Timeframe, parse_timeframe
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
 from ...logs import get_logger, kv
-from ..protocol import MARKET_HUB_PATH
 from . import market
 from .auth import SessionStore
 from .clock import MAX_SPEED, MarketClock, parse_speed
 from .contracts import Contract
 from .faults import FaultInjector
-from .hub_protocol import MarketHubEndpoint
+from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, MarketHubEndpoint, UserHubEndpoint
 from .market import MarketSource
 from .publisher import MarketPublisher
 from .replay import ReplaySource, default_replay_path
@@ -60,8 +60,10 @@ class SimulatorServer:
     present, `start_time` then lying less than a week before it: clients asking for "the last N
     days" get bars, as from the live gateway (`replay_time.py`).
 
-    `client_timeout` goes beyond the gateway's own behaviour, for tests and demos: seconds of
-    client silence before the hub closes the connection (ASP.NET's default is 30)."""
+    Two parameters go beyond the gateway's own behaviour, for tests and demos: `client_timeout`
+    (seconds of client silence before a hub closes the connection; ASP.NET's default is 30) and
+    `negotiate_timeout` (seconds a negotiated connection id waits for its WebSocket; ASP.NET's
+    disconnect timeout, 15 by default)."""
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class SimulatorServer:
         ping_interval: float = 15.0,
         quote_interval: float = 1.0,
         client_timeout: float = 30.0,
+        negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
         start_time: datetime | str | None = None,
         shift_to_now: bool = False,
     ):
@@ -88,6 +91,7 @@ class SimulatorServer:
             ("ping_interval", ping_interval),
             ("quote_interval", quote_interval),
             ("client_timeout", client_timeout),
+            ("negotiate_timeout", negotiate_timeout),
             ("token_ttl_seconds", token_ttl_seconds),
         ):
             if not value > 0:
@@ -120,10 +124,11 @@ class SimulatorServer:
         self._sessions = SessionStore(token_ttl_seconds)
         self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits)
         # The hub hands new subscriptions to the publisher, which needs the hub to send: bound late.
-        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout)
+        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout, negotiate_timeout)
+        self._user_hub = UserHubEndpoint(self._sessions, ping_interval, client_timeout, negotiate_timeout)
         self._publisher = MarketPublisher(self._source, self._clock, self._hub, quote_interval)
         self._faults = FaultInjector(
-            self._hub, self._clock, self._sessions, self._rest.pending_faults, self._publisher.pending_malformed, self._status
+            (self._hub, self._user_hub), self._clock, self._sessions, self._rest.pending_faults, self._publisher.pending_malformed, self._status
         )
 
         self.port: int | None = None
@@ -222,7 +227,8 @@ class SimulatorServer:
         app.add_routes(
             [
                 *self._rest.routes(),
-                web.get(MARKET_HUB_PATH, self._hub.handle),
+                *self._hub.routes(),
+                *self._user_hub.routes(),
                 web.get("/control/status", self._faults.handle_status),
                 web.post("/control/{action}", self._faults.handle),
             ]
@@ -237,6 +243,7 @@ class SimulatorServer:
             tasks = [
                 asyncio.create_task(self._clock.run(self._publisher.advance, self._publisher.finished_tick)),
                 asyncio.create_task(self._hub.run_pings()),
+                asyncio.create_task(self._user_hub.run_pings()),
             ]
             log.info(kv("simulator_listening", mode=self.mode, url=self._base_url()))
             self._ready.set()
@@ -245,6 +252,7 @@ class SimulatorServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._hub.abort_all()
+            self._user_hub.abort_all()
         finally:
             await runner.cleanup()
 
@@ -263,6 +271,7 @@ class SimulatorServer:
             "finished": self._clock.finished,
             "connections": len(self._hub.clients),
             "subscriptions": self._hub.subscription_counts(),
+            "user_hub": {"connections": len(self._user_hub.clients), "subscriptions": self._user_hub.subscription_counts()},
             "trades_published": self._publisher.trades_published,
             "trades_sent": self._publisher.trades_sent,
             "stalled": now < self._hub.stall_until,
