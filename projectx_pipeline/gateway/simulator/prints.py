@@ -55,10 +55,24 @@ def path_point_counts(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarra
     return 1 + (first != o).astype(np.int64) + (second != first) + (c != second)
 
 
+def _size_quantiles() -> np.ndarray:
+    """The print size at each of 2**16 evenly spaced quantiles of the size distribution: small
+    prints geometric (P(1 lot) = _ONE_LOT_ODDS), a share _BLOCK_ODDS of blocks Pareto (from 8
+    lots, index 1.3) up to MAX_BLOCK_LOTS. One 16-bit draw per print then picks its size, the
+    cheapest draw there is (the number of prints of a bar is known only from its sizes)."""
+    lots = np.arange(1, MAX_BLOCK_LOTS + 1, dtype=np.float64)
+    blocks = np.where(lots < 8, 0.0, 1.0 - ((lots + 1) / 8.0) ** -1.3)
+    blocks[-1] = 1.0
+    cdf = (1 - _BLOCK_ODDS) * (1.0 - (1.0 - _ONE_LOT_ODDS) ** lots) + _BLOCK_ODDS * blocks
+    quantiles = (np.arange(2**16) + 0.5) / 2**16
+    return (np.searchsorted(cdf, quantiles) + 1).astype(np.int64)
+
+
+_SIZE_AT_QUANTILE = _size_quantiles()
+
+
 def _draw_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
-    small = rng.geometric(_ONE_LOT_ODDS, n)
-    block = np.minimum(MAX_BLOCK_LOTS, np.floor(8.0 * (1.0 + rng.pareto(1.3, n)))).astype(np.int64)
-    return np.where(rng.random(n) < _BLOCK_ODDS, block, small)
+    return _SIZE_AT_QUANTILE[rng.integers(0, 2**16, n, dtype=np.uint16)]
 
 
 def print_sizes(volume: int, min_prints: int, seed: int, bar_index: int) -> np.ndarray:
@@ -126,25 +140,21 @@ def print_ticks(points: list[int], high_ticks: int, n: int, seed: int, bar_index
         lengths = distance + _allocate(steps_total - int(distance.sum()), distance * (0.5 + rng.random(legs.size)))
     else:
         lengths = 1 + _allocate(steps_total - legs.size, np.maximum(distance - 1, 1e-9))
-    leg = np.repeat(np.arange(legs.size), lengths)
-    into = np.arange(steps_total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # step index within its leg
-    # A leg of L steps covering D ticks: |D| steps toward its end, u back-and-forth pairs, the rest 0.
-    # The pairs make the walk wander about as far as the bar's range; clipping to [0, high] keeps
-    # it in the bar and its steps within one tick, and never moves a point (they lie inside).
     spare = lengths - distance
+    # A leg of L steps covering D ticks: |D| steps toward its end, u back-and-forth pairs, the rest
+    # 0, in random order. The pairs make the walk wander about as far as the bar's range; clipping
+    # to [0, high] keeps it in the bar and its steps within one tick, and never moves a point.
     activity = min(0.6, max(0.05, high_ticks**2 / max(1, int(spare.sum()))))
     pairs = rng.binomial(np.maximum(spare, 0) // 2, activity)
-    ups = np.where(legs > 0, distance, 0) + pairs
-    downs = np.where(legs < 0, distance, 0) + pairs
-    order = np.lexsort((rng.random(steps_total), leg))
-    rank = np.empty(steps_total, dtype=np.int64)
-    rank[order] = into  # `leg` is sorted, so the p-th of `order` is the (p - its leg's start)-th of its leg
-    walk_step = np.where(rank < ups[leg], 1, np.where(rank < ups[leg] + downs[leg], -1, 0))
-    # a leg shorter than its distance moves in the fewest, most even jumps instead
-    short = (lengths < distance)[leg]
-    jump_step = np.round(legs[leg] * (into + 1) / lengths[leg]) - np.round(legs[leg] * into / lengths[leg])
-    steps = np.where(short, jump_step, walk_step).astype(np.int64)
-    walk = np.concatenate(([points[0]], points[0] + np.cumsum(steps)))
+    steps = []
+    for d, length, u in zip(legs.tolist(), lengths.tolist(), pairs.tolist()):
+        if length < abs(d):  # a leg shorter than its distance moves in the fewest, most even jumps
+            steps.append(np.diff(np.round(np.arange(length + 1) * d / length)).astype(np.int64))
+            continue
+        ups, downs = max(d, 0) + u, max(-d, 0) + u
+        order = rng.permutation(length)
+        steps.append(np.where(order < ups, 1, np.where(order < ups + downs, -1, 0)))
+    walk = np.concatenate(([points[0]], points[0] + np.cumsum(np.concatenate(steps))))
     return np.clip(walk, 0, high_ticks)
 
 
@@ -166,11 +176,8 @@ def aggressor_sides(price: np.ndarray, before: float, side_before: int) -> np.nd
     return np.where(known < 0, side_before, side[np.maximum(known, 0)]).astype(np.int8)
 
 
-def best_bid_ask(price, side, size, tick: float) -> tuple[np.ndarray, np.ndarray]:
-    """The book just after each print: a buy traded at the ask, a sell at the bid, the other side
-    one tick away, two after a print of WIDE_SPREAD_LOTS or more."""
-    price, side, size = np.asarray(price, np.float64), np.asarray(side), np.asarray(size)
-    spread = np.where(size >= WIDE_SPREAD_LOTS, 2 * tick, tick)
-    bid = np.round(np.where(side == 0, price - spread, price), 10)
-    ask = np.round(np.where(side == 0, price, price + spread), 10)
-    return bid, ask
+def best_bid_ask(price: float, side: int, size: int, tick: float) -> tuple[float, float]:
+    """The book just after a print: a buy traded at the ask, a sell at the bid, the other side one
+    tick away, two after a print of WIDE_SPREAD_LOTS or more. (Scalar: a quote needs one.)"""
+    spread = 2 * tick if size >= WIDE_SPREAD_LOTS else tick
+    return (round(price - spread, 10), price) if side == 0 else (price, round(price + spread, 10))

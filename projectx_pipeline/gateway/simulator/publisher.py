@@ -19,9 +19,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,7 +42,7 @@ _DOM_ASK, _DOM_BID, _DOM_RESET = 1, 2, 6
 def format_timestamp(ts_ns: int, style: int) -> str:
     """An ISO-8601 UTC timestamp in one of the four forms the gateway is seen to use (ms resolution)."""
     seconds, rem_ns = divmod(int(ts_ns), NS_PER_SECOND)
-    base = time.strftime(ISO_SECONDS_FORMAT, time.gmtime(seconds))
+    base = _iso_seconds(seconds)
     millis = rem_ns // 1_000_000
     style %= 4
     if style == 0:
@@ -51,6 +52,12 @@ def format_timestamp(ts_ns: int, style: int) -> str:
     if rem_ns == 0:
         return f"{base}Z" if style == 2 else f"{base}+00:00"
     return f"{base}.{millis:03d}Z" if style == 2 else f"{base}.{millis * 1000:06d}+00:00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    """The whole-second part of a timestamp: shared by the many prints of a busy second."""
+    return time.strftime(ISO_SECONDS_FORMAT, time.gmtime(seconds))
 
 
 def _style_of(ts_ns: int) -> int:
@@ -102,6 +109,42 @@ class SessionStats:
             last = source.trades_between(contract_id, *self.unresolved)
             self.last_trade_ns, self.last_side, self.last_size = int(last.ts_ns[-1]), int(last.side[-1]), int(last.size[-1])
             self.unresolved = None
+
+    def snapshots(self, trades: Trades, counts: list[int]) -> list[SessionStats]:
+        """The figures after the first c of `trades`, for each c of `counts`; then adds them all.
+
+        Vectorized (running maxima per session), as a step may hold thousands of trades and
+        hundreds of quote instants."""
+        if not len(trades):
+            return [replace(self) for _ in counts]
+        labels = market.session_labels_ns(trades.ts_ns)
+        high, low, volume, opening = np.empty(len(trades)), np.empty(len(trades)), np.empty(len(trades), np.int64), np.empty(len(trades))
+        cuts = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(trades)]):
+            carried = lo == 0 and int(labels[0]) == self.session_label  # the session the figures are in goes on
+            price = trades.price[lo:hi]
+            high[lo:hi] = np.maximum.accumulate(np.maximum(price, self.high if carried and self.high is not None else -np.inf))
+            low[lo:hi] = np.minimum.accumulate(np.minimum(price, self.low if carried and self.low is not None else np.inf))
+            volume[lo:hi] = np.cumsum(trades.size[lo:hi]) + (self.volume if carried else 0)
+            opening[lo:hi] = self.open if carried and self.open is not None else price[0]
+        out = [
+            replace(self)
+            if c == 0
+            else SessionStats(
+                int(labels[c - 1]),
+                float(opening[c - 1]),
+                float(high[c - 1]),
+                float(low[c - 1]),
+                float(trades.price[c - 1]),
+                int(volume[c - 1]),
+                int(trades.ts_ns[c - 1]),
+                int(trades.side[c - 1]),
+                int(trades.size[c - 1]),
+            )
+            for c in counts
+        ]
+        self.add(trades)
+        return out
 
 
 def quote_instants(ts_ns: np.ndarray, last_before_ns: int | None, lo_ns: int, hi_ns: int, interval_ns: int) -> np.ndarray:
@@ -156,19 +199,15 @@ class MarketPublisher:
         return any(self._hub.subscribers(feed, contract_id) for feed in ("trades", "quotes", "depth"))
 
     async def _publish_quotes_in_step(self, contract_id: str, trades: Trades, lo_ns: int, hi_ns: int) -> None:
-        """Adds the step's trades to the session figures, quoting at each bucket end on the way."""
+        """Adds the step's trades to the session figures and quotes them at each bucket end on the way."""
         stats = self._stats[contract_id]
         if not (self._hub.subscribers("quotes", contract_id) or self._hub.subscribers("depth", contract_id)):
             stats.add(trades)
             return
         stats.resolve(self._source, contract_id)
-        done = 0
-        for at_ns in quote_instants(trades.ts_ns, stats.last_trade_ns, lo_ns, hi_ns, self._quote_interval_ns).tolist():
-            upto = int(np.searchsorted(trades.ts_ns, at_ns, side="left"))
-            stats.add(trades[done:upto])
-            done = upto
-            await self._publish_quote(contract_id, at_ns)
-        stats.add(trades[done:])
+        instants = quote_instants(trades.ts_ns, stats.last_trade_ns, lo_ns, hi_ns, self._quote_interval_ns)
+        counts = np.searchsorted(trades.ts_ns, instants, side="left").tolist()
+        await self._publish_quotes(contract_id, list(zip(stats.snapshots(trades, counts), instants.tolist())))
 
     async def finished_tick(self, wall_now: float) -> None:
         """A tick of the clock after the replay's end: quotes of the end clock go on at the wall-clock interval."""
@@ -179,9 +218,10 @@ class MarketPublisher:
         if feed == "trades":
             self._clock.waiting_for_subscriber = False
         elif feed == "quotes":
-            quote = self._quote(contract_id, self._clock.now_ns)
-            if quote is not None:
-                await self._hub.send(client, quote)
+            stats = self._stats[contract_id]
+            stats.resolve(self._source, contract_id)
+            if stats.last is not None:
+                await self._hub.send(client, self._quote(contract_id, stats, self._clock.now_ns))
         else:
             reset = {"timestamp": format_timestamp(self._clock.now_ns, 0), "type": _DOM_RESET, "price": 0.0, "volume": 0, "currentVolume": 0}
             await self._hub.send(client, hub_event(DEPTH_EVENT, contract_id, [reset]))
@@ -201,20 +241,14 @@ class MarketPublisher:
         delivered = await self._hub.broadcast(subscribers, records)
         self.trades_sent += len(objects) * sum(delivered)
 
-    def _book(self, contract_id: str) -> tuple[float, float]:
-        stats = self._stats[contract_id]
-        stats.resolve(self._source, contract_id)
+    def _book(self, contract_id: str, stats: SessionStats) -> tuple[float, float]:
         assert stats.last is not None
-        bid, ask = prints.best_bid_ask([stats.last], [stats.last_side], [stats.last_size], self._source.contracts[contract_id].tick_size)
-        return float(bid[0]), float(ask[0])
+        return prints.best_bid_ask(stats.last, stats.last_side, stats.last_size, self._source.contracts[contract_id].tick_size)
 
-    def _quote(self, contract_id: str, at_ns: int) -> str | None:
-        """The GatewayQuote of the session figures as they are, stamped `at_ns`."""
-        stats = self._stats[contract_id]
-        if stats.last is None:
-            return None
-        bid, ask = self._book(contract_id)
-        assert stats.open is not None and stats.last_trade_ns is not None  # add() sets them with last
+    def _quote(self, contract_id: str, stats: SessionStats, at_ns: int) -> str:
+        """The GatewayQuote of session figures that hold a trade, stamped `at_ns`."""
+        assert stats.last is not None and stats.open is not None and stats.last_trade_ns is not None  # add() sets them with last
+        bid, ask = self._book(contract_id, stats)
         contract = self._source.contracts[contract_id]
         change = stats.last - stats.open
         quote = {
@@ -234,28 +268,37 @@ class MarketPublisher:
         }
         return hub_event(QUOTE_EVENT, contract_id, quote)
 
-    async def _publish_quote(self, contract_id: str, at_ns: int) -> None:
-        """The quote and the best bid and ask (GatewayDepth) of a contract, stamped `at_ns`."""
-        quote = self._quote(contract_id, at_ns)
-        if quote is None:
-            return
-        await self._hub.broadcast(self._hub.subscribers("quotes", contract_id), [quote])
-        depth_subscribers = self._hub.subscribers("depth", contract_id)
-        if depth_subscribers:
-            bid, ask = self._book(contract_id)
-            tick, stamp = self._source.contracts[contract_id].tick_size, format_timestamp(at_ns, 0)
-            # a deterministic book size per price keeps the depth feed reproducible
-            levels = [
-                {"timestamp": stamp, "type": dom_type, "price": price, "volume": size, "currentVolume": size}
-                for dom_type, price, size in ((_DOM_BID, bid, 10 + int(bid / tick) % 40), (_DOM_ASK, ask, 13 + int(ask / tick) % 40))
-            ]
-            await self._hub.broadcast(depth_subscribers, [hub_event(DEPTH_EVENT, contract_id, levels)])
+    def _depth(self, contract_id: str, stats: SessionStats, at_ns: int) -> str:
+        """GatewayDepth with the best bid and ask of the quote of the same instant."""
+        bid, ask = self._book(contract_id, stats)
+        tick, stamp = self._source.contracts[contract_id].tick_size, format_timestamp(at_ns, 0)
+        # a deterministic book size per price keeps the depth feed reproducible
+        levels = [
+            {"timestamp": stamp, "type": dom_type, "price": price, "volume": size, "currentVolume": size}
+            for dom_type, price, size in ((_DOM_BID, bid, 10 + int(bid / tick) % 40), (_DOM_ASK, ask, 13 + int(ask / tick) % 40))
+        ]
+        return hub_event(DEPTH_EVENT, contract_id, levels)
+
+    async def _publish_quotes(self, contract_id: str, quotes: list[tuple[SessionStats, int]]) -> None:
+        """Quotes (and depth) of a contract, one per (figures, instant) with a trade.
+
+        The records of one call go out in one WebSocket frame (SignalR splits a frame on its
+        record separators): at a fast replay that is hundreds of quotes a step, and a frame each
+        would cost the clients more than the quotes themselves."""
+        quotes = [(stats, at_ns) for stats, at_ns in quotes if stats.last is not None]
+        quote_subscribers, depth_subscribers = self._hub.subscribers("quotes", contract_id), self._hub.subscribers("depth", contract_id)
+        if quotes and quote_subscribers:
+            await self._hub.broadcast(quote_subscribers, ["".join(self._quote(contract_id, stats, at_ns) for stats, at_ns in quotes)])
+        if quotes and depth_subscribers:
+            await self._hub.broadcast(depth_subscribers, ["".join(self._depth(contract_id, stats, at_ns) for stats, at_ns in quotes)])
 
     async def publish_quotes(self) -> None:
         """Quotes (and depth) of every contract, stamped with the clock."""
         self._last_quote_wall = time.monotonic()
-        for cid in self._source.contracts:
-            await self._publish_quote(cid, self._clock.now_ns)
+        for cid, stats in self._stats.items():
+            if self._hub.subscribers("quotes", cid) or self._hub.subscribers("depth", cid):
+                stats.resolve(self._source, cid)
+                await self._publish_quotes(cid, [(stats, self._clock.now_ns)])
 
     async def _inject_malformed(self) -> None:
         targets = [c for c in self._hub.clients if c.trades]

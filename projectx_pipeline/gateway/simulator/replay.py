@@ -107,6 +107,7 @@ class BarPrints:
         self._open, self._high, self._low, self._close = (bars[col].to_numpy(np.float64) for col in ("open", "high", "low", "close"))
         self._volume = bars["volume"].to_numpy(np.int64)
         self._opens, self._ends, self._tick, self._seed = opens, ends, tick, int(seed)
+        self._points = prints.path_point_counts(self._open, self._high, self._low, self._close)  # the fewest prints per bar
         self._check(bars["timestamp"])
         self._counts = np.full(len(bars), -1, dtype=np.int64)  # prints per bar, -1 until known
         self._cache: OrderedDict[int, Trades] = OrderedDict()
@@ -116,7 +117,7 @@ class BarPrints:
     def _check(self, labels: pd.Series) -> None:
         o, h, lo, c, v = self._open, self._high, self._low, self._close, self._volume
         inconsistent = ~((lo <= np.minimum(o, c)) & (h >= np.maximum(o, c))) | (v < 1)
-        points = prints.path_point_counts(o, h, lo, c)
+        points = self._points
         capacity = (self._ends - self._opens) // prints.NS_PER_MS - 1
         for i in np.flatnonzero(inconsistent | (points > v) | (points > capacity))[:1]:
             bar = f"o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
@@ -127,8 +128,7 @@ class BarPrints:
             raise ValueError(f"replay bar {labels.iloc[i]}: its window is too short for the prints that touch open, high, low and close")
 
     def _sizes(self, i: int) -> np.ndarray:
-        points = prints.path_point_counts(self._open[i], self._high[i], self._low[i], self._close[i])
-        sizes = prints.print_sizes(int(self._volume[i]), int(points), self._seed, i)
+        sizes = prints.print_sizes(int(self._volume[i]), int(self._points[i]), self._seed, i)
         return prints.fit_to_window(sizes, prints.window_capacity(int(self._opens[i]), int(self._ends[i])))
 
     def count(self, i: int) -> int:
@@ -206,14 +206,15 @@ class BarPrints:
 
     def _outlines(self, index: np.ndarray) -> Trades:
         up = self._close[index] >= self._open[index]
-        first_extreme = np.where(up, self._low[index], self._high[index])
-        second_extreme = np.where(up, self._high[index], self._low[index])
-        price = np.column_stack((self._open[index], first_extreme, second_extreme, self._close[index])).ravel()
-        zeros = np.zeros(index.size, dtype=np.int64)
-        size = np.column_stack((self._volume[index], zeros, zeros, zeros)).ravel()
+        price = np.empty(4 * index.size)
+        price[0::4], price[3::4] = self._open[index], self._close[index]
+        price[1::4] = np.where(up, self._low[index], self._high[index])
+        price[2::4] = np.where(up, self._high[index], self._low[index])
+        size = np.zeros(price.size, dtype=np.int64)
+        size[0::4] = self._volume[index]
         # equal instants keep this order in aggregation (a stable sort): open first, close last
-        opens = self._opens[index]
-        ts = np.column_stack((opens, opens, opens, self._ends[index] - 1)).ravel()
+        ts = np.repeat(self._opens[index], 4)
+        ts[3::4] = self._ends[index] - 1
         return Trades(ts, price, size, np.zeros(ts.size, dtype=np.int8))
 
 
