@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .market import NS_PER_MS
+
 MEAN_PRINT_LOTS = 3.3  # what `_draw_sizes` averages; sizes the first batch of draws
 MAX_BLOCK_LOTS = 500
 WIDE_SPREAD_LOTS = 10
-NS_PER_MS = 1_000_000
 
 _SIZES, _TIMES, _PRICES = range(3)  # the random streams of a bar
 _ONE_LOT_ODDS = 0.42  # geometric sizes: P(1 lot) among the small prints
@@ -95,9 +96,9 @@ def print_sizes(volume: int, min_prints: int, seed: int, bar_index: int) -> np.n
     return sizes
 
 
-def window_capacity(window_open_ns: int, window_end_ns: int) -> int:
-    """How many prints fit at distinct milliseconds strictly inside the window."""
-    return max(0, (window_end_ns - window_open_ns) // NS_PER_MS - 1)
+def window_capacity(window_open_ns, window_end_ns):
+    """How many prints fit at distinct milliseconds strictly inside the window (arrays too)."""
+    return np.maximum(0, (window_end_ns - window_open_ns) // NS_PER_MS - 1)
 
 
 def fit_to_window(sizes: np.ndarray, capacity: int) -> np.ndarray:
@@ -110,7 +111,7 @@ def fit_to_window(sizes: np.ndarray, capacity: int) -> np.ndarray:
 def print_times(n: int, window_open_ns: int, window_end_ns: int, seed: int, bar_index: int) -> np.ndarray:
     """n strictly increasing ms-resolution instants strictly inside (window_open, window_end), in bursts."""
     rng = bar_stream(seed, bar_index, _TIMES)
-    room = window_capacity(window_open_ns, window_end_ns) - n  # the free milliseconds
+    room = int(window_capacity(window_open_ns, window_end_ns)) - n  # the free milliseconds
     gaps = rng.exponential(1.0, n + 1) * np.where(rng.random(n + 1) < _BURST_PAUSE_ODDS, _BURST_PAUSE_FACTOR, 1.0)
     at = np.cumsum(gaps)[:-1] / gaps.sum()  # in [0, 1)
     # one millisecond per print keeps them strictly increasing; the free ones go where the bursts put them

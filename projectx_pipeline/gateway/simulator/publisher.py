@@ -11,7 +11,8 @@
   quote, stamped with the bucket's end and showing the book then; no trade, no quote (a halt is
   quiet). So quotes depend only on the trades, never on how the clock steps. Once a replay is
   over, a quote of the end clock goes out every `quote_interval` seconds of wall time, so that
-  clients can close their last bar. `GatewayDepth` carries the same best bid and ask.
+  clients can close their last bar. `GatewayDepth` carries the same best bid and ask. The
+  quotes (and depth) of one clock step go out in one WebSocket frame, one record each.
 * `trades_published` counts trades released by the clock, whether or not anyone was subscribed.
   A contract nobody watches has its trades counted and its session figures taken without
   generating them where the source can (`MarketSource.released_between`).

@@ -97,6 +97,9 @@ class ReplaySource:
 _SESSION = Timeframe(UNIT_DAY, 1)  # SessionStats' windows: the CME session
 # How many prints the bar cache holds at most (about 25 bytes each): a few hundred busy bars.
 CACHE_PRINTS = 2_000_000
+# How many stand-in rows the cache of bars finer than the source's holds at most (1m bars of the
+# whole MES 5m sample: 200,000), so that repeated fine history does not regenerate prints.
+CACHE_FINE_ROWS = 2_000_000
 
 
 class BarPrints:
@@ -113,12 +116,14 @@ class BarPrints:
         self._cache: OrderedDict[int, Trades] = OrderedDict()
         self._cached_prints = 0
         self._whole_windows: dict[Timeframe, np.ndarray] = {}
+        self._fine: OrderedDict[tuple[Timeframe, int], Trades] = OrderedDict()
+        self._fine_rows = 0
 
     def _check(self, labels: pd.Series) -> None:
         o, h, lo, c, v = self._open, self._high, self._low, self._close, self._volume
         inconsistent = ~((lo <= np.minimum(o, c)) & (h >= np.maximum(o, c))) | (v < 1)
         points = self._points
-        capacity = (self._ends - self._opens) // prints.NS_PER_MS - 1
+        capacity = prints.window_capacity(self._opens, self._ends)
         for i in np.flatnonzero(inconsistent | (points > v) | (points > capacity))[:1]:
             bar = f"o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
             if inconsistent[i]:
@@ -129,7 +134,7 @@ class BarPrints:
 
     def _sizes(self, i: int) -> np.ndarray:
         sizes = prints.print_sizes(int(self._volume[i]), int(self._points[i]), self._seed, i)
-        return prints.fit_to_window(sizes, prints.window_capacity(int(self._opens[i]), int(self._ends[i])))
+        return prints.fit_to_window(sizes, int(prints.window_capacity(self._opens[i], self._ends[i])))
 
     def count(self, i: int) -> int:
         """How many prints bar i has (drawing its sizes only)."""
@@ -191,7 +196,8 @@ class BarPrints:
         """Trades that aggregate to `tf` (or any coarser windows made of whole `tf` windows)
         exactly like those of [lo_ns, hi_ns): a bar inside the range and inside one `tf` window
         stands as four points (the open with the bar's volume, low and high, the close, at
-        instants of its window), any other bar as its prints in the range."""
+        instants of its window); a bar inside the range split by second or minute windows, as
+        four points per window of its prints (cached); any other bar as its prints in the range."""
         bars = self._bars_in(lo_ns, hi_ns)
         index = np.arange(bars.start, bars.stop)
         whole = (self._opens[index] >= lo_ns) & (self._ends[index] <= hi_ns) & self._whole(tf)[index]
@@ -200,22 +206,50 @@ class BarPrints:
             if k > run_start:
                 pieces.append(self._outlines(index[run_start:k]))
             if k < index.size:
-                pieces.append(self._trades_of(int(index[k]), lo_ns, hi_ns))
+                i = int(index[k])
+                fine = tf.is_clock_aligned and self._inside(i, lo_ns, hi_ns)
+                pieces.append(self._fine_stand_ins(i, tf) if fine else self._trades_of(i, lo_ns, hi_ns))
             run_start = k + 1
         return _concat(pieces)
 
     def _outlines(self, index: np.ndarray) -> Trades:
-        up = self._close[index] >= self._open[index]
-        price = np.empty(4 * index.size)
-        price[0::4], price[3::4] = self._open[index], self._close[index]
-        price[1::4] = np.where(up, self._low[index], self._high[index])
-        price[2::4] = np.where(up, self._high[index], self._low[index])
-        size = np.zeros(price.size, dtype=np.int64)
-        size[0::4] = self._volume[index]
-        # equal instants keep this order in aggregation (a stable sort): open first, close last
-        ts = np.repeat(self._opens[index], 4)
-        ts[3::4] = self._ends[index] - 1
-        return Trades(ts, price, size, np.zeros(ts.size, dtype=np.int8))
+        at = self._opens[index]
+        o, h, lo, c, v = (a[index] for a in (self._open, self._high, self._low, self._close, self._volume))
+        return _stand_ins(at, self._ends[index] - 1, o, h, lo, c, v)
+
+    def _fine_stand_ins(self, i: int, tf: Timeframe) -> Trades:
+        """Bar i's prints aggregated to the second or minute windows `tf`, as stand-ins."""
+        cached = self._fine.get((tf, i))
+        if cached is not None:
+            self._fine.move_to_end((tf, i))
+            return cached
+        trades = self.trades(i)
+        windows = bar_starts_ns(trades.ts_ns, tf)
+        first = np.flatnonzero(np.diff(windows, prepend=windows[0] - 1))
+        last = np.append(first[1:] - 1, len(trades) - 1)
+        high, low = np.maximum.reduceat(trades.price, first), np.minimum.reduceat(trades.price, first)
+        at = np.maximum(windows[first], self._opens[i])  # inside both the window and the bar
+        stand_ins = _stand_ins(at, at, trades.price[first], high, low, trades.price[last], np.add.reduceat(trades.size, first))
+        self._fine[(tf, i)] = stand_ins
+        self._fine_rows += len(stand_ins)
+        while self._fine_rows > CACHE_FINE_ROWS and len(self._fine) > 1:
+            self._fine_rows -= len(self._fine.popitem(last=False)[1])
+        return stand_ins
+
+
+def _stand_ins(open_ns: np.ndarray, close_ns: np.ndarray, o, h, lo, c, volume) -> Trades:
+    """Four points per bar that aggregate to it: the open (with all the volume), the extremes
+    (low first on an up bar), the close; at `open_ns` and, for the close, `close_ns`."""
+    up = c >= o
+    price = np.empty(4 * o.size)
+    price[0::4], price[3::4] = o, c
+    price[1::4], price[2::4] = np.where(up, lo, h), np.where(up, h, lo)
+    size = np.zeros(price.size, dtype=np.int64)
+    size[0::4] = volume
+    # equal instants keep this order in aggregation (a stable sort): open first, close last
+    ts = np.repeat(open_ns, 4)
+    ts[3::4] = close_ns
+    return Trades(ts, price, size, np.zeros(ts.size, dtype=np.int8))
 
 
 def _concat(pieces: list[Trades]) -> Trades:

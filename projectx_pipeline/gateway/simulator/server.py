@@ -52,6 +52,9 @@ class SimulatorServer:
     or `synthetic` (contract ids). The clock is the replay position: it advances at `speed` × real
     time (or, with "max", as fast as the slowest subscribed client reads), history never holds a
     trade at or after it, and trades released before a client subscribed are lost to that client.
+    `quote_interval` is the quote throttle in seconds of market time (at most one quote per
+    bucket of that length, see `publisher.py`) and, once a replay is over, the wall-clock
+    interval of the quotes of the end clock.
 
     Two parameters go beyond the gateway's own behaviour, for tests and demos: `client_timeout`
     (seconds of client silence before the hub closes the connection; ASP.NET's default is 30) and
