@@ -1,7 +1,9 @@
 """The simulator's live feed: what the market clock releases, published to hub subscribers.
 
 * `GatewayTrade` events carry one trade object or a list: of the trades of a contract released
-  in one step, the first goes out alone as an object and the rest, if any, as one list.
+  in one step, the first goes out alone as an object and the rest, if any, as lists of at most
+  TRADES_PER_EVENT (a busy bar has thousands of prints; a record of a few hundred stays well
+  under the 64 KiB a client may accept, `gateway/events.py`).
 * Timestamps rotate through four ISO forms (3 or 7 fractional digits, none on whole seconds,
   `Z` or `+00:00`), chosen by the trade's second so the choice is deterministic.
 * `GatewayQuote` carries every field, `volume` being the running session total. The book is the
@@ -35,6 +37,8 @@ from .clock import MarketClock
 from .faults import malformed_record
 from .hub_protocol import HubClient, MarketHubEndpoint, hub_event
 from .market import MarketSource, Trades
+
+TRADES_PER_EVENT = 200  # about 110 characters each: ~22 KB a record
 
 # ProjectX DomType values used in GatewayDepth entries
 _DOM_ASK, _DOM_BID, _DOM_RESET = 1, 2, 6
@@ -237,8 +241,7 @@ class MarketPublisher:
             for ts, price, size, side in zip(trades.ts_ns.tolist(), trades.price.tolist(), trades.size.tolist(), trades.side.tolist())
         ]
         records = [hub_event(TRADE_EVENT, contract_id, objects[0])]
-        if len(objects) > 1:
-            records.append(hub_event(TRADE_EVENT, contract_id, objects[1:]))
+        records += [hub_event(TRADE_EVENT, contract_id, objects[i : i + TRADES_PER_EVENT]) for i in range(1, len(objects), TRADES_PER_EVENT)]
         delivered = await self._hub.broadcast(subscribers, records)
         self.trades_sent += len(objects) * sum(delivered)
 
