@@ -185,7 +185,7 @@ def sample_holes(sample_5m: pd.DataFrame) -> list[pd.Timestamp]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # every one of the sample's ~18 M prints goes through the daemon into PostgreSQL
+@pytest.mark.timeout(240)
 def test_end_to_end_replay_of_the_sample_through_the_cli(db_url, sample_dir, tmp_path):
     """The whole MES 5m sample replayed at full speed → `projectx ingest` (the CLI) → PostgreSQL.
 
@@ -196,7 +196,7 @@ def test_end_to_end_replay_of_the_sample_through_the_cli(db_url, sample_dir, tmp
     daemon = None
     try:
         daemon = Cli(["ingest"], cli_env(db_url, sim, write_settings(tmp_path)), tmp_path, "ingest")
-        wait_store_matches(db_url, sim, timeout=600)
+        wait_store_matches(db_url, sim, timeout=150)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(10) == 0, daemon.stderr[-3000:]
 
