@@ -51,6 +51,12 @@ TF_1H, TF_4H = parse_timeframe("1h"), parse_timeframe("4h")
 FAULT_SLICE = ("2025-03-17T18:00:00Z", "2025-03-18T02:00:00Z")
 FAULT_SLICE_BARS = 84
 
+# The whole-sample scenarios stream its last two sessions (from Sunday 2025-05-04 18:00 New York,
+# about a million prints) and take the 49 days before from history at start-up: the whole sample
+# live is 18 M prints, 13 minutes at the daemon's 23 k prints a second here.
+LIVE_TAIL_START = "+49d"
+SAMPLE_LOOKBACK_DAYS = 60
+
 
 # =========================================================================== helpers: data
 
@@ -99,12 +105,13 @@ def wait_store_matches(url: str, sim: SimulatorServer, timeout: float, timeframe
 # =========================================================================== helpers: processes
 
 
-def write_settings(directory: Path) -> Path:
+def write_settings(directory: Path, timeframes: str = "1m, 5m, 15m, 1h, 4h, 1d", initial_lookback_days: int = 3) -> Path:
     path = directory / "settings.yaml"
     path.write_text(
         "contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\n"
-        "timeframes: [1m, 5m, 15m, 1h, 4h, 1d]\n"
+        f"timeframes: [{timeframes}]\n"
         "ingest:\n  repair_delay_seconds: 0.5\n  heartbeat_seconds: 1.0\n  trade_flush_seconds: 0.5\n"
+        f"  initial_lookback_days: {initial_lookback_days}\n"
         # the replay's trades are from 2025: a 30-day retention (TimescaleDB's job, applied at
         # start) would rightly drop them while the tests count them
         "storage:\n  trades_retention_days: 36500\n"
@@ -185,18 +192,21 @@ def sample_holes(sample_5m: pd.DataFrame) -> list[pd.Timestamp]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_end_to_end_replay_of_the_sample_through_the_cli(db_url, sample_dir, tmp_path):
-    """The whole MES 5m sample replayed at full speed → `projectx ingest` (the CLI) → PostgreSQL.
+    """The MES sample through `projectx ingest` (the CLI) into PostgreSQL: its first 49 days from
+    the gateway's history at start-up, its last two sessions live at full speed (about a million
+    realistic prints, every one stored; the whole sample live, 18 M prints, takes 13 minutes).
 
     Stored 5m bars equal the sample; stored 1h and 4h bars equal the gateway's own 1h and 4h
     bars except in exactly the windows of the sample's 5m holes and the two truncated gateway
     hours; 1m, 15m and 1d equal the simulator's history; every trade is stored once."""
-    sim, ctl = start_sim(None, "max")
+    sim, ctl = start_sim(None, "max", start_time=LIVE_TAIL_START)
     daemon = None
     try:
-        daemon = Cli(["ingest"], cli_env(db_url, sim, write_settings(tmp_path)), tmp_path, "ingest")
-        wait_store_matches(db_url, sim, timeout=150)
+        settings = write_settings(tmp_path, initial_lookback_days=SAMPLE_LOOKBACK_DAYS)
+        daemon = Cli(["ingest"], cli_env(db_url, sim, settings), tmp_path, "ingest")
+        wait_store_matches(db_url, sim, timeout=300)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(10) == 0, daemon.stderr[-3000:]
 
@@ -610,23 +620,20 @@ def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_then_database_restart_then_a_new_daemon_stores_every_daily_bar(db_server, db_url, tmp_path):
-    """The whole MES replay with 5m, 1h, 4h and 1d; the daemon SIGKILLed after a few hundred 5m
-    bars, the database server restarted, a new daemon started: every bar of every timeframe is
-    stored, the 36 daily bars included (on TimescaleDB only the first two once were)."""
+    """The MES replay with 5m, 1h, 4h and 1d, its last two sessions live (the days before from
+    history); the daemon SIGKILLed after a few hundred live 5m bars, the database server
+    restarted, a new daemon started: every bar of every timeframe is stored, the 36 daily bars
+    included (on TimescaleDB only the first two once were)."""
     timeframes = parse_timeframes("5m,1h,4h,1d")
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(
-        "contracts:\n  - id: CON.F.US.MES.M25\n    tick_size: 0.25\n"
-        "timeframes: [5m, 1h, 4h, 1d]\n"
-        "ingest:\n  repair_delay_seconds: 0.5\n  heartbeat_seconds: 1.0\n  trade_flush_seconds: 0.5\n"
-    )
-    sim, ctl = start_sim(None, 20_000)
+    settings = write_settings(tmp_path, "5m, 1h, 4h, 1d", initial_lookback_days=SAMPLE_LOOKBACK_DAYS)
+    sim, ctl = start_sim(None, 20_000, start_time=LIVE_TAIL_START)
     procs: list[Cli] = []
+    history_5m = len(expected_bars(sim, TF_5M))  # the clock waits for the subscription at the live start
     url = db_url
     try:
         first = Cli(["ingest"], cli_env(url, sim, settings), tmp_path, "ingest-1")
         procs.append(first)
-        wait_for(lambda: count_bars(url) >= 300, 120, "300 live 5m bars")
+        wait_for(lambda: count_bars(url) >= history_5m + 300, 120, "the history and 300 live 5m bars")
         first.signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
         ctl.pause()

@@ -338,7 +338,7 @@ def test_hub_streams_trades_quotes_depth_and_pings_to_the_end_of_the_replay(smal
         assert "error" not in hub.invoke("SubscribeContractTrades", MES, "5")
 
         end_of_replay = expected["timestamp"].iloc[-1] + pd.Timedelta(minutes=5)
-        shapes, trades, quotes, pings_after_end = set(), [], [], 0
+        shapes, trades, quotes, depths, pings_after_end = set(), [], [], [], 0
         while pings_after_end < 2:
             message = hub.next()
             if message.get("type") == 6 and quotes and parse_ts(quotes[-1]["timestamp"]) == end_of_replay:
@@ -349,6 +349,8 @@ def test_hub_streams_trades_quotes_depth_and_pings_to_the_end_of_the_replay(smal
                 trades += trades_of(message)
             elif is_event("GatewayQuote")(message):
                 quotes.append(message["arguments"][1])
+            elif is_event("GatewayDepth")(message):
+                depths.append(message["arguments"][1])
         hub.close()
 
         assert shapes == {dict, list}, "GatewayTrade data comes as one object and as lists"
@@ -368,6 +370,18 @@ def test_hub_streams_trades_quotes_depth_and_pings_to_the_end_of_the_replay(smal
         assert parse_ts(last_quote["timestamp"]) == end_of_replay, "a final quote closes the last bar"
         assert last_quote["lastPrice"] == expected["close"].iloc[-1]
         assert last_quote["volume"] >= expected["volume"].iloc[-1], "quote volume is the session total"
+
+        tick = sim.contracts[MES].tick_size
+        book = {parse_ts(q["timestamp"]): (q["bestBid"], q["bestAsk"]) for q in quotes}
+        for q in quotes:
+            assert round((q["bestAsk"] - q["bestBid"]) / tick) in (1, 2), "a spread of one tick, sometimes two"
+            assert q["lastPrice"] in (q["bestBid"], q["bestAsk"]), "the last trade was at the bid or the ask"
+        during = [parse_ts(q["timestamp"]) for q in quotes if parse_ts(q["timestamp"]) < end_of_replay]
+        assert during == sorted(set(during)) and len(during) > 20 * len(expected), "throttled, yet many quotes per bar"
+        assert all(pd.Timestamp(t).value % 200_000_000 == 0 for t in during), "each stamped with the end of its 0.2 s bucket"
+        levels = [d for d in depths if d[0]["type"] != 6]
+        assert len(quotes) - 1 <= len(levels) <= len(quotes), "depth goes with every quote (the last may not be read yet)"
+        assert all(book[parse_ts(d[0]["timestamp"])] == (d[0]["price"], d[1]["price"]) for d in levels), "depth shows the quote's bid and ask"
 
 
 def test_signalrcore_client_connects_subscribes_and_receives_trades():

@@ -7,8 +7,9 @@ live feed always equals the bar served from history for the same window. This mo
 that contract (`Trades`, `MarketSource`), the bar windows and `history_bars`; the contract
 catalogue is in `contracts.py`.
 
-* `ReplaySource` (`replay.py`) expands every bar of a bar CSV into a deterministic trade sequence whose
-  aggregate reproduces that bar exactly.
+* `ReplaySource` (`replay.py`) turns every bar of a bar CSV into a deterministic sequence of realistic
+  prints (`prints.py`) whose aggregate reproduces that bar exactly, one bar at a time on demand; it
+  answers history of whole source bars from the bars themselves, which is the same by construction.
 * `SyntheticSource` (`synthetic.py`) generates trades as a pure function of (seed, contract, minute), so any past
   window can be regenerated and always equals what was streamed live.
 """
@@ -48,7 +49,10 @@ class Trades:
     def between(self, lo_ns: int, hi_ns: int) -> Trades:
         """The trades with lo_ns <= ts < hi_ns."""
         i, j = np.searchsorted(self.ts_ns, [lo_ns, hi_ns], side="left")
-        return Trades(self.ts_ns[i:j], self.price[i:j], self.size[i:j], self.side[i:j])
+        return self[i:j]
+
+    def __getitem__(self, rows: slice) -> Trades:
+        return Trades(self.ts_ns[rows], self.price[rows], self.size[rows], self.side[rows])
 
     def bars(self, contract_id: str, tf: Timeframe) -> pd.DataFrame:
         return aggregate_trades(contract_id, self.ts_ns, self.price, self.size, tf)
@@ -67,6 +71,16 @@ class MarketSource(Protocol):
     def end_ns(self) -> int | None: ...  # where the replay ends (None: the market never ends); read-only
 
     def trades_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> Trades: ...
+
+    def bars_between(self, contract_id: str, tf: Timeframe, lo_ns: int, hi_ns: int) -> pd.DataFrame:
+        """`trades_between(...).bars(contract_id, tf)`, possibly without generating every trade."""
+        ...
+
+    def released_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> tuple[Trades, int]:
+        """What the clock releases over [lo, hi) when nobody watches it: trades with the same
+        figures per CME session as `trades_between` (open, high, low, last, volume, session) and
+        how many trades there really are. The last trade's instant and side need not be exact."""
+        ...
 
     def next_step_ns(self, after_ns: int) -> int | None:
         """The next natural step boundary after `after_ns` (what speed "max" advances by), or None."""
@@ -153,7 +167,7 @@ def history_bars(
     while chunk_hi > trades_lo and (wanted is None or collected < wanted):
         probe = chunk_hi - step
         chunk_lo = trades_lo if probe <= trades_lo else max(trades_lo, window_open_ns(_label_ns(probe, tf), tf))
-        bars = source.trades_between(contract_id, chunk_lo, chunk_hi).bars(contract_id, tf)
+        bars = source.bars_between(contract_id, tf, chunk_lo, chunk_hi)
         labels = bar_labels_ns(bars)
         bars = bars[(labels >= start_ns) & (labels < end_ns)]
         pieces.append(bars)

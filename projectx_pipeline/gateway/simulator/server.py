@@ -52,6 +52,9 @@ class SimulatorServer:
     or `synthetic` (contract ids). The clock is the replay position: it advances at `speed` × real
     time (or, with "max", as fast as the slowest subscribed client reads), history never holds a
     trade at or after it, and trades released before a client subscribed are lost to that client.
+    `quote_interval` is the quote throttle in seconds of market time (at most one quote per
+    bucket of that length, see `publisher.py`) and, once a replay is over, the wall-clock
+    interval of the quotes of the end clock.
 
     `start_time` is where the clock starts. For the synthetic market: any aware datetime (default
     now). For a replay: a point of the replay in its own times, "+<N>d"/"+<N>h" after its first

@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from projectx_pipeline.domain.sessions import NEW_YORK
+from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import NS_PER_DAY
 
 from .contracts import Contract, contract_for
@@ -84,6 +85,13 @@ class SyntheticSource:
         first_minute = lo_ns // NS_PER_MINUTE
         last_minute = -(-hi_ns // NS_PER_MINUTE)
         return self._minutes(contract_id, np.arange(first_minute, last_minute, dtype=np.int64)).between(lo_ns, hi_ns)
+
+    def bars_between(self, contract_id: str, tf: Timeframe, lo_ns: int, hi_ns: int) -> pd.DataFrame:
+        return self.trades_between(contract_id, lo_ns, hi_ns).bars(contract_id, tf)
+
+    def released_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> tuple[Trades, int]:
+        trades = self.trades_between(contract_id, lo_ns, hi_ns)
+        return trades, len(trades)
 
     def _minutes(self, contract_id: str, minutes: np.ndarray) -> Trades:
         contract = self.contracts[contract_id]
