@@ -194,18 +194,20 @@ def loadavg() -> list[float]:
 # --------------------------------------------------------------------------- synthetic data
 
 
-def synthetic_trades(n: int, seed: int = 7, contract_id: str = MES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first `n` trades of the simulator's synthetic market (CME hours, bursts, tick grid)
-    from Monday 2025-01-06 00:00 UTC on: int64 ns timestamps, float64 prices, int64 sizes."""
-    from projectx_pipeline.domain.timestamps import NS_PER_DAY, to_ns
-    from projectx_pipeline.gateway.simulator.synthetic import SyntheticSource
+def sample_trades(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first `n` prints of the simulator's replay of the packaged MES 5m sample (realistic
+    counts and sizes, `simulator/prints.py`; about 18 M in all), from 2025-03-16 on: int64 ns
+    timestamps, float64 prices, int64 sizes."""
+    from projectx_pipeline.domain.timestamps import NS_PER_DAY
+    from projectx_pipeline.gateway.simulator.replay import ReplaySource, default_replay_path
 
-    start = to_ns(datetime(2025, 1, 6, tzinfo=timezone.utc))
-    src = SyntheticSource([contract_id], seed, start)
-    src.first_ns = start  # the source's own bound is 60 days before its clock start; none needed here
-    pieces, total, lo = [], 0, start
+    src = ReplaySource(default_replay_path(), seed)
+    (contract_id,) = src.contracts
+    pieces, total, lo = [], 0, src.first_ns
     while total < n:
-        hi = lo + 14 * NS_PER_DAY
+        if lo >= src.end_ns:
+            raise ValueError(f"the sample holds fewer than {n:,} prints ({total:,})")
+        hi = lo + 2 * NS_PER_DAY
         tr = src.trades_between(contract_id, lo, hi)
         pieces.append(tr)
         total += len(tr)

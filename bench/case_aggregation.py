@@ -1,4 +1,4 @@
-"""Aggregation: synthetic trades → bars of the six default timeframes (1m 5m 15m 1h 4h 1d).
+"""Aggregation: the MES sample replay's prints → bars of the six default timeframes (1m 5m 15m 1h 4h 1d).
 
 * ours: the live `BarAggregator`, fed `add_trades` batches of 10,000 trades, every closed-bar
   frame materialised (`out.closed`, as the daemon does), `flush_open` at the end;
@@ -8,7 +8,8 @@
   labels looked up once per UTC hour with the scalar `bar_start`), on a subset; its per-trade
   rate is extrapolated.
 
-The trades are the simulator's synthetic market (CME hours, bursts, tick grid), in time order.
+The trades are the simulator's realistic prints of the packaged MES sample (mostly 1-3 lots, in
+bursts, every sample bar reproduced exactly), in time order.
 Equality (checked before timing): ours == pandas on all trades, naive == pandas on the subset.
 The target is per core, so the rates use CPU time (process_time); wall rates are in the JSON.
 """
@@ -22,7 +23,7 @@ from projectx_pipeline.domain.aggregation import BarAggregator
 from projectx_pipeline.domain.timeframes import DEFAULT_TIMEFRAMES, bar_start, bar_starts_ns
 from projectx_pipeline.domain.timestamps import from_ns
 
-from . import MES, Context, compare, cprofile_top, synthetic_trades, write_text
+from . import MES, Context, compare, cprofile_top, sample_trades, write_text
 from .report import Row
 
 BATCH = 10_000
@@ -119,8 +120,8 @@ def run(ctx: Context) -> list[Row]:
     n_naive = 100_000 if ctx.quick else 300_000
     naive_repeats = 1 if ctx.quick else 3
 
-    ctx.log(f"aggregation: generating {n:,} synthetic trades")
-    ts, px, sz = synthetic_trades(n)
+    ctx.log(f"aggregation: generating {n:,} prints of the MES sample replay")
+    ts, px, sz = sample_trades(n)
     span_days = (int(ts[-1]) - int(ts[0])) / 86_400e9
 
     ctx.log("aggregation: checking ours == pandas (all trades) and naive == pandas (subset)")
