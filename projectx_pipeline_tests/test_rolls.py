@@ -1,0 +1,163 @@
+"""The roll rules (`domain/rolls.py`): contract months, expiries over several years with the
+holidays that move them, the calendar roll and the volume roll."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from functools import cache
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.rolls import (
+    CalendarRoll,
+    ContractMonth,
+    VolumeRoll,
+    expiry_date,
+    third_friday,
+    weekdays_only,
+)
+
+
+@cache
+def _nyse_open_days(first_year: int, last_year: int) -> frozenset[date]:
+    import pandas_market_calendars as mcal
+
+    schedule = mcal.get_calendar("NYSE").schedule(start_date=f"{first_year}-01-01", end_date=f"{last_year}-12-31")
+    return frozenset(ts.date() for ts in schedule.index)
+
+
+def nyse_open(d: date) -> bool:
+    return d in _nyse_open_days(2005, 2032)
+
+
+def mes(code: str) -> ContractMonth:
+    return ContractMonth.of(f"CON.F.US.MES.{code}")
+
+
+def test_a_contract_id_names_its_symbol_and_month():
+    m = mes("M25")
+    assert (m.symbol, m.year, m.month, m.code) == ("MES", 2025, 6, "M25")
+    assert m.contract_id() == "CON.F.US.MES.M25"
+    assert mes("Z25").next_quarterly() == mes("H26")
+    assert mes("H26").next_quarterly() == mes("M26")
+    assert sorted([mes("H26"), mes("Z25"), mes("M25")]) == [mes("M25"), mes("Z25"), mes("H26")]
+
+
+def test_a_bad_contract_id_is_refused_by_name():
+    with pytest.raises(DomainError, match="'CON.F.US.MES.25'"):
+        ContractMonth.of("CON.F.US.MES.25")
+
+
+# CME's published last trade dates of the quarterly equity-index futures (ES/MES): the third
+# Friday, except where the NYSE is closed that day.
+KNOWN_EXPIRIES = {
+    "H08": date(2008, 3, 20),  # Good Friday 2008-03-21: expiry on the Thursday
+    "M08": date(2008, 6, 20),
+    "H24": date(2024, 3, 15),
+    "M24": date(2024, 6, 21),
+    "U24": date(2024, 9, 20),
+    "Z24": date(2024, 12, 20),
+    "H25": date(2025, 3, 21),
+    "M25": date(2025, 6, 20),
+    "U25": date(2025, 9, 19),
+    "Z25": date(2025, 12, 19),
+    "H26": date(2026, 3, 20),
+    "M26": date(2026, 6, 18),  # Juneteenth 2026-06-19: the NYSE is closed, expiry on the Thursday
+    "U26": date(2026, 9, 18),
+    "Z26": date(2026, 12, 18),
+}
+
+
+@pytest.mark.parametrize("code, expected", sorted(KNOWN_EXPIRIES.items()))
+def test_expiry_is_the_third_friday_or_the_stock_market_day_before(code, expected):
+    assert expiry_date(mes(code), nyse_open) == expected
+
+
+def test_roll_is_eight_days_before_expiry_on_the_thursday_before():
+    roll = CalendarRoll()
+    assert roll.roll_date(mes("M25"), nyse_open) == date(2025, 6, 12)
+    assert roll.roll_date(mes("Z25"), nyse_open) == date(2025, 12, 11)
+    # the Juneteenth expiry moves the roll to the Wednesday 2026-06-10
+    assert roll.roll_date(mes("M26"), nyse_open) == date(2026, 6, 10)
+    # a roll day the exchange does not trade moves to the trading day before: Thanksgiving-free
+    # here, so check it with a calendar closed on the would-be roll day
+    closed = date(2025, 6, 12)
+    assert roll.roll_date(mes("M25"), lambda d: nyse_open(d) and d != closed) == date(2025, 6, 11)
+
+
+def test_front_month_switches_on_the_roll_date():
+    listed = [mes(c) for c in ("M25", "U25", "Z25", "H26")]
+    roll = CalendarRoll()
+    assert roll.front_month(listed, date(2025, 6, 11), nyse_open) == mes("M25")
+    assert roll.front_month(listed, date(2025, 6, 12), nyse_open) == mes("U25")
+    assert roll.front_month(listed, date(2025, 12, 10), nyse_open) == mes("Z25")
+    assert roll.front_month(listed, date(2025, 12, 11), nyse_open) == mes("H26")
+    with pytest.raises(DomainError, match="CON.F.US.MES.H26"):
+        roll.front_month(listed, date(2026, 3, 12), nyse_open)
+
+
+def test_one_roll_serves_one_symbol():
+    with pytest.raises(DomainError, match=r"\['MES', 'MNQ'\]"):
+        CalendarRoll().front_month([mes("M25"), ContractMonth.of("CON.F.US.MNQ.U25")], date(2025, 6, 1), nyse_open)
+    with pytest.raises(DomainError, match="no contract listed"):
+        CalendarRoll().front_month([], date(2025, 6, 1), nyse_open)
+
+
+def test_days_before_expiry_out_of_range_is_refused():
+    with pytest.raises(DomainError, match="-1"):
+        CalendarRoll(days_before_expiry=-1)
+
+
+quarters = st.builds(lambda y, q: ContractMonth(y, (3, 6, 9, 12)[q], "MES"), st.integers(2006, 2031), st.integers(0, 3))
+
+
+@given(quarters)
+def test_every_expiry_is_a_stock_market_day_within_the_week_of_the_third_friday(month):
+    expiry = expiry_date(month, nyse_open)
+    friday = third_friday(month.year, month.month)
+    assert nyse_open(expiry) and friday - timedelta(days=4) <= expiry <= friday
+    assert all(not nyse_open(friday - timedelta(days=k)) for k in range((friday - expiry).days))
+
+
+@given(quarters, st.integers(0, 40))
+def test_the_calendar_front_month_never_goes_back_and_rolls_before_expiry(month, days_before):
+    roll = CalendarRoll(days_before)
+    listed = [month, month.next_quarterly(), month.next_quarterly().next_quarterly()]
+    start = roll.roll_date(month, nyse_open) - timedelta(days=95)
+    fronts = [roll.front_month(listed, start + timedelta(days=k), nyse_open) for k in range(0, 150)]
+    assert fronts == sorted(fronts)
+    for k, front in enumerate(fronts):
+        assert start + timedelta(days=k) <= expiry_date(front, nyse_open)
+
+
+def test_volume_roll_follows_the_volume_and_never_goes_back():
+    m, u, z = mes("M25"), mes("U25"), mes("Z25")
+    days = [date(2025, 6, d) for d in (9, 10, 11, 12, 13)]
+    volumes = {
+        days[0]: {m: 900_000, u: 100_000},
+        days[1]: {m: 400_000, u: 600_000},  # the roll by volume: U25 from the 11th
+        days[2]: {m: 700_000, u: 500_000},  # a busy day in the old month does not undo it
+        days[3]: {m: 300_000, u: 800_000, z: 900_000},  # Z leads: the front month from the 13th
+    }
+    fronts = VolumeRoll().front_months([m, u, z], days, volumes, nyse_open)
+    assert [fronts[d] for d in days] == [m, m, u, u, z]
+
+
+def test_volume_roll_without_volumes_follows_the_calendar_and_leaves_expired_months():
+    m, u = mes("M25"), mes("U25")
+    days = [date(2025, 6, 11), date(2025, 6, 12), date(2025, 6, 13)]
+    assert list(VolumeRoll().front_months([m, u], days, {}, nyse_open).values()) == [m, u, u]
+    # M25 keeps the volume up to its last trade date, 2025-06-20; on the 23rd it has expired
+    days = [date(2025, 6, d) for d in (18, 20, 23)]
+    volumes = {d: {m: 500_000, u: 10} for d in days}
+    at_expiry = VolumeRoll(CalendarRoll(days_before_expiry=0))
+    assert list(at_expiry.front_months([m, u], days, volumes, nyse_open).values()) == [m, m, u]
+    with pytest.raises(DomainError, match="must ascend"):
+        VolumeRoll().front_months([m, u], [days[1], days[0]], {}, nyse_open)
+
+
+def test_weekdays_only_knows_no_holidays():
+    assert expiry_date(mes("M26"), weekdays_only) == date(2026, 6, 19)
