@@ -10,6 +10,7 @@ from dagster import Definitions, EnvVar, definitions
 from .orchestration.analysis_assets import build_analysis_assets
 from .orchestration.bar_assets import build_bar_assets
 from .orchestration.checks import build_bar_checks
+from .orchestration.health import build_freshness
 from .orchestration.partitions import build_partitions
 from .orchestration.resources import StorageResource, gateway_resource
 from .orchestration.schedules import build_after_session_close, build_backfill_job
@@ -23,11 +24,12 @@ def build_definitions(settings: Settings) -> Definitions:
     bars = build_bar_assets(settings, partitions)
     analysis = build_analysis_assets(settings)
     backfill_job = build_backfill_job(bars.historical_bars)
+    freshness = build_freshness(settings, bars.ohlc_bars)
     return Definitions(
         assets=[bars.ohlc_bars, bars.historical_bars, *analysis.assets],
-        asset_checks=build_bar_checks(settings, bars.historical_bars, partitions),
-        jobs=[backfill_job, analysis.job],
-        schedules=[build_after_session_close(settings, backfill_job)],
+        asset_checks=[*build_bar_checks(settings, bars.historical_bars, partitions), freshness.check],
+        jobs=[backfill_job, analysis.job, freshness.job],
+        schedules=[build_after_session_close(settings, backfill_job), freshness.schedule],
         sensors=[build_new_bars_sensor(settings, analysis), run_failure_alert],
         resources={
             "gateway": gateway_resource(settings),  # the simulator or ProjectX, as settings.gateway says

@@ -108,7 +108,7 @@ class DagsterSettings(_Model):
     # Trade dates the calendar gets wrong: it lists Good Friday 2025-04-18 as an early close,
     # but CME equity Globex was shut and the gateway has no bar that day.
     closed_dates: list[date] = Field(default_factory=lambda: [date(2025, 4, 18)])
-    freshness_fail_minutes: int = Field(30, ge=1)  # ohlc_bars fails freshness after this long without bars
+    freshness_fail_minutes: int = Field(30, ge=1)  # ohlc_bars fails freshness after this many open-market minutes without bars
     sensor_interval_seconds: int = Field(5, ge=1, le=300)
 
 

@@ -69,7 +69,8 @@ def test_lineage_from_bars_to_coordinated_signals(loaded):
     parents = {p.to_user_string() for p in graph.get(AssetKey("coordinated_signals")).parent_keys}
     assert parents == {"trend_starts_5m", "trend_starts_15m", "trend_starts_1h", "trend_starts_4h"}
     checks = {c.name for c in graph.asset_check_keys}
-    assert checks == {"bars_valid", "bars_gaps", "bars_reconciled"}
+    assert checks == {"bars_valid", "bars_gaps", "bars_reconciled", "ohlc_bars_fresh"}
+    assert {c.name for c in graph.asset_check_keys if c.asset_key == AssetKey("ohlc_bars")} == {"ohlc_bars_fresh"}
     assert graph.get(AssetKey("ohlc_bars")).is_external
 
 
@@ -102,7 +103,7 @@ def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
         contract_dim, trade_date_dim = partitions.partitions_defs  # dimensions sorted by name
         assert contract_dim.partitions_def.get_partition_keys() == [MES, MNQ]
         assert trade_date_dim.partitions_def.start.date().isoformat() == "2025-06-02"
-    assert {c.name for c in graph.asset_check_keys} == {"bars_valid", "bars_gaps", "bars_reconciled"}
+    assert {c.name for c in graph.asset_check_keys} == {"bars_valid", "bars_gaps", "bars_reconciled", "ohlc_bars_fresh"}
     job = built.resolve_job_def("analysis_job")
     assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_30m", "coordinated_signals"}
     assert built.resolve_sensor_def("new_bars_sensor").minimum_interval_seconds == 7

@@ -1,13 +1,11 @@
 """Bar assets: the daemon's live output (external) and the gateway-history backfill."""
 
-from datetime import timedelta
 from typing import NamedTuple
 
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
-    FreshnessPolicy,
     MaterializeResult,
     MetadataValue,
     MultiPartitionsDefinition,
@@ -31,15 +29,15 @@ class BarAssets(NamedTuple):
 
 def build_bar_assets(settings: Settings, partitions: MultiPartitionsDefinition) -> BarAssets:
     """`ohlc_bars` and `historical_bars` for the timeframes and calendar of `settings`, partitioned by `partitions`."""
-    # Written by `projectx ingest`, not by Dagster: declared so lineage, partitions, freshness and
-    # checks show it. The new-bar sensor reports its materializations per trade date × contract.
+    # Written by `projectx ingest`, not by Dagster: declared so lineage, partitions and checks show
+    # it (its freshness is the session-aware check of `health.py`, not a wall-clock policy). The
+    # new-bar sensor reports its materializations per trade date × contract.
     ohlc_bars = AssetSpec(
         "ohlc_bars",
         description="Live bars built by the ingestion daemon from the market hub (every configured timeframe).",
         partitions_def=partitions,
         group_name="bars",
         kinds={"postgres"},
-        freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(minutes=settings.file.dagster.freshness_fail_minutes)),
         metadata={"table": "ohlc_bars", "source": "live"},
     )
 
