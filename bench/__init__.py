@@ -395,6 +395,9 @@ class StubHub:
     def stop(self) -> None:
         pass
 
+    def reconnect(self, reason: str) -> None:
+        pass
+
 
 class StubGateway:
     """History for the daemon's repairer: nothing (the bench measures the live path)."""

@@ -80,6 +80,8 @@ class IngestSettings(_Model):
     initial_lookback_days: int = Field(3, ge=0, le=3650)
     repair_delay_seconds: float = Field(5.0, ge=0, le=3600)
     stale_after_seconds: float = Field(45.0, gt=0, le=3600)
+    # a contract without a trade for this much open-market time is stalled: logged, counted, reconnected
+    stall_after_seconds: float = Field(300.0, gt=0, le=86_400)
     shards: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("shards")

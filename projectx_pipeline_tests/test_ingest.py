@@ -29,10 +29,12 @@ import pandas as pd
 import pytest
 
 from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.domain.market_hours import SessionCalendar, session_at
 from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, parse_timeframe, parse_timeframes
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import read_bars
 from projectx_pipeline.storage.db import connect
 
@@ -331,6 +333,63 @@ def test_stalled_feed_is_detected_and_repaired(db_url, fault_replay):
     _, hb, _ = run_fault(db_url, fault_replay, stall, stale_after=2.0)
     assert hb["counters"]["reconnects"] >= 1
     assert hb["counters"]["repairs"] >= 1
+
+
+def stall_watch(seconds: float) -> dict:
+    """Daemon options for a feed-stall watch of `seconds` on the platform's default calendar."""
+    dagster = load_settings().file.dagster
+    return {"stall_after_seconds": seconds, "calendar": SessionCalendar(dagster.gap_calendar, dagster.closed_dates)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_feed_that_pings_but_trades_nothing_in_session_is_stalled_reconnected_and_repaired(db_url, fault_replay, caplog, tmp_path):
+    """The replay paused mid-session: the hub keeps pinging (its watchdog sees a live socket),
+    but no trade comes for 2 s of open market. The daemon logs the stall, counts it, reports
+    `stalled` in its heartbeat (`projectx status --check` exits 1) and reconnects; once trades
+    resume it logs the end, and the store still equals the simulator's history."""
+    states: list[str] = []
+    options = stall_watch(2.0)
+
+    def pause(ctl, d):
+        paused_at = pd.Timestamp(ctl.pause()["clock"]).to_pydatetime()
+        assert session_at(options["calendar"].sessions_between(paused_at, paused_at), paused_at) is not None, paused_at  # in a session
+        wait_for(lambda: d.counters.feed_stalls >= 1 and d.counters.reconnects >= 1, 20, "the stall to be seen and the hub reconnected")
+        wait_for(lambda: heartbeat(db_url)["state"] == "stalled", 10, "the heartbeat to say stalled")
+        states.append(heartbeat(db_url)["state"])
+        code, out, _ = run_cli(["status", "--check"], cli_env(db_url, d.sim, write_settings(tmp_path)), tmp_path, "status")
+        assert code == 1 and "stalled" in out, out
+        ctl.resume()
+        ctl.speed(FAST)
+
+    # 300 × real time until the pause, so that it lands well before the daily halt at 21:00 UTC
+    with caplog.at_level("INFO", logger="projectx.ingest"):
+        _, hb, _ = run_fault(db_url, fault_replay, pause, speed=300, bars_before=5, **options)
+    assert states == ["stalled"]
+    assert hb["counters"]["feed_stalls"] >= 1 and hb["counters"]["reconnects"] >= 1
+    lines = [r.getMessage() for r in caplog.records]
+    stalled = [ln for ln in lines if ln.startswith("event=feed_stalled")]
+    assert stalled and f"contract={MES}" in stalled[0] and "action=reconnect" in stalled[0], lines[-20:]
+    assert any(ln.startswith("event=feed_resumed") for ln in lines), lines[-20:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_no_stall_is_raised_while_the_market_is_closed(db_url, sample_dir, tmp_path):
+    """A replay that ends at Friday's close: the feed is silent from then on, for twice the stall
+    threshold, and nothing is raised (the market is closed for the weekend)."""
+    replay = write_replay_slice(sample_dir, tmp_path, ("2025-03-21T19:00:00Z", "2025-03-21T21:00:00Z"), 24)
+    sim, ctl = start_sim(replay, FAST)
+    try:
+        # 5 s: the sample's last print of the week is 2.3 s before the close
+        with InProcessDaemon(db_url, sim, **stall_watch(5.0)) as d:
+            wait_for(lambda: ctl.status()["finished"], 30, "the end of the replay")
+            wait_for(lambda: count_bars(db_url) >= 24, 30, "the replay's 24 bars stored")
+            time.sleep(10.0)  # a prescribed quiet stretch: twice the threshold of silence
+            assert d.counters.feed_stalls == 0 and d.counters.reconnects == 0
+            assert heartbeat(db_url)["state"] == "connected"
+    finally:
+        sim.stop()
 
 
 @pytest.mark.slow

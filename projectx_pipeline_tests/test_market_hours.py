@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from projectx_pipeline.domain.errors import DomainError
-from projectx_pipeline.domain.market_hours import feed_freshness, next_open, open_time_between, session_at
+from projectx_pipeline.domain.market_hours import SessionCalendar, StallWatch, feed_freshness, next_open, open_time_between, session_at
 from projectx_pipeline.domain.quality import sessions_from_calendar
 
 NY = ZoneInfo("America/New_York")
@@ -82,3 +82,34 @@ def test_open_time_adds_up_and_never_exceeds_the_wall_time(a, b, c):
     assert ab + bc == ac
     assert timedelta(0) <= ac <= c - a
     assert (session_at(SESSIONS, a) is not None) == (open_time_between(SESSIONS, a, a + timedelta(microseconds=1)) > timedelta(0))
+
+
+def test_the_session_calendar_equals_the_library_over_any_span():
+    calendar = SessionCalendar(CALENDAR, [GOOD_FRIDAY])
+    start, end = ny(2025, 3, 20, 12, 0), ny(2025, 5, 2, 12, 0)  # across two of its four-week blocks
+    expected = [s for s in SESSIONS if s.close > start and s.open <= end]
+    assert calendar.sessions_between(start, end) == expected and len(expected) == 31
+    assert calendar.sessions_between(ny(2025, 3, 22, 9, 0), ny(2025, 3, 22, 10, 0)) == []  # a Saturday
+
+
+def test_a_stall_is_reported_after_open_time_again_while_it_lasts_and_its_end():
+    watch = StallWatch(SessionCalendar(CALENDAR, [GOOD_FRIDAY]), timedelta(minutes=5))
+    last = ny(2025, 3, 25, 10, 0)
+    assert watch.observe(last, ny(2025, 3, 25, 10, 5)) is None  # five minutes: not more
+    first = watch.observe(last, ny(2025, 3, 25, 10, 5, 1))
+    assert first.kind == "stalled" and first.open_without_trades == timedelta(minutes=5, seconds=1)
+    assert watch.stalled_since == last
+    assert watch.observe(last, ny(2025, 3, 25, 10, 9)) is None  # reported once per five open minutes
+    again = watch.observe(last, ny(2025, 3, 25, 10, 10, 2))
+    assert again.kind == "stalled" and again.open_without_trades == timedelta(minutes=10, seconds=2)
+    resumed = watch.observe(ny(2025, 3, 25, 10, 12), ny(2025, 3, 25, 10, 12))
+    assert resumed.kind == "resumed" and resumed.open_without_trades == timedelta(minutes=12)
+    assert watch.stalled_since is None and watch.observe(ny(2025, 3, 25, 10, 12), ny(2025, 3, 25, 10, 16)) is None
+
+
+def test_no_stall_over_the_halt_a_weekend_or_a_holiday():
+    watch = StallWatch(SessionCalendar(CALENDAR, [GOOD_FRIDAY]), timedelta(minutes=5))
+    assert watch.observe(ny(2025, 3, 25, 16, 59), ny(2025, 3, 25, 18, 3)) is None  # 1 + 3 open minutes
+    assert watch.observe(ny(2025, 3, 21, 16, 59), ny(2025, 3, 23, 18, 3)) is None  # Friday → Sunday
+    assert watch.observe(ny(2025, 4, 17, 16, 59), ny(2025, 4, 20, 18, 3)) is None  # over Good Friday
+    assert watch.observe(ny(2025, 4, 17, 16, 59), ny(2025, 4, 20, 18, 5)).kind == "stalled"  # 1 + 5 open minutes

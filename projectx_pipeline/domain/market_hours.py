@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal
 
 from .errors import DomainError
-from .quality import Session
+from .quality import Session, sessions_from_calendar
 
 _ZERO = timedelta(0)
 
@@ -96,3 +97,61 @@ def feed_freshness(
         _aware(data_through, "data_through")
     elapsed = open_time_between(sessions, data_through, now) if data_through is not None and data_through < now else _ZERO
     return FeedFreshness(contract_id, data_through, now, elapsed, fail_after, session_at(sessions, now), next_open(sessions, now))
+
+
+class SessionCalendar:
+    """The sessions of a `pandas_market_calendars` calendar minus `closed_dates`, computed in
+    blocks of four weeks and kept: the daemon asks every second, the library takes milliseconds."""
+
+    BLOCK_DAYS = 28
+
+    def __init__(self, name: str, closed_dates: Sequence[date] = ()):
+        self.name = name
+        self.closed_dates = tuple(closed_dates)
+        self._blocks: dict[int, list[Session]] = {}
+
+    def sessions_between(self, start: datetime, end: datetime) -> list[Session]:
+        """Every session that overlaps [start, end], in time order."""
+        start, end = _aware(start, "start"), _aware(end, "end")
+        first = (start.astimezone(timezone.utc).date() - timedelta(days=1)).toordinal() // self.BLOCK_DAYS
+        last = (end.astimezone(timezone.utc).date() + timedelta(days=1)).toordinal() // self.BLOCK_DAYS
+        out: list[Session] = []
+        for block in range(first, last + 1):
+            if block not in self._blocks:
+                lo = date.fromordinal(block * self.BLOCK_DAYS)
+                self._blocks[block] = sessions_from_calendar(self.name, lo, lo + timedelta(days=self.BLOCK_DAYS - 1), self.closed_dates)
+            out += [s for s in self._blocks[block] if s.close > start and s.open <= end]
+        return out
+
+
+@dataclass(frozen=True)
+class StallEvent:
+    kind: Literal["stalled", "resumed"]
+    open_without_trades: timedelta  # market-open time since the last trade (for "resumed": the stall's)
+
+
+@dataclass
+class StallWatch:
+    """One contract's live feed against the calendar. `observe(last_trade, now)` reports a stall
+    once the market has been open for `stall_after` since the last trade, again after each further
+    `stall_after` of open market while it lasts, and its end when a newer trade arrives."""
+
+    calendar: SessionCalendar
+    stall_after: timedelta
+    stalled_since: datetime | None = None  # the last trade before the current stall; None: no stall
+    _reported_at: datetime | None = None
+
+    def observe(self, last_trade: datetime, now: datetime) -> StallEvent | None:
+        if self.stalled_since is not None and last_trade > self.stalled_since:
+            sessions = self.calendar.sessions_between(self.stalled_since, last_trade)
+            event = StallEvent("resumed", open_time_between(sessions, self.stalled_since, last_trade))
+            self.stalled_since = self._reported_at = None
+            return event
+        since = self._reported_at or last_trade
+        if now <= since:
+            return None
+        sessions = self.calendar.sessions_between(last_trade, now)
+        if open_time_between(sessions, since, now) <= self.stall_after:
+            return None
+        self.stalled_since, self._reported_at = last_trade, now
+        return StallEvent("stalled", open_time_between(sessions, last_trade, now))

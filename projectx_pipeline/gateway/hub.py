@@ -401,6 +401,14 @@ class MarketHub:
                 self._log.warning(kv("hub_stop_timed_out", seconds=self._stop_timeout + 1.0))
         self._set_state("stopped")
 
+    def reconnect(self, reason: str) -> None:
+        """End the current connection now (the supervisor opens a new one, which subscribes
+        afresh): for a feed that still pings but has stopped sending trades."""
+        current = self._current
+        if current is not None and not self._stopping.is_set():
+            self._log.warning(kv("hub_reconnect_requested", connection=current.number, reason=reason))
+            current.end(reason)
+
     @property
     def stats(self) -> dict:
         """A snapshot of the counters: messages (hub messages, pings included), trades, quotes,

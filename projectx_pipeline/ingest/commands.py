@@ -7,6 +7,7 @@ import signal
 import sys
 from datetime import timedelta
 
+from ..domain.market_hours import SessionCalendar
 from ..errors import UsageError
 from ..logs import configure_logging, get_logger, kv
 
@@ -54,6 +55,8 @@ def build_daemon(args: argparse.Namespace):
         initial_lookback=timedelta(days=ing.initial_lookback_days),
         repair_delay_seconds=ing.repair_delay_seconds,
         stale_after_seconds=ing.stale_after_seconds,
+        stall_after_seconds=ing.stall_after_seconds,
+        calendar=SessionCalendar(settings.file.dagster.gap_calendar, settings.file.dagster.closed_dates),
         trades_retention_days=settings.file.storage.trades_retention_days,
         bars_compress_after_days=settings.file.storage.bars_compress_after_days,
     )

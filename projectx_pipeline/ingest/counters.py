@@ -22,6 +22,7 @@ class Counters:
     ticks_not_notified: int = 0
     db_errors: int = 0
     gateway_errors: int = 0
+    feed_stalls: int = 0  # times the market was open `stall_after_seconds` without a trade
     last_bar_at: datetime | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..domain.aggregation import BarAggregator, split_valid
 from ..domain.market import Quote, Trade
+from ..domain.market_hours import SessionCalendar, StallWatch
 from ..domain.timeframes import Timeframe, bar_end
 from ..domain.timestamps import NS_PER_SECOND, from_ns, to_ns
 from ..gateway.events import HubEvent
@@ -42,6 +43,7 @@ log = get_logger("projectx.ingest")
 DRAIN_MAX_ITEMS = 20_000
 IDLE_WAIT_SECONDS = 0.05
 SHUTDOWN_BUDGET_SECONDS = 8.0  # the whole stop must fit in 10 s
+STALL_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class IngestConfig:
     repair_delay_seconds: float = 5.0
     stale_after_seconds: float = 45.0
     db_wait_seconds: float = 60.0
+    # a contract without a trade for this long while `calendar` says the market is open counts
+    # as stalled: logged, counted, the hub reconnected (None: no such watch, e.g. in benches)
+    stall_after_seconds: float | None = None
+    calendar: SessionCalendar | None = None
     # storage policies applied at start (TimescaleDB) and trade retention run hourly (plain
     # PostgreSQL); None leaves both alone (tests that own their database)
     trades_retention_days: int | None = None
@@ -70,6 +76,8 @@ class MarketHub(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def reconnect(self, reason: str) -> None: ...
 
 
 class BarWriter(Protocol):
@@ -126,6 +134,14 @@ class IngestDaemon:
         self._connects = 0
         self._awaiting_resume: set[str] = set(config.contracts)
         self._stop = threading.Event()
+        self._stall_watches: dict[str, StallWatch] = {}
+        if config.stall_after_seconds is not None:
+            if config.calendar is None:
+                raise ValueError("stall_after_seconds needs a calendar: the market's sessions say when trades are due")
+            after = timedelta(seconds=config.stall_after_seconds)
+            self._stall_watches = {cid: StallWatch(config.calendar, after) for cid in config.contracts}
+        self._watch_from_ns: int | None = None  # feed time of the first event: a contract's reference until its first trade
+        self._next_stall_check = 0.0
         self.writer = StoreWriter(
             config.database_url,
             config.contracts,
@@ -203,6 +219,7 @@ class IngestDaemon:
             if items:
                 self._process(items)
             self._advance_clocks()
+            self._check_stalls()
             if self.writer.fatal is not None:
                 log.error(kv("ingest_fatal", error=str(self.writer.fatal)))
                 self.shutdown()
@@ -326,6 +343,42 @@ class IngestDaemon:
             if out:
                 self._handle_output(cid, out)
 
+    def _check_stalls(self) -> None:
+        """Once a second: a contract whose market has been open `stall_after_seconds` since its
+        last trade is stalled (the hub may still ping): log, count, reconnect; and log its end."""
+        if not self._stall_watches or time.monotonic() < self._next_stall_check:
+            return
+        self._next_stall_check = time.monotonic() + STALL_CHECK_SECONDS
+        now_ns = self.clock.now_ns()
+        if now_ns is None:
+            return
+        if self._watch_from_ns is None:
+            self._watch_from_ns = now_ns
+        now = from_ns(now_ns)
+        stalled = []
+        for cid, watch in self._stall_watches.items():
+            last = self._last_trade_ns[cid]
+            event = watch.observe(from_ns(last if last is not None else self._watch_from_ns), now)
+            if event is None:
+                continue
+            seconds = f"{event.open_without_trades.total_seconds():.1f}"
+            if event.kind == "resumed":
+                log.info(kv("feed_resumed", contract=cid, open_seconds_without_trades=seconds))
+                continue
+            self.counters[cid].feed_stalls += 1
+            stalled.append(cid)
+            log.warning(
+                kv(
+                    "feed_stalled",
+                    contract=cid,
+                    open_seconds_without_trades=seconds,
+                    last_trade_at=from_ns(last).isoformat() if last is not None else "none",
+                    action="reconnect",
+                )
+            )
+        if stalled:
+            self.hub.reconnect(f"no trade of {','.join(stalled)} for {self.config.stall_after_seconds:g} s of open market")
+
     def _handle_output(self, cid: str, out) -> None:
         if not out:
             return
@@ -373,8 +426,9 @@ class IngestDaemon:
             # malformed events are rejected by the hub before they reach a contract: feed-wide
             self.counters[cid].malformed_events = int(stats.get("malformed", 0))
             last_trade = self._last_trade_ns[cid]
+            stalled = cid in self._stall_watches and self._stall_watches[cid].stalled_since is not None
             out[cid] = {
-                "connection_state": str(state),
+                "connection_state": "stalled" if stalled and state != "stopped" else str(state),
                 "last_event_at": from_ns(self._last_event_ns) if self._last_event_ns is not None else None,
                 "last_trade_at": from_ns(last_trade) if last_trade is not None else None,
             }

@@ -11,7 +11,9 @@ from ..errors import UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped"
+        "--check",
+        action="store_true",
+        help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped, or its feed stalled",
     )
     parser.add_argument("--max-age", type=float, default=30.0, help="seconds before a heartbeat counts as stale (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     # only this deployment's contracts count: another shard's daemon, or a rolled contract's
     # last 'stopped' row, must not make this one unhealthy
     own = set(settings.contract_ids)
-    stale = [r[0] for r in rows if r[0] in own and ((now - r[7]).total_seconds() > args.max_age or r[2] == "stopped")]
+    stale = [r[0] for r in rows if r[0] in own and ((now - r[7]).total_seconds() > args.max_age or r[2] in ("stopped", "stalled"))]
     missing = own - {r[0] for r in rows}
     stale += sorted(missing)
     if args.json:

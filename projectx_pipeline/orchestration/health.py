@@ -25,9 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..domain.market_hours import FeedFreshness, feed_freshness
-from ..domain.quality import sessions_from_calendar
-from ..domain.sessions import trade_date_of
+from ..domain.market_hours import FeedFreshness, SessionCalendar, feed_freshness
 from ..domain.timeframes import bar_end
 from ..settings import Settings
 from ..storage.bars import last_bar_times
@@ -69,18 +67,14 @@ def evaluate_freshness(settings: Settings, conn, now: datetime) -> list[FeedFres
     """One verdict per configured contract at `now`, from the newest stored bar of the finest timeframe."""
     finest = min(settings.timeframes, key=lambda tf: tf.nominal_seconds)
     fail_after = timedelta(minutes=settings.file.dagster.freshness_fail_minutes)
+    calendar = SessionCalendar(settings.file.dagster.gap_calendar, settings.file.dagster.closed_dates)
     verdicts = []
     for c in settings.file.contracts:
         last = last_bar_times(conn, c.id, [finest])[finest]
         through = bar_end(last, finest) if last is not None else None
         # sessions from the newest bar on (at most LOOKBACK_CAP back: older is stale all the same)
         start = min(max(through or now, now - LOOKBACK_CAP), now)
-        sessions = sessions_from_calendar(
-            settings.file.dagster.gap_calendar,
-            trade_date_of(start) - timedelta(days=1),
-            trade_date_of(now + NEXT_OPEN_HORIZON),
-            settings.file.dagster.closed_dates,
-        )
+        sessions = calendar.sessions_between(start, now + NEXT_OPEN_HORIZON)
         verdicts.append(feed_freshness(c.id, through, now, sessions, fail_after))
     return verdicts
 

@@ -16,6 +16,7 @@ class InProcessDaemon:
     """`IngestDaemon` on a thread, wired like `projectx ingest` with test-sized timings."""
 
     def __init__(self, url: str, sim: SimulatorServer, *, client: GatewayClient | None = None, stale_after: float = 5.0, **config):
+        self.sim = sim
         self.client = client or GatewayClient(GatewayConfig(sim.api_url, sim.rtc_url, "tester", "key", True), rate_limits=False)
         options = dict(repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5)
         options.update(config)
