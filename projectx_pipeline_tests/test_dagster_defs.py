@@ -178,7 +178,7 @@ def refuse(name):
     return refused
 
 settings.load_settings = refuse("load_settings")
-for name in ("asset", "multi_asset", "asset_check", "AssetSpec", "DailyPartitionsDefinition",
+for name in ("asset", "multi_asset", "asset_check", "AssetSpec", "DailyPartitionsDefinition", "TimeWindowPartitionsDefinition",
              "StaticPartitionsDefinition", "MultiPartitionsDefinition", "define_asset_job"):
     setattr(dagster, name, refuse(name))
 modules = [m.name for m in pkgutil.iter_modules(orchestration.__path__, orchestration.__name__ + ".")]
@@ -192,6 +192,24 @@ def test_importing_the_orchestration_modules_reads_no_settings_and_builds_nothin
     proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[-1]) >= 7  # every module was imported
+
+
+def test_trade_dates_offered_are_weekdays_from_the_start_through_today(loaded):
+    from datetime import date, timedelta
+
+    partitions = loaded.resolve_asset_graph().get(AssetKey("historical_bars")).partitions_def
+    (trade_dates,) = [d.partitions_def for d in partitions.partitions_defs if d.name == "trade_date"]
+    keys = [date.fromisoformat(k) for k in trade_dates.get_partition_keys()]
+    assert keys[0] == date(2025, 3, 17) and all(k.weekday() < 5 for k in keys)
+    expected, day = [], date(2025, 3, 17)
+    today = datetime.now(ZoneInfo("America/New_York")).date()
+    while day <= today:  # every weekday up to the trade date in progress (end_offset=1)
+        if day.weekday() < 5:
+            expected.append(day)
+        day += timedelta(days=1)
+    assert keys == expected
+    # Good Friday 2025-04-18 (no session) is offered: its backfill and gap check report it closed
+    assert date(2025, 4, 18) in keys and date(2025, 4, 19) not in keys
 
 
 def test_automation_starts_running(loaded):

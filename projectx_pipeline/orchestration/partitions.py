@@ -2,21 +2,28 @@
 
 from datetime import date
 
-from dagster import DailyPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
+from dagster import MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition, TimeWindowPartitionsDefinition
 
 from ..domain.contracts import ContractId
 from ..settings import Settings
 
 TRADE_DATE = "trade_date"
 CONTRACT = "contract"
+TRADE_DATE_CRON = "0 0 * * 1-5"  # one partition per weekday
 
 
 def build_partitions(settings: Settings) -> MultiPartitionsDefinition:
     """The bars partitions: trade dates from `dagster.partitions_start` × the configured contracts."""
-    # Keys are CME trade dates (YYYY-MM-DD). end_offset=1 offers the trade date in progress too, so
+    # Keys are CME trade dates (YYYY-MM-DD), Monday to Friday only: a Saturday or Sunday is never a
+    # trade date (Sunday evening's session is Monday's). Exchange holidays are keys; their
+    # backfill and gap check say "closed". end_offset=1 offers the trade date in progress too, so
     # the 17:30 New York schedule can backfill the session that just closed.
-    trade_date_partitions = DailyPartitionsDefinition(
-        start_date=settings.file.dagster.partitions_start.isoformat(), timezone="America/New_York", end_offset=1
+    trade_date_partitions = TimeWindowPartitionsDefinition(
+        cron_schedule=TRADE_DATE_CRON,
+        start=settings.file.dagster.partitions_start.isoformat(),
+        fmt="%Y-%m-%d",
+        timezone="America/New_York",
+        end_offset=1,
     )
     contract_partitions = StaticPartitionsDefinition([c.id for c in settings.file.contracts])
     return MultiPartitionsDefinition({TRADE_DATE: trade_date_partitions, CONTRACT: contract_partitions})
