@@ -14,7 +14,7 @@ from .orchestration.health import build_freshness
 from .orchestration.partitions import build_partitions
 from .orchestration.resources import StorageResource, gateway_resource
 from .orchestration.schedules import build_after_session_close, build_backfill_job
-from .orchestration.sensors import build_new_bars_sensor, run_failure_alert
+from .orchestration.sensors import build_contract_listings_sensor, build_new_bars_sensor, run_failure_alert
 from .settings import Settings, load_settings
 
 
@@ -30,7 +30,7 @@ def build_definitions(settings: Settings) -> Definitions:
         asset_checks=[*build_bar_checks(settings, bars.historical_bars, partitions), freshness.check],
         jobs=[backfill_job, analysis.job, freshness.job],
         schedules=[build_after_session_close(settings, backfill_job), freshness.schedule],
-        sensors=[build_new_bars_sensor(settings, analysis), run_failure_alert],
+        sensors=[build_contract_listings_sensor(settings), build_new_bars_sensor(settings, analysis), run_failure_alert],
         resources={
             "gateway": gateway_resource(settings),  # the simulator or ProjectX, as settings.gateway says
             "storage": StorageResource(database_url=EnvVar("DATABASE_URL")),

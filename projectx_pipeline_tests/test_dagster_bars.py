@@ -6,7 +6,7 @@ from datetime import date
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import materialize
 
 from projectx_pipeline.domain.sessions import trade_date_session
 from projectx_pipeline.domain.timeframes import parse_timeframe
@@ -17,6 +17,7 @@ from projectx_pipeline.orchestration.resources import SimulatorGatewayResource, 
 from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import read_bars, upsert_bars
 
+from .support.dagster import instance_with_contracts
 from .support.market import MES
 from .support.simulator import finished_simulator
 
@@ -49,7 +50,7 @@ def _run(day: date, resources):
         [historical_bars, *bar_checks],
         partition_key=partition_key(day, MES),
         resources=resources,
-        instance=DagsterInstance.ephemeral(),
+        instance=instance_with_contracts(),
         raise_on_error=False,
     )
 

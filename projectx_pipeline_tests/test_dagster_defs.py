@@ -24,10 +24,12 @@ from dagster import (
     SkipReason,
     build_schedule_context,
     build_sensor_context,
+    instance_for_test,
 )
 
 from projectx_pipeline.definitions import build_definitions, defs
 from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.orchestration.resources import (
     ProjectXGatewayResource,
     SimulatorGatewayResource,
@@ -101,15 +103,16 @@ def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
     for key in ("ohlc_bars", "historical_bars"):
         partitions = graph.get(AssetKey(key)).partitions_def
         contract_dim, trade_date_dim = partitions.partitions_defs  # dimensions sorted by name
-        assert contract_dim.partitions_def.get_partition_keys() == [MES, MNQ]
+        assert contract_dim.partitions_def.name == "contracts"  # dynamic: filled by contract_listings
         assert trade_date_dim.partitions_def.start.date().isoformat() == "2025-06-02"
     assert {c.name for c in graph.asset_check_keys} == {"bars_valid", "bars_gaps", "bars_reconciled", "ohlc_bars_fresh"}
     job = built.resolve_job_def("analysis_job")
     assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_30m", "coordinated_signals"}
     assert built.resolve_sensor_def("new_bars_sensor").minimum_interval_seconds == 7
     ny = ZoneInfo("America/New_York")
-    context = build_schedule_context(scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny))
-    requests = list(built.resolve_schedule_def("after_session_close")(context))
+    with instance_for_test() as instance:
+        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny))
+        requests = list(built.resolve_schedule_def("after_session_close")(context))
     assert [r.run_key for r in requests] == [f"2025-06-03:{MES}", f"2025-06-03:{MNQ}"]
 
 
@@ -214,7 +217,8 @@ def test_trade_dates_offered_are_weekdays_from_the_start_through_today(loaded):
 
 def test_automation_starts_running(loaded):
     assert loaded.resolve_schedule_def("after_session_close").default_status == DefaultScheduleStatus.RUNNING
-    for name in ("new_bars_sensor", "run_failure_alert"):
+    assert loaded.resolve_schedule_def("ohlc_bars_freshness").default_status == DefaultScheduleStatus.RUNNING
+    for name in ("contract_listings", "new_bars_sensor", "run_failure_alert"):
         assert loaded.resolve_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
 
 
@@ -237,11 +241,53 @@ def test_instance_config_queues_runs_and_keeps_gateway_history_one_at_a_time(loa
         assert instance.managed_python_loggers == ["projectx"] and instance.python_log_level == "INFO"
 
 
+def _listings(defs: Definitions, instance: DagsterInstance, gateway):
+    with build_sensor_context(instance=instance, resources={"gateway": gateway}) as context:
+        return defs.resolve_sensor_def("contract_listings")(context)
+
+
+def test_listed_contracts_of_the_configured_symbols_become_partitions_without_a_reload(tmp_path):
+    """The gateway lists two MES months (a synthetic simulator); the settings name one. The sensor
+    adds both, and the same Definitions then offer them as partitions; a second tick adds none."""
+    listed = ["CON.F.US.MES.Z26", "CON.F.US.MES.H27", "CON.F.US.MNQ.Z26"]
+    sim = SimulatorServer(synthetic=listed, rate_limits=False).start()
+    try:
+        path = tmp_path / "settings.yaml"
+        path.write_text("contracts: [{id: CON.F.US.MES.Z26}]\ntimeframes: [5m]\n")
+        built = build_definitions(load_settings({"PROJECTX_SETTINGS": str(path)}))
+        gateway = SimulatorGatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, rate_limits=False)
+        instance = DagsterInstance.ephemeral()
+        partitions = built.resolve_asset_graph().get(AssetKey("historical_bars")).partitions_def
+        assert partitions.get_partition_keys(dynamic_partitions_store=instance) == []
+        result = _listings(built, instance, gateway)
+        (request,) = result.dynamic_partitions_requests
+        assert request.partitions_def_name == "contracts"
+        assert sorted(request.partition_keys) == ["CON.F.US.MES.H27", "CON.F.US.MES.Z26"]  # MNQ is not a configured symbol
+        instance.add_dynamic_partitions("contracts", list(request.partition_keys))  # what the daemon does with the request
+        keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
+        assert "CON.F.US.MES.H27|2025-03-17" in keys and "CON.F.US.MES.Z26|2025-03-17" in keys
+        again = _listings(built, instance, gateway)
+        assert isinstance(again, SkipReason) and again.skip_message == "no new contract (2 known)"
+    finally:
+        sim.stop()
+
+
+def test_listings_add_the_configured_contracts_when_the_gateway_is_down(loaded, caplog):
+    gateway = SimulatorGatewayResource(api_url="http://127.0.0.1:9", rtc_url="http://127.0.0.1:9", rate_limits=False, max_retries=0)
+    with caplog.at_level("WARNING", logger="projectx.dagster"):
+        result = _listings(loaded, DagsterInstance.ephemeral(), gateway)
+    (request,) = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == [MES]
+    assert any("event=contract_listing_failed symbol=MES" in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_after_close_schedule_backfills_the_trade_date_that_closed(loaded):
     ny = ZoneInfo("America/New_York")
-    context = build_schedule_context(scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny))
-    requests = list(loaded.resolve_schedule_def("after_session_close")(context))
-    assert [(r.partition_key, r.run_key) for r in requests] == [(f"{MES}|2025-03-18", f"2025-03-18:{MES}")]
+    with instance_for_test() as instance:  # no contract partition yet: the schedule adds its own
+        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny))
+        requests = list(loaded.resolve_schedule_def("after_session_close")(context))
+        assert [(r.partition_key, r.run_key) for r in requests] == [(f"{MES}|2025-03-18", f"2025-03-18:{MES}")]
+        assert instance.get_dynamic_partitions("contracts") == [MES]
 
 
 @pytest.fixture

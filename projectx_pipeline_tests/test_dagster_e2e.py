@@ -146,6 +146,9 @@ query Status($id: String!) {
 
 
 def test_backfill_launched_through_graphql_stores_bars_and_checks(platform, simulator):
+    # the contract partitions are dynamic: the daemon's contract_listings sensor adds MES, as in `make dev`
+    with platform.instance() as instance:
+        _wait(lambda: MES in instance.get_dynamic_partitions("contracts"), 180, "the contract_listings sensor to add the contract")
     partitions = [str(partition_key(d, MES)) for d in TRADE_DATES]
     data = platform.query(LAUNCH, {"params": {"assetSelection": [{"path": ["historical_bars"]}], "partitionNames": partitions}})
     launched = data["launchPartitionBackfill"]

@@ -47,6 +47,7 @@ from projectx_pipeline.storage.db import connect, is_connection_error
 
 from .support.bars import bar_diff, complete_windows, expected_bars, stored_bars
 from .support.daemon import InProcessDaemon
+from .support.dagster import instance_with_contracts
 from .support.database import assert_no_duplicates, count_bars, heartbeat, repair_requests, scalar
 from .support.market import MES, TIMEFRAMES
 from .support.network import TcpProxy, with_port
@@ -368,7 +369,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
     """The database goes away after the backfill stored two timeframes: it fails with a connection
     error, nothing of the timeframe in flight is stored; once the server is back, a re-run of the
     partition (as Dagster's historical_bars asset) completes exactly."""
-    from dagster import DagsterInstance, materialize
+    from dagster import materialize
 
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
     from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
@@ -409,7 +410,7 @@ def test_database_stopped_and_restarted_mid_backfill(db_server, db_url, history_
         result = materialize(
             [historical_bars],
             partition_key=partition_key(day, MES),
-            instance=DagsterInstance.ephemeral(),
+            instance=instance_with_contracts(),
             resources={
                 "gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                 "storage": StorageResource(database_url=outage.url),
@@ -576,7 +577,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
     """Two Dagster runs of the same historical_bars partition at once, then four threads running
     the same partition's backfill behind a barrier: every bar is inserted by exactly one of them,
     none revised, the table exact."""
-    from dagster import DagsterInstance, materialize
+    from dagster import materialize
 
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
     from projectx_pipeline.orchestration.partitions import build_partitions, partition_key
@@ -598,7 +599,7 @@ def test_the_same_backfill_partition_run_concurrently_writes_each_bar_once(db_ur
                 materialize(
                     [historical_bars],
                     partition_key=partition_key(day, MES),
-                    instance=DagsterInstance.ephemeral(),
+                    instance=instance_with_contracts(),
                     resources={
                         "gateway": SimulatorGatewayResource(api_url=history_sim.api_url, rtc_url=history_sim.rtc_url, rate_limits=False),
                         "storage": StorageResource(database_url=db_url),

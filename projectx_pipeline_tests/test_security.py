@@ -68,6 +68,7 @@ from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.storage.bars import last_bar_times, read_bars, read_live_versions, upsert_bars
 from projectx_pipeline.storage.db import connect
 
+from .support.dagster import instance_with_contracts
 from .support.database import table_names
 from .support.market import MES, TIMEFRAMES
 from .support.paths import REPO
@@ -1005,7 +1006,7 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
     """historical_bars materialized with the key from the environment (EnvVar, as definitions.py
     wires it) or given as a plain value, then with a wrong key: no event of either run, no run
     record, no log record and no console output holds the key (nor the database password)."""
-    from dagster import DagsterInstance, EnvVar, materialize
+    from dagster import EnvVar, materialize
     from dagster._serdes import serialize_value
 
     from projectx_pipeline.orchestration.bar_assets import build_bar_assets
@@ -1053,7 +1054,7 @@ def test_dagster_backfill_never_shows_the_api_key(db_url, monkeypatch, capfd, fo
                 "storage": StorageResource(database_url=db_url),
             }
 
-        instance = DagsterInstance.ephemeral()
+        instance = instance_with_contracts()
         key = partition_key(date(2025, 3, 18), MES)
         with capture_all_logs() as logs:
             good = materialize(

@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from ..settings import Settings
-from .partitions import partition_key
+from .partitions import ensure_contract_partitions, partition_key
 
 
 def build_backfill_job(historical_bars: AssetsDefinition):
@@ -42,6 +42,7 @@ def build_after_session_close(settings: Settings, backfill_job) -> ScheduleDefin
     def after_session_close(context: ScheduleEvaluationContext):
         # the session of trade date D closes at 17:00 New York on D: at 17:30 that is today's date
         trade_date = context.scheduled_execution_time.astimezone(ZoneInfo("America/New_York")).date()
+        ensure_contract_partitions(context.instance, [c.id for c in settings.file.contracts])
         for c in settings.file.contracts:
             yield RunRequest(run_key=f"{trade_date}:{c.id}", partition_key=partition_key(trade_date, c.id))
 

@@ -1,4 +1,5 @@
-"""Sensors: new live bars → `ohlc_bars` materializations and analysis runs; run failures → one alert hook."""
+"""Sensors: listed contracts → contract partitions; new live bars → `ohlc_bars` materializations
+and analysis runs; run failures → one alert hook."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import requests
 from dagster import (
     AssetMaterialization,
     DefaultSensorStatus,
+    DynamicPartitionsDefinition,
     MetadataValue,
     RunFailureSensorContext,
     RunRequest,
@@ -19,14 +21,16 @@ from dagster import (
     sensor,
 )
 
+from ..domain.contracts import ContractId
+from ..domain.errors import DomainError
 from ..domain.sessions import trade_date_of
 from ..domain.timeframes import Timeframe
 from ..logs import get_logger, kv
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
 from .analysis_assets import AnalysisAssets, analyzed_timeframes
-from .partitions import partition_key
-from .resources import StorageResource
+from .partitions import CONTRACTS, ensure_contract_partitions, partition_key
+from .resources import GatewayResource, StorageResource
 
 log = get_logger("projectx.dagster")
 
@@ -71,6 +75,9 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
             context.update_cursor(json.dumps({"since": high_water, "last": last}))
             return SkipReason("no new bars")
         events, run_requests = [], []
+        added = ensure_contract_partitions(context.instance, new_by_contract)  # e.g. a contract rolled into
+        if added:
+            context.log.info(f"contract partitions added for new live bars: {', '.join(added)}")
         analyzed = {tf.label for tf in analyzed_timeframes(settings)}
         for cid, by_tf in new_by_contract.items():
             newest = max(by_tf.values())
@@ -98,6 +105,48 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
         return SensorResult(run_requests=run_requests, asset_events=events)
 
     return new_bars_sensor
+
+
+CONTRACT_LISTINGS_INTERVAL_SECONDS = 300
+
+
+def build_contract_listings_sensor(settings: Settings) -> SensorDefinition:
+    """The sensor that keeps the contract partitions: the configured contracts and every contract
+    the gateway lists for their symbols (a new quarterly month appears without a reload)."""
+    configured = [c.id for c in settings.file.contracts]
+    symbols = sorted({cid.split(".")[3] for cid in configured})
+
+    @sensor(
+        name="contract_listings",
+        minimum_interval_seconds=CONTRACT_LISTINGS_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Adds the configured contracts and the gateway's listed contracts of {', '.join(symbols)} as "
+        "contract partitions; contracts already added stay, expired or not.",
+    )
+    def contract_listings(context: SensorEvaluationContext, gateway: GatewayResource):
+        listed: list[str] = []
+        for symbol in symbols:
+            try:
+                found = gateway.client.search_contracts(symbol)
+            except Exception as exc:  # the gateway down: the configured contracts are still added
+                log.warning(kv("contract_listing_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            for contract in found:
+                try:
+                    cid = ContractId(contract.get("id") if isinstance(contract, dict) else contract)
+                except DomainError as exc:
+                    log.warning(kv("contract_listing_skipped", symbol=symbol, error=str(exc)))
+                    continue
+                if cid.split(".")[3] == symbol:  # the search matches text: other roots can come back
+                    listed.append(cid)
+        known = set(context.instance.get_dynamic_partitions(CONTRACTS))
+        new = sorted((set(configured) | set(listed)) - known)
+        if not new:
+            return SkipReason(f"no new contract ({len(known)} known)")
+        context.log.info(f"adding contract partitions: {', '.join(new)}")
+        return SensorResult(dynamic_partitions_requests=[DynamicPartitionsDefinition(name=CONTRACTS).build_add_request(new)])
+
+    return contract_listings
 
 
 def send_alert(message: str) -> None:
