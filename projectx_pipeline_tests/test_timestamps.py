@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from projectx_pipeline.domain.errors import DomainError
-from projectx_pipeline.domain.timestamps import aware_timestamp, from_ns, timestamps_ns, to_ns, utc, utc_series
+from projectx_pipeline.domain.timestamps import aware_timestamp, from_ns, parse_iso_time, timestamps_ns, to_ns, utc, utc_series
 
 AWARE = datetime(2025, 3, 17, 13, 30, tzinfo=timezone.utc)
 NAIVE = datetime(2025, 3, 17, 13, 30)
@@ -65,3 +65,23 @@ def test_empty_and_missing_values_are_not_errors():
     assert timestamps_ns(pd.Series([], dtype=object)).size == 0
     assert utc_series(pd.Series([], dtype=object)).empty
     assert timestamps_ns(pd.Series([AWARE, None], dtype=object)).tolist() == [AWARE_NS, np.iinfo(np.int64).min]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-03-18T14:00:00Z", datetime(2025, 3, 18, 14, tzinfo=timezone.utc)),
+        (" 2025-03-18T10:00:00-04:00 ", datetime(2025, 3, 18, 14, tzinfo=timezone.utc)),
+        ("2025-03-18T14:00:00.250+00:00", datetime(2025, 3, 18, 14, 0, 0, 250_000, tzinfo=timezone.utc)),
+    ],
+)
+def test_an_iso_time_with_its_offset_is_parsed_to_utc(text, expected):
+    parsed = parse_iso_time(text, "as_of")
+    assert parsed == expected and parsed.tzinfo == timezone.utc
+
+
+def test_a_bad_or_naive_iso_time_is_refused_naming_what_and_the_value():
+    with pytest.raises(DomainError, match=r"invalid --start 'soon': expected an ISO time with an offset or 'end', like 2025-03-18T14:00:00Z"):
+        parse_iso_time("soon", "--start", " or 'end'")
+    with pytest.raises(DomainError, match=r"invalid as_of '2025-03-18T14:00:00': give the time with its offset \(Z or \+00:00\)"):
+        parse_iso_time("2025-03-18T14:00:00", "as_of")

@@ -44,6 +44,19 @@ def utc(ts: datetime, what: str = "timestamp") -> datetime:
     return ts.astimezone(timezone.utc)
 
 
+def parse_iso_time(value: str, what: str, alternatives: str = "") -> datetime:
+    """An ISO 8601 time with its offset (`Z` or ±hh:mm), as an aware UTC datetime. A value that is
+    no ISO time, or one without an offset, is refused naming `what`, the value and what was
+    expected (`alternatives` lists the other forms the caller accepts, e.g. ", 'end'")."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise DomainError(f"invalid {what} {value!r}: expected an ISO time with an offset{alternatives}, like 2025-03-18T14:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise DomainError(f"invalid {what} {value!r}: give the time with its offset (Z or +00:00)")
+    return parsed.astimezone(timezone.utc)
+
+
 def to_ns(ts: datetime) -> int:
     """Nanoseconds since the epoch for an aware datetime (microsecond precision)."""
     delta = utc(ts) - _EPOCH

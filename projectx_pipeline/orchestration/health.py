@@ -27,6 +27,7 @@ from pydantic import Field
 
 from ..domain.market_hours import FeedFreshness, SessionCalendar, feed_freshness
 from ..domain.timeframes import bar_end
+from ..domain.timestamps import parse_iso_time
 from ..settings import Settings
 from ..storage.bars import last_bar_times
 from .metadata import md_table
@@ -54,13 +55,7 @@ class FreshnessDefinitions(NamedTuple):
 def _parse_as_of(value: str | None) -> datetime:
     if value is None:
         return datetime.now(timezone.utc)
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid as_of {value!r}: expected an ISO time with its offset, like 2025-03-18T14:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"invalid as_of {value!r}: give the time with its offset (Z or +00:00)")
-    return parsed.astimezone(timezone.utc)
+    return parse_iso_time(value, "as_of")
 
 
 def evaluate_freshness(settings: Settings, conn, now: datetime) -> list[FeedFreshness]:

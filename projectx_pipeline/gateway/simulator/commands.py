@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from datetime import datetime
 from pathlib import Path
 
 from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.timestamps import parse_iso_time
 from projectx_pipeline.errors import UsageError
 
 
@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     start = args.start
     if start is not None and args.synthetic:
         try:
-            start = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        except ValueError:
-            raise UsageError(f"--start {args.start}: expected an ISO time with its offset, like 2025-03-18T14:00:00Z") from None
+            start = parse_iso_time(start, "--start")
+        except DomainError as exc:
+            raise UsageError(str(exc)) from None
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0..65535")
     try:

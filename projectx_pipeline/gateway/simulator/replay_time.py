@@ -21,7 +21,7 @@ from datetime import datetime
 import pandas as pd
 
 from projectx_pipeline.domain.sessions import NEW_YORK
-from projectx_pipeline.domain.timestamps import NS_PER_DAY, NS_PER_SECOND, to_ns
+from projectx_pipeline.domain.timestamps import NS_PER_DAY, NS_PER_SECOND, parse_iso_time, to_ns
 
 NS_PER_WEEK = 7 * NS_PER_DAY
 END = "end"
@@ -44,13 +44,7 @@ def resolve_start_ns(start: datetime | str | None, first_ns: int, end_ns: int) -
         amount, unit = float(match.group(1)), match.group(2)
         start_ns = first_ns + int(amount * (NS_PER_DAY if unit == "d" else 3600 * NS_PER_SECOND))
     else:
-        try:
-            parsed = datetime.fromisoformat(start.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"invalid replay start {start!r}: expected an ISO time with an offset, '+<N>d', '+<N>h' or 'end'") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"invalid replay start {start!r}: give the time with its offset (Z or +00:00)")
-        start_ns = to_ns(parsed)
+        start_ns = to_ns(parse_iso_time(start, "replay start", ", '+<N>d', '+<N>h' or 'end'"))
     if not first_ns <= start_ns <= end_ns:
         raise ValueError(f"replay start {_iso(start_ns)} is outside the replay, which runs from {_iso(first_ns)} to {_iso(end_ns)}")
     return start_ns
