@@ -140,7 +140,7 @@ class IngestDaemon:
                 raise ValueError("stall_after_seconds needs a calendar: the market's sessions say when trades are due")
             after = timedelta(seconds=config.stall_after_seconds)
             self._stall_watches = {cid: StallWatch(config.calendar, after) for cid in config.contracts}
-        self._watch_from_ns: int | None = None  # feed time of the first event: a contract's reference until its first trade
+        self._watch_from_ns: int | None = None  # when the watch began: a contract's reference until its first trade
         self._next_stall_check = 0.0
         self.writer = StoreWriter(
             config.database_url,
@@ -349,9 +349,11 @@ class IngestDaemon:
         if not self._stall_watches or time.monotonic() < self._next_stall_check:
             return
         self._next_stall_check = time.monotonic() + STALL_CHECK_SECONDS
+        # before any event the feed has no clock of its own: the live gateway's is the wall clock
+        # (a subscription that never delivers, such as an expired contract's, is a stall too)
         now_ns = self.clock.now_ns()
         if now_ns is None:
-            return
+            now_ns = time.time_ns()
         if self._watch_from_ns is None:
             self._watch_from_ns = now_ns
         now = from_ns(now_ns)
