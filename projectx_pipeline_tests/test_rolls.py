@@ -51,8 +51,9 @@ def test_a_bad_contract_id_is_refused_by_name():
         ContractMonth.of("CON.F.US.MES.25")
 
 
-# CME's published last trade dates of the quarterly equity-index futures (ES/MES): the third
-# Friday, except where the NYSE is closed that day.
+# Last trade dates of the quarterly equity-index futures (ES/MES): the third Friday, except where
+# the NYSE is closed that day. H08 is CME's published date; M26 follows the same rule (the NYSE is
+# closed for Juneteenth) and could not be checked against CME's own calendar here.
 KNOWN_EXPIRIES = {
     "H08": date(2008, 3, 20),  # Good Friday 2008-03-21: expiry on the Thursday
     "M08": date(2008, 6, 20),
