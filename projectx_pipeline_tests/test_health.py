@@ -41,12 +41,20 @@ def store_sample_until(conn, end: str) -> None:
         upsert_bars(conn, bars, mode="replace", source="live", notify=False)
 
 
-def evaluate(defs, as_of: str | None):
-    result = defs.resolve_job_def(JOB).execute_in_process(
-        run_config={"ops": {CHECK_OP: {"config": {"as_of": as_of}}}}, instance=DagsterInstance.ephemeral(), raise_on_error=False
+def run_check(defs, instance: DagsterInstance, as_of: str):
+    return defs.resolve_job_def(JOB).execute_in_process(
+        run_config={"ops": {CHECK_OP: {"config": {"as_of": as_of}}}}, instance=instance, raise_on_error=False
     )
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
-    (evaluation,) = result.get_asset_check_evaluations()
+
+
+def evaluate(defs, as_of: str):
+    # Resolving Definitions reads the current instance's defs-state storage (a context variable
+    # that an earlier test's instance, gone since, may still hold), and a result refers to its
+    # instance weakly: so the job is resolved, run and read inside the instance's context.
+    with DagsterInstance.ephemeral() as instance:
+        result = run_check(defs, instance, as_of)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == "ohlc_bars_fresh"
     return evaluation
 
@@ -88,11 +96,10 @@ def test_an_empty_store_is_never_fresh(defs):
 
 
 def test_a_bad_as_of_fails_the_run_naming_the_value(defs):
-    result = defs.resolve_job_def(JOB).execute_in_process(
-        run_config={"ops": {CHECK_OP: {"config": {"as_of": "2025-03-22 16:00"}}}}, instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-    assert not result.success
-    error, messages = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error, []
+    with DagsterInstance.ephemeral() as instance:
+        result = run_check(defs, instance, "2025-03-22 16:00")
+        assert not result.success
+        error, messages = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error, []
     while error is not None:  # the op's own exception is the cause of Dagster's step error
         messages.append(error.message)
         error = error.cause
@@ -100,6 +107,7 @@ def test_a_bad_as_of_fails_the_run_naming_the_value(defs):
 
 
 def test_the_schedule_runs_the_check_every_five_minutes(defs):
-    schedule = defs.resolve_schedule_def("ohlc_bars_freshness")
+    with DagsterInstance.ephemeral():  # resolving Definitions reads the current instance's state storage
+        schedule = defs.resolve_schedule_def("ohlc_bars_freshness")
     assert schedule.cron_schedule == "*/5 * * * *" and schedule.job_name == JOB
     assert schedule.default_status.value == "RUNNING"
