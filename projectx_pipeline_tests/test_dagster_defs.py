@@ -109,9 +109,10 @@ def test_definitions_follow_the_settings_they_are_built_from(tmp_path):
     assert set(job.graph.node_names()) == {"trend_starts_5m", "trend_starts_30m", "coordinated_signals"}
     assert built.resolve_sensor_def("new_bars_sensor").minimum_interval_seconds == 7
     ny = ZoneInfo("America/New_York")
+    # the context is closed with `with`: it opens its own instance, set as Dagster's current one
     with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
-        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny))
-        requests = list(built.resolve_schedule_def("after_session_close")(context))
+        with build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 6, 3, 17, 30, tzinfo=ny)) as context:
+            requests = list(built.resolve_schedule_def("after_session_close")(context))
     assert [r.run_key for r in requests] == [f"2025-06-03:{MES}", f"2025-06-03:{MNQ}"]
 
 
@@ -283,8 +284,8 @@ def test_listings_add_the_configured_contracts_when_the_gateway_is_down(loaded, 
 def test_after_close_schedule_backfills_the_trade_date_that_closed(loaded, tmp_path):
     ny = ZoneInfo("America/New_York")
     with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:  # no contract partition yet: the schedule adds its own
-        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny))
-        requests = list(loaded.resolve_schedule_def("after_session_close")(context))
+        with build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny)) as context:
+            requests = list(loaded.resolve_schedule_def("after_session_close")(context))
         assert [(r.partition_key, r.run_key) for r in requests] == [(f"{MES}|2025-03-18", f"2025-03-18:{MES}")]
         assert instance.get_dynamic_partitions("contracts") == [MES]
 

@@ -48,9 +48,7 @@ def run_check(defs, instance: DagsterInstance, as_of: str):
 
 
 def evaluate(defs, as_of: str):
-    # Resolving Definitions reads the current instance's defs-state storage (a context variable
-    # that an earlier test's instance, gone since, may still hold), and a result refers to its
-    # instance weakly: so the job is resolved, run and read inside the instance's context.
+    # a result refers to its instance weakly: the job is run and read inside the instance's context
     with DagsterInstance.ephemeral() as instance:
         result = run_check(defs, instance, as_of)
         assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -107,7 +105,6 @@ def test_a_bad_as_of_fails_the_run_naming_the_value(defs):
 
 
 def test_the_schedule_runs_the_check_every_five_minutes(defs):
-    with DagsterInstance.ephemeral():  # resolving Definitions reads the current instance's state storage
-        schedule = defs.resolve_schedule_def("ohlc_bars_freshness")
+    schedule = defs.resolve_schedule_def("ohlc_bars_freshness")
     assert schedule.cron_schedule == "*/5 * * * *" and schedule.job_name == JOB
     assert schedule.default_status.value == "RUNNING"
