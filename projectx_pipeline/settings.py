@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .domain.contracts import ContractId
 from .domain.errors import DomainError
+from .domain.market_hours import SessionCalendar
 from .domain.timeframes import Timeframe, parse_timeframes
 from .logs import get_logger, kv
 
@@ -201,6 +202,10 @@ class Settings:
     @property
     def timeframes(self) -> list[Timeframe]:
         return list(self.file.timeframes)
+
+    def session_calendar(self) -> SessionCalendar:
+        """The market's sessions as the gap check, freshness and the stall watch see them."""
+        return SessionCalendar(self.file.dagster.gap_calendar, self.file.dagster.closed_dates)
 
     def tick_size(self, contract_id: str) -> float:
         for c in self.file.contracts:

@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 
 from projectx_pipeline.domain.market import read_bars_csv
-from projectx_pipeline.domain.market_hours import SessionCalendar, session_at
+from projectx_pipeline.domain.market_hours import session_at
 from projectx_pipeline.domain.timeframes import Timeframe, bar_end, bar_start, parse_timeframe, parse_timeframes
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
@@ -337,8 +337,7 @@ def test_stalled_feed_is_detected_and_repaired(db_url, fault_replay):
 
 def stall_watch(seconds: float) -> dict:
     """Daemon options for a feed-stall watch of `seconds` on the platform's default calendar."""
-    dagster = load_settings().file.dagster
-    return {"stall_after_seconds": seconds, "calendar": SessionCalendar(dagster.gap_calendar, dagster.closed_dates)}
+    return {"stall_after_seconds": seconds, "calendar": load_settings().session_calendar()}
 
 
 @pytest.mark.slow

@@ -31,3 +31,8 @@ class ContractId(str):
                 f"invalid contract id {value!r}: expected the gateway's form CON.F.<country>.<root>.<month code><2-digit year>, e.g. CON.F.US.MES.M25"
             )
         return super().__new__(cls, value)
+
+    @property
+    def symbol(self) -> str:
+        """The root symbol the id names: MES for CON.F.US.MES.M25."""
+        return self.split(".")[3]

@@ -55,8 +55,8 @@ class ContractMonth:
     def of(cls, contract_id: ContractId | str) -> ContractMonth:
         """The month a contract id names; its two-digit year is taken as 20YY."""
         cid = ContractId(contract_id)
-        root, code = cid.split(".")[3], cid.split(".")[4]
-        return cls(2000 + int(code[1:]), MONTH_CODES.index(code[0]) + 1, root)
+        code = cid.split(".")[4]
+        return cls(2000 + int(code[1:]), MONTH_CODES.index(code[0]) + 1, cid.symbol)
 
     @property
     def code(self) -> str:

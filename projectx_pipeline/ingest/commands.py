@@ -7,7 +7,6 @@ import signal
 import sys
 from datetime import timedelta
 
-from ..domain.market_hours import SessionCalendar
 from ..errors import UsageError
 from ..logs import configure_logging, get_logger, kv
 
@@ -56,7 +55,7 @@ def build_daemon(args: argparse.Namespace):
         repair_delay_seconds=ing.repair_delay_seconds,
         stale_after_seconds=ing.stale_after_seconds,
         stall_after_seconds=ing.stall_after_seconds,
-        calendar=SessionCalendar(settings.file.dagster.gap_calendar, settings.file.dagster.closed_dates),
+        calendar=settings.session_calendar(),
         trades_retention_days=settings.file.storage.trades_retention_days,
         bars_compress_after_days=settings.file.storage.bars_compress_after_days,
     )

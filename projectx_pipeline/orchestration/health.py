@@ -25,7 +25,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..domain.market_hours import FeedFreshness, SessionCalendar, feed_freshness
+from ..domain.market_hours import FeedFreshness, feed_freshness
 from ..domain.timeframes import bar_end
 from ..domain.timestamps import parse_iso_time
 from ..settings import Settings
@@ -62,7 +62,7 @@ def evaluate_freshness(settings: Settings, conn, now: datetime) -> list[FeedFres
     """One verdict per configured contract at `now`, from the newest stored bar of the finest timeframe."""
     finest = min(settings.timeframes, key=lambda tf: tf.nominal_seconds)
     fail_after = timedelta(minutes=settings.file.dagster.freshness_fail_minutes)
-    calendar = SessionCalendar(settings.file.dagster.gap_calendar, settings.file.dagster.closed_dates)
+    calendar = settings.session_calendar()
     verdicts = []
     for c in settings.file.contracts:
         last = last_bar_times(conn, c.id, [finest])[finest]

@@ -114,7 +114,7 @@ def build_contract_listings_sensor(settings: Settings) -> SensorDefinition:
     """The sensor that keeps the contract partitions: the configured contracts and every contract
     the gateway lists for their symbols (a new quarterly month appears without a reload)."""
     configured = [c.id for c in settings.file.contracts]
-    symbols = sorted({cid.split(".")[3] for cid in configured})
+    symbols = sorted({ContractId(c.id).symbol for c in settings.file.contracts})
 
     @sensor(
         name="contract_listings",
@@ -137,7 +137,7 @@ def build_contract_listings_sensor(settings: Settings) -> SensorDefinition:
                 except DomainError as exc:
                     log.warning(kv("contract_listing_skipped", symbol=symbol, error=str(exc)))
                     continue
-                if cid.split(".")[3] == symbol:  # the search matches text: other roots can come back
+                if cid.symbol == symbol:  # the search matches text: other roots can come back
                     listed.append(cid)
         known = set(context.instance.get_dynamic_partitions(CONTRACTS))
         new = sorted((set(configured) | set(listed)) - known)

@@ -47,7 +47,7 @@ class Contract:
 
     @property
     def root(self) -> str:
-        return self.id.split(".")[3]
+        return ContractId(self.id).symbol
 
     def to_gateway(self) -> dict:
         """The contract object of the gateway's Contract endpoints."""

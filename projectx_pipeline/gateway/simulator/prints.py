@@ -99,11 +99,15 @@ def print_sizes(volume: int, min_prints: int, seed: int, bar_index: int) -> np.n
     return sizes
 
 
+def window_minutes(window_open_ns, window_end_ns):
+    """The minutes a window touches, a last partial one included (arrays too)."""
+    return -(-(window_end_ns - window_open_ns) // NS_PER_MINUTE)
+
+
 def min_print_count(points, volume, window_open_ns, window_end_ns):
     """The fewest prints a bar gets (arrays too): enough to touch its open, high, low and close
     (`points`) and, volume permitting, one in every minute of its window (`print_times`)."""
-    minutes = -(-(window_end_ns - window_open_ns) // NS_PER_MINUTE)
-    return np.maximum(points, np.minimum(volume, minutes))
+    return np.maximum(points, np.minimum(volume, window_minutes(window_open_ns, window_end_ns)))
 
 
 def window_capacity(window_open_ns, window_end_ns):
@@ -127,9 +131,10 @@ def print_times(n: int, window_open_ns: int, window_end_ns: int, seed: int, bar_
     quietest sample bar holds 57 lots). Bursts alone leave a quiet 5m bar's minute empty now and
     then, a 1m hole the gateway would not have."""
     rng = bar_stream(seed, bar_index, _TIMES)
-    minutes = -(-(window_end_ns - window_open_ns) // NS_PER_MINUTE)
-    at = _burst_fractions(rng, n if n < minutes or minutes < 2 else n - minutes)
-    if n < minutes or minutes < 2:
+    minutes = int(window_minutes(window_open_ns, window_end_ns))
+    per_minute = n >= minutes >= 2
+    at = _burst_fractions(rng, n - minutes if per_minute else n)
+    if not per_minute:
         return _spread_in(window_open_ns, window_end_ns, at)
     # one print at a random instant of every minute, the others where the bursts put them
     slot_open = window_open_ns + np.arange(minutes, dtype=np.int64) * NS_PER_MINUTE
