@@ -14,6 +14,7 @@ import requests
 from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.market import Quote, Trade
 from projectx_pipeline.gateway import GatewayClient, GatewayConfig, HubEvent, MarketHub
+from projectx_pipeline.gateway.hub import SIGNALRCORE_LOGGER
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 
@@ -229,6 +230,8 @@ def test_malformed_events_are_counted_and_the_feed_goes_on(sim, control, client,
 
 def test_logout_reconnects_with_a_fresh_login_and_tokens_stay_out_of_logs(sim, control, client, hubs, caplog):
     caplog.set_level(logging.DEBUG)  # signalrcore logs its URL, with the token, at debug level
+    # ...and configure_logging (run in-process by CLI tests) caps signalrcore's logger at WARNING
+    caplog.set_level(logging.DEBUG, logger=SIGNALRCORE_LOGGER)
     tokens: list[str] = []
 
     def token_provider() -> str:

@@ -508,7 +508,8 @@ def test_database_stopped_for_20_seconds(db_server, db_url, fault_replay):
         sent = ctl.status()["trades_sent"]
         try:
             time.sleep(20)  # the outage itself has a prescribed length
-            assert ctl.status()["trades_sent"] > sent, "the feed must go on during the outage"
+            status = ctl.status()
+            assert status["trades_sent"] > sent, f"the feed must go on during the outage: {status}"
             assert d.thread.is_alive() and d.daemon.writer.fatal is None
             assert d.counters.bars_written == written  # nothing could be written...
             assert 0 < d.daemon.writer.pending.bar_count <= OUTAGE_BUFFER  # ...so the closed bars wait in memory

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import logging
 import math
 import re
 import signal
@@ -27,6 +30,7 @@ from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.errors import UsageError
 from projectx_pipeline.gateway.protocol import RECORD_SEPARATOR as RS
 from projectx_pipeline.gateway.simulator import commands, market
+from projectx_pipeline.gateway.simulator.clock import MarketClock
 from projectx_pipeline.gateway.simulator.control import SimulatorControl, SimulatorControlError
 from projectx_pipeline.gateway.simulator.faults import MALFORMED_KINDS
 from projectx_pipeline.gateway.simulator.replay import default_replay_path
@@ -634,6 +638,36 @@ def test_pause_resume_and_speed_move_the_clock(synthetic_sim):
         control.speed(-1)
     with pytest.raises(SimulatorControlError):
         control._post("nonsense")
+
+
+def test_a_failing_clock_step_is_logged_counted_and_skipped(caplog):
+    """The clock's step raising (a bug in publishing) must not end the clock task unseen: it is
+    logged with the step and the clock, counted, and the clock moves on past it."""
+    start_ns = to_ns(datetime(2025, 6, 2, 14, tzinfo=timezone.utc))
+    clock = MarketClock(SyntheticSource([MES], 0, start_ns), 600.0, wait_for_subscriber=False)
+    targets: list[int] = []
+
+    async def advance(target_ns: int) -> None:
+        targets.append(target_ns)
+        if len(targets) == 1:
+            raise RuntimeError("publishing failed")
+        clock.now_ns = target_ns
+
+    async def finished_tick(_now: float) -> None:
+        raise AssertionError("a synthetic market never finishes")
+
+    async def run_briefly() -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(clock.run(advance, finished_tick), 0.5)
+
+    with caplog.at_level(logging.ERROR, logger="projectx.simulator"):
+        asyncio.run(run_briefly())
+    assert clock.errors == 1
+    assert len(targets) > 2 and targets == sorted(targets) and targets[1] > targets[0]  # moved on past the failed step
+    assert clock.now_ns == targets[-1] > start_ns
+    failures = [r for r in caplog.records if "simulator_step_failed" in r.getMessage()]
+    assert len(failures) == 1 and "step=advance" in failures[0].getMessage()
+    assert "RuntimeError: publishing failed" in caplog.text  # with its traceback
 
 
 def test_status_reports_connections_and_subscriptions(synthetic_sim):

@@ -4,6 +4,7 @@ and the stock `signalrcore` and `pysignalr` clients over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from projectx_pipeline.gateway.protocol import (
     UNSUBSCRIBE_POSITIONS,
     USER_HUB_PATH,
 )
+from projectx_pipeline.gateway.protocol import RECORD_SEPARATOR as RS
 from projectx_pipeline.gateway.simulator.accounts import SIMULATED_ACCOUNTS
 from projectx_pipeline.gateway.simulator.control import SimulatorControl
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
@@ -334,3 +336,51 @@ def test_pysignalr_with_its_defaults_negotiates_and_receives_trades():
         assert contract_id == MES and (data if isinstance(data, dict) else data[0])["symbolId"] == "F.US.MES"
     finally:
         sim.stop()
+
+
+# --------------------------------------------------------------------------- slow consumers
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_market_goes_on():
+    """A subscribed client that reads nothing must not hold the market: at speed "max" its socket
+    buffer fills within moments; once a send has waited `send_timeout` it is dropped, and the
+    clock, the other client's feed and the pings go on (before, the whole simulator froze)."""
+    with SimulatorServer(speed="max", rate_limits=False, wait_for_subscriber=True, send_timeout=1.0, ping_interval=0.5) as sim:
+        control = SimulatorControl(sim.control_url)
+        token = login(sim)
+        stuck = RawHub(sim, token)
+        assert "error" not in stuck.invoke(SUBSCRIBE_TRADES, MES, "stuck")  # ...and never reads again
+        reader = RawHub(sim, token)
+        received = {"trades": 0, "pings": 0}
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                try:
+                    message = reader.next(timeout=1.0)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    return
+                if message is not None and message.get("target") == TRADE_EVENT:
+                    received["trades"] += 1
+                elif message is not None and message.get("type") == 6:
+                    received["pings"] += 1
+
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        try:
+            reader.ws.send(json.dumps({"type": 1, "invocationId": "reader", "target": SUBSCRIBE_TRADES, "arguments": [MES]}) + RS)
+            wait_for(lambda: control.status()["slow_consumers_dropped"] == 1, 30, "the client that stopped reading to be dropped")
+            wait_for(lambda: control.status()["connections"] == 1, 10, "the dropped client's connection to be gone")
+            trades, pings, sent = received["trades"], received["pings"], control.status()["trades_sent"]
+            wait_for(lambda: received["trades"] > trades + 1000, 20, "the reading client's trades to go on after the drop")
+            wait_for(lambda: received["pings"] > pings, 5, "the pings to go on after the drop")
+            status = control.status()
+            assert status["trades_sent"] > sent
+            assert status["slow_consumers_dropped"] == 1  # the client that reads is never dropped
+            assert status["clock_errors"] == 0
+        finally:
+            done.set()
+            reading.join(5)
+            reader.close()

@@ -1,8 +1,12 @@
 """The simulator's market clock: the replay position, and how fast it moves.
 
 The clock advances at `speed` × real time, or with "max" as fast as the slowest subscribed
-client reads (one source step at a time). History never holds a trade at or after it, and
-trades released before a client subscribed are lost to that client."""
+client reads (one source step at a time; a client that reads nothing for the hubs'
+`send_timeout` is dropped). History never holds a trade at or after it, and trades released
+before a client subscribed are lost to that client.
+
+A step that fails is logged and counted (`errors`) and the clock moves on: one bad step must not
+stop the market for every client, nor die unseen inside the server's task list."""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ from typing import Final, Literal
 
 from projectx_pipeline.domain.timestamps import NS_PER_SECOND
 
+from ...logs import get_logger, kv
 from .market import MarketSource
+
+log = get_logger("projectx.simulator")
 
 MAX_SPEED: Final = "max"
 TICK_SECONDS = 0.05  # how often the clock advances at a numeric speed
@@ -45,6 +52,7 @@ class MarketClock:
         self.speed = speed
         self.paused = False
         self.waiting_for_subscriber = wait_for_subscriber
+        self.errors = 0  # steps whose advance or finished_tick raised
 
     @property
     def finished(self) -> bool:
@@ -67,7 +75,7 @@ class MarketClock:
                 continue
             if end_ns is not None and self.now_ns >= end_ns:
                 # The replay is over: keep quoting the end clock so clients can close their last bar.
-                await finished_tick(now)
+                await self._step("finished_tick", finished_tick(now))
                 await asyncio.sleep(TICK_SECONDS)
                 continue
             if self.speed == MAX_SPEED:
@@ -77,5 +85,17 @@ class MarketClock:
                 target = self.now_ns + int(elapsed * self.speed * NS_PER_SECOND)
             if end_ns is not None:
                 target = min(target, end_ns)
-            await advance(target)
+            if not await self._step("advance", advance(target)):
+                # Skip past the failing step rather than retry it forever; its trades are lost
+                # to the clients, which repair them from history like any other gap.
+                self.now_ns = max(self.now_ns, target)
             await asyncio.sleep(0 if self.speed == MAX_SPEED else TICK_SECONDS)
+
+    async def _step(self, name: str, step: Awaitable[None]) -> bool:
+        try:
+            await step
+            return True
+        except Exception:
+            self.errors += 1
+            log.exception(kv("simulator_step_failed", step=name, clock_ns=self.now_ns, errors=self.errors))
+            return False

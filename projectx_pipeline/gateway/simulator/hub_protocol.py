@@ -26,7 +26,13 @@ and a client silent for `client_timeout` seconds is closed with a type-7 message
 
 `refuse_until` answers new negotiations and hub upgrades with HTTP 503 (REST shares the port,
 so TCP itself cannot be refused per path): signalrcore's reconnect then fails for good, as
-against a real outage. `stall_until` keeps the sockets open but sends nothing at all."""
+against a real outage. `stall_until` keeps the sockets open but sends nothing at all.
+
+Every send waits while the client's socket buffer is full (backpressure: at speed "max" the
+slowest reader sets the pace), but at most `send_timeout` seconds: a client that reads nothing
+for that long is dropped (its TCP connection aborted, `slow_consumers_dropped` counted), as a
+market feed drops a slow consumer. Without that bound one subscribed client that stopped reading
+would freeze the clock, the other clients' feeds and the pings."""
 
 from __future__ import annotations
 
@@ -71,6 +77,8 @@ log = get_logger("projectx.simulator")
 HANDSHAKE_TIMEOUT_SECONDS = 15.0
 # How long a negotiated id waits for its WebSocket: ASP.NET's DisconnectTimeout default.
 NEGOTIATE_TIMEOUT_SECONDS = 15.0
+# How long one send may wait for a client whose socket buffer is full before the client is dropped.
+SEND_TIMEOUT_SECONDS = 10.0
 # The one JSON hub protocol version the gateway speaks (ASP.NET Core's JsonHubProtocol before .NET 8).
 JSON_PROTOCOL_VERSION = 1
 # What negotiate answers at most: a client asking for more gets this (ASP.NET answers its own maximum).
@@ -113,6 +121,7 @@ class HubClient:
     transport: asyncio.Transport | None
     user: str
     handshaken: bool = False
+    dropped: bool = False  # dropped as a slow consumer: nothing more is sent to it
     subscriptions: dict[str, set[Any]] = field(default_factory=dict)
 
     def subscribed(self, feed: str) -> set[Any]:
@@ -259,8 +268,11 @@ class HubEndpoint(Generic[ClientT]):
         client_timeout: float,
         negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
         on_subscribed: Callable[[ClientT, str, Any], Awaitable[None]] | None = None,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ):
         self._sessions = sessions
+        self._send_timeout = float(send_timeout)
+        self.slow_consumers_dropped = 0
         self._on_subscribed = on_subscribed
         self._ping_interval = float(ping_interval)
         self._client_timeout = float(client_timeout)
@@ -434,13 +446,27 @@ class HubEndpoint(Generic[ClientT]):
     # ------------------------------------------------------------------ sending
 
     async def send(self, client: HubClient, text: str) -> bool:
-        if time.monotonic() < self.stall_until or client.ws.closed:
+        if time.monotonic() < self.stall_until or client.ws.closed or client.dropped:
             return False
         try:
-            await client.ws.send_str(text)
+            await asyncio.wait_for(client.ws.send_str(text), self._send_timeout)
             return True
+        except asyncio.TimeoutError:
+            self._drop_slow_consumer(client)
+            return False
         except ConnectionError:
             return False
+
+    def _drop_slow_consumer(self, client: HubClient) -> None:
+        """A client that has read nothing for `send_timeout` seconds while its socket buffer is full
+        is dropped, as a market feed does: waiting for it would hold the market for every client."""
+        if client.dropped:
+            return
+        client.dropped = True
+        self.slow_consumers_dropped += 1
+        log.warning(kv("hub_slow_consumer_dropped", hub=self.name, user=client.user, send_timeout_seconds=self._send_timeout))
+        if client.transport is not None:
+            client.transport.abort()
 
     async def broadcast(self, clients: list[ClientT], records: list[str]) -> list[bool]:
         async def send_all(client: ClientT) -> bool:
@@ -502,8 +528,9 @@ class MarketHubEndpoint(HubEndpoint[MarketHubClient]):
         ping_interval: float,
         client_timeout: float,
         negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ):
-        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout, on_subscribed)
+        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout, on_subscribed, send_timeout)
         contract_id = HubArgument(
             "the contract id (a string)",
             lambda value: (
@@ -533,8 +560,15 @@ class UserHubEndpoint(HubEndpoint[HubClient]):
 
     name, path, client_type = "user", USER_HUB_PATH, HubClient
 
-    def __init__(self, sessions: SessionStore, ping_interval: float, client_timeout: float, negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS):
-        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout)
+    def __init__(
+        self,
+        sessions: SessionStore,
+        ping_interval: float,
+        client_timeout: float,
+        negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
+    ):
+        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout, send_timeout=send_timeout)
         account_id = HubArgument("the account id (a whole number)", _account_problem)
         self.methods = {
             **subscription_methods({"accounts": (SUBSCRIBE_ACCOUNTS, UNSUBSCRIBE_ACCOUNTS)}, None),

@@ -33,7 +33,7 @@ from .auth import SessionStore
 from .clock import MAX_SPEED, MarketClock, parse_speed
 from .contracts import Contract
 from .faults import FaultInjector
-from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, MarketHubEndpoint, UserHubEndpoint
+from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, SEND_TIMEOUT_SECONDS, MarketHubEndpoint, UserHubEndpoint
 from .market import MarketSource
 from .publisher import MarketPublisher
 from .replay import ReplaySource, default_replay_path
@@ -66,7 +66,8 @@ class SimulatorServer:
     Two parameters go beyond the gateway's own behaviour, for tests and demos: `client_timeout`
     (seconds of client silence before a hub closes the connection; ASP.NET's default is 30) and
     `negotiate_timeout` (seconds a negotiated connection id waits for its WebSocket; ASP.NET's
-    disconnect timeout, 15 by default)."""
+    disconnect timeout, 15 by default) and `send_timeout` (seconds a send may wait for a client
+    that reads nothing before that client is dropped as a slow consumer; `hub_protocol.py`)."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class SimulatorServer:
         quote_interval: float = 1.0,
         client_timeout: float = 30.0,
         negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
         start_time: datetime | str | None = None,
         shift_to_now: bool = False,
     ):
@@ -95,6 +97,7 @@ class SimulatorServer:
             ("quote_interval", quote_interval),
             ("client_timeout", client_timeout),
             ("negotiate_timeout", negotiate_timeout),
+            ("send_timeout", send_timeout),
             ("token_ttl_seconds", token_ttl_seconds),
         ):
             if not value > 0:
@@ -127,8 +130,10 @@ class SimulatorServer:
         self._sessions = SessionStore(token_ttl_seconds)
         self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits)
         # The hub hands new subscriptions to the publisher, which needs the hub to send: bound late.
-        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout, negotiate_timeout)
-        self._user_hub = UserHubEndpoint(self._sessions, ping_interval, client_timeout, negotiate_timeout)
+        self._hub = MarketHubEndpoint(
+            self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout, negotiate_timeout, send_timeout
+        )
+        self._user_hub = UserHubEndpoint(self._sessions, ping_interval, client_timeout, negotiate_timeout, send_timeout)
         self._publisher = MarketPublisher(self._source, self._clock, self._hub, quote_interval)
         self._faults = FaultInjector(
             (self._hub, self._user_hub), self._clock, self._sessions, self._rest.pending_faults, self._publisher.pending_malformed, self._status
@@ -272,7 +277,9 @@ class SimulatorServer:
             "paused": self._clock.paused,
             "waiting_for_subscriber": self._clock.waiting_for_subscriber,
             "finished": self._clock.finished,
+            "clock_errors": self._clock.errors,
             "connections": len(self._hub.clients),
+            "slow_consumers_dropped": self._hub.slow_consumers_dropped + self._user_hub.slow_consumers_dropped,
             "subscriptions": self._hub.subscription_counts(),
             "user_hub": {"connections": len(self._user_hub.clients), "subscriptions": self._user_hub.subscription_counts()},
             "trades_published": self._publisher.trades_published,
