@@ -79,6 +79,19 @@ HANDSHAKE_TIMEOUT_SECONDS = 15.0
 NEGOTIATE_TIMEOUT_SECONDS = 15.0
 # How long one send may wait for a client whose socket buffer is full before the client is dropped.
 SEND_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class HubTimings:
+    """The hubs' timing, the same for both: how often they ping, how long a client may be silent,
+    how long a negotiated id waits for its WebSocket, how long a send may wait for a full buffer."""
+
+    ping_interval: float
+    client_timeout: float
+    negotiate_timeout: float
+    send_timeout: float
+
+
 # The one JSON hub protocol version the gateway speaks (ASP.NET Core's JsonHubProtocol before .NET 8).
 JSON_PROTOCOL_VERSION = 1
 # What negotiate answers at most: a client asking for more gets this (ASP.NET answers its own maximum).
@@ -264,19 +277,16 @@ class HubEndpoint(Generic[ClientT]):
     def __init__(
         self,
         sessions: SessionStore,
-        ping_interval: float,
-        client_timeout: float,
-        negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
+        timings: HubTimings,
         on_subscribed: Callable[[ClientT, str, Any], Awaitable[None]] | None = None,
-        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ):
         self._sessions = sessions
-        self._send_timeout = float(send_timeout)
-        self.slow_consumers_dropped = 0
         self._on_subscribed = on_subscribed
-        self._ping_interval = float(ping_interval)
-        self._client_timeout = float(client_timeout)
-        self.negotiated = NegotiatedIds(negotiate_timeout)
+        self._ping_interval = float(timings.ping_interval)
+        self._client_timeout = float(timings.client_timeout)
+        self._send_timeout = float(timings.send_timeout)
+        self.negotiated = NegotiatedIds(timings.negotiate_timeout)
+        self.slow_consumers_dropped = 0
         self.clients: set[ClientT] = set()
         self.stall_until = 0.0
         self.refuse_until = 0.0
@@ -525,12 +535,9 @@ class MarketHubEndpoint(HubEndpoint[MarketHubClient]):
         sessions: SessionStore,
         contracts: Collection[str],
         on_subscribed: Callable[[MarketHubClient, str, Any], Awaitable[None]],
-        ping_interval: float,
-        client_timeout: float,
-        negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
-        send_timeout: float = SEND_TIMEOUT_SECONDS,
+        timings: HubTimings,
     ):
-        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout, on_subscribed, send_timeout)
+        super().__init__(sessions, timings, on_subscribed)
         contract_id = HubArgument(
             "the contract id (a string)",
             lambda value: (
@@ -560,15 +567,8 @@ class UserHubEndpoint(HubEndpoint[HubClient]):
 
     name, path, client_type = "user", USER_HUB_PATH, HubClient
 
-    def __init__(
-        self,
-        sessions: SessionStore,
-        ping_interval: float,
-        client_timeout: float,
-        negotiate_timeout: float = NEGOTIATE_TIMEOUT_SECONDS,
-        send_timeout: float = SEND_TIMEOUT_SECONDS,
-    ):
-        super().__init__(sessions, ping_interval, client_timeout, negotiate_timeout, send_timeout=send_timeout)
+    def __init__(self, sessions: SessionStore, timings: HubTimings):
+        super().__init__(sessions, timings)
         account_id = HubArgument("the account id (a whole number)", _account_problem)
         self.methods = {
             **subscription_methods({"accounts": (SUBSCRIBE_ACCOUNTS, UNSUBSCRIBE_ACCOUNTS)}, None),

@@ -33,7 +33,7 @@ from .auth import SessionStore
 from .clock import MAX_SPEED, MarketClock, parse_speed
 from .contracts import Contract
 from .faults import FaultInjector
-from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, SEND_TIMEOUT_SECONDS, MarketHubEndpoint, UserHubEndpoint
+from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, SEND_TIMEOUT_SECONDS, HubTimings, MarketHubEndpoint, UserHubEndpoint
 from .market import MarketSource
 from .publisher import MarketPublisher
 from .replay import ReplaySource, default_replay_path
@@ -130,10 +130,9 @@ class SimulatorServer:
         self._sessions = SessionStore(token_ttl_seconds)
         self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits)
         # The hub hands new subscriptions to the publisher, which needs the hub to send: bound late.
-        self._hub = MarketHubEndpoint(
-            self._sessions, self._source.contracts, self._on_subscribed, ping_interval, client_timeout, negotiate_timeout, send_timeout
-        )
-        self._user_hub = UserHubEndpoint(self._sessions, ping_interval, client_timeout, negotiate_timeout, send_timeout)
+        timings = HubTimings(ping_interval, client_timeout, negotiate_timeout, send_timeout)
+        self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, timings)
+        self._user_hub = UserHubEndpoint(self._sessions, timings)
         self._publisher = MarketPublisher(self._source, self._clock, self._hub, quote_interval)
         self._faults = FaultInjector(
             (self._hub, self._user_hub), self._clock, self._sessions, self._rest.pending_faults, self._publisher.pending_malformed, self._status
