@@ -451,6 +451,7 @@ def test_malformed_events_interleaved_with_good_ones(db_url, fault_replay):
 # =========================================================================== database outage
 
 
+OUTAGE_STARTS_AT = pd.Timestamp("2025-03-17T19:40:00Z")  # FAULT_SLICE's open session runs to 21:00 UTC
 OUTAGE_BUFFER = 40  # closed bars held in memory (1m..1d) — 20 s at 150× closes about 65
 
 
@@ -503,6 +504,7 @@ def test_database_stopped_for_20_seconds(db_server, db_url, fault_replay):
 
     def stop_the_database(ctl, d):
         ctl.speed(150)  # 20 s of outage = 50 minutes of market, still streaming live into the buffer
+        ctl.resume()
         outage.begin()
         written = d.counters.bars_written
         sent = ctl.status()["trades_sent"]
@@ -523,7 +525,12 @@ def test_database_stopped_for_20_seconds(db_server, db_url, fault_replay):
         sim, ctl = start_sim(fault_replay, FAST)
         try:
             with InProcessDaemon(outage.daemon_url, sim, outage_buffer_bars=OUTAGE_BUFFER) as d:
-                wait_for(lambda: count_bars(db_url) >= 20, 30, "20 live 5m bars")
+                # The outage must lie in open market: trades flow and bars close during it. Hold
+                # the clock 100 minutes into the slice, 80 before the daily halt (21:00 UTC), so
+                # that a slow start of the daemon cannot push the outage into the halt.
+                wait_for(lambda: sim.clock() >= OUTAGE_STARTS_AT, 30, "the clock to reach the outage")
+                ctl.pause()
+                wait_for(lambda: count_bars(db_url) >= 15, 30, "15 live 5m bars")
                 stop_the_database(ctl, d)
                 wait_store_matches(outage.url, sim, timeout=60)
             assert d.result == [0]

@@ -672,7 +672,10 @@ def test_a_failing_clock_step_is_logged_counted_and_skipped(caplog):
 
 def test_status_reports_connections_and_subscriptions(synthetic_sim):
     hub = subscribed(synthetic_sim)
-    status = SimulatorControl(synthetic_sim.control_url).status()
+    control = SimulatorControl(synthetic_sim.control_url)
+    # trades_sent counts a broadcast once its sends return, which can be after the client read it
+    wait_until(lambda: control.status()["trades_sent"] > 0, what="the received trades to be counted as sent")
+    status = control.status()
     assert status["connections"] == 1 and status["subscriptions"]["trades"] == {MES: 1}
     assert status["trades_published"] > 0 and status["trades_sent"] > 0 and status["mode"] == "synthetic"
     assert synthetic_sim.trades_published >= status["trades_published"]
