@@ -695,6 +695,71 @@ def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_
         sim.stop()
 
 
+def recorded_resumes(url: str) -> int:
+    """How many feed resume points wait for their gap repair."""
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM feed_resumes WHERE contract_id = %s", (MES,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_daemon_killed_before_its_gap_repair_leaves_the_gap_to_the_next(db_url, fault_replay, tmp_path):
+    """A restarted daemon stores live bars after a 30-minute gap while the history answers 503,
+    and is SIGKILLed before it could repair the gap: the resume point it recorded makes the next
+    daemon repair that gap (the live bars stored after it must not hide it)."""
+    sim, ctl = start_sim(fault_replay, FAST)
+    env = cli_env(db_url, sim, write_settings(tmp_path))
+    procs: list[Cli] = []
+    try:
+        first = Cli(["ingest"], env, tmp_path, "ingest-1")
+        procs.append(first)
+        wait_for(lambda: count_bars(db_url) >= 10, 60, "10 live 5m bars")
+        first.signal(signal.SIGTERM)
+        assert first.wait(10) == 0, first.stderr[-3000:]
+        since = sim.clock()
+        wait_for(lambda: sim.clock() >= since + timedelta(minutes=30), 30, "the market to move on unseen")
+        ctl.pause()
+
+        second = Cli(["ingest"], env, tmp_path, "ingest-2")
+        procs.append(second)
+        wait_for(lambda: sim_subscribed(ctl), 60, "ingest-2 to subscribe")
+        ctl.rest_errors(status=503, count=100_000, retry_after=0)  # logged in already: only history fails
+        ctl.resume()
+        wait_for(
+            lambda: (h := heartbeat(db_url)) and h["instance"].endswith(f":{second.proc.pid}") and h["counters"]["bars_written"] >= 5,
+            60,
+            "ingest-2 to write live bars",
+        )
+        assert ctl.status()["pending_rest_errors"] > 0, "the history answered ingest-2: the scenario needs it down"
+        second.signal(signal.SIGKILL)
+        assert second.wait(10) == -signal.SIGKILL
+        ctl.pause()
+        assert store_vs_sim(db_url, sim) != "", "ingest-2 left no hole: nothing to prove"
+        assert recorded_resumes(db_url) >= 1, "ingest-2 recorded no resume point"
+        ctl.rest_recover()
+
+        third = Cli(["ingest"], env, tmp_path, "ingest-3")
+        procs.append(third)
+        wait_for(lambda: sim_subscribed(ctl), 60, "ingest-3 to subscribe")
+        ctl.resume()
+        wait_store_matches(db_url, sim, timeout=90)
+        third.signal(signal.SIGTERM)
+        assert third.wait(10) == 0, third.stderr[-3000:]
+        assert store_vs_sim(db_url, sim) == ""
+        assert_no_duplicates(db_url)
+        assert_no_repair_left_behind(db_url, sim)
+        assert recorded_resumes(db_url) == 0, "a repaired gap's resume point was kept"
+    finally:
+        for p in procs:
+            p.kill()
+        sim.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_then_database_restart_then_a_new_daemon_stores_every_daily_bar(db_server, db_url, tmp_path):

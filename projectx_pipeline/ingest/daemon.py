@@ -93,6 +93,8 @@ class BarWriter(Protocol):
 
     def submit_trades(self, batch: TradeBatch) -> None: ...
 
+    def submit_feed_resumed(self, contract_id: str, resumed_at: datetime) -> None: ...
+
     def submit_repairs(self, requests: list[RepairRequest]) -> None: ...
 
     def stop(self, timeout: float) -> bool: ...
@@ -322,7 +324,11 @@ class IngestDaemon:
                 # where the aggregator resumes after a (re)connect: the gap repair ends its search
                 # for the newest stored bar there (bars after it may already be stored live)
                 self._awaiting_resume.discard(cid)
-                self.repairer.feed_resumed(cid, int(ts.min()))
+                resumed_ns = int(ts.min())
+                self.repairer.feed_resumed(cid, resumed_ns)
+                # durable before the first bar of this connection (submitted below, in order): a
+                # daemon killed before its gap repair ran leaves the gap's start to the next one
+                self.writer.submit_feed_resumed(cid, from_ns(resumed_ns))
             c = self.counters[cid]
             c.trades += ts.size
             last = int(ts.max())

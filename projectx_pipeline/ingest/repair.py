@@ -2,7 +2,10 @@
 
 * After every (re)connect: for every configured timeframe, history from the newest bar stored
   before the point where the feed resumed (or a configured look-back on an empty database) to
-  the feed's now, upserted replace-when-different, revisions counted.
+  the feed's now, upserted replace-when-different, revisions counted. The resume point is also
+  recorded in `feed_resumes` before the first live bar after it (by the writer), and forgotten
+  once repaired: a daemon killed in between leaves it to the next daemon, whose gap search then
+  starts before it, not after the live bars stored since.
 * Continuously: windows in `bar_repairs` that are due (partial bars after a restart, late
   trades, bars dropped in an outage) are re-fetched once the window has closed, then removed.
 
@@ -26,6 +29,7 @@ from ..history import HistorySource, replace_from_history
 from ..logs import get_logger, kv
 from ..storage.bars import BarStore, last_bar_times
 from ..storage.db import close_quietly, connect, is_connection_error, transaction
+from ..storage.feed_resumes import forget_feed_resumes, oldest_unrepaired_resume
 from ..storage.policies import enforce_trade_retention
 from ..storage.repairs import due_repairs, remove_repairs
 from .clock import FeedClock
@@ -162,9 +166,13 @@ class Repairer(threading.Thread):
         with self._lock:
             resumed_ns = self._resume_floor.get(cid)
         with transaction(conn):  # a read: ends at once, never holds a snapshot
-            if resumed_ns is None:  # no trade since the (re)connect: nothing newer can be stored live
+            # a resume point recorded by an earlier daemon that stopped before repairing its gap
+            recorded = oldest_unrepaired_resume(conn, cid)
+            resumed = from_ns(resumed_ns) if resumed_ns is not None else None
+            if recorded is not None and (resumed is None or recorded < resumed):
+                resumed = recorded
+            if resumed is None:  # no trade since the (re)connect: nothing newer can be stored live
                 return last_bar_times(conn, cid, self.timeframes)
-            resumed = from_ns(resumed_ns)
             return last_bar_times(conn, cid, self.timeframes, before={tf: bar_start(resumed, tf) for tf in self.timeframes})
 
     def _maybe_gap_repair(self) -> bool:
@@ -182,6 +190,8 @@ class Repairer(threading.Thread):
                 start = last[tf] or (now - self.initial_lookback)
                 with transaction(conn):
                     self._fetch_and_store(cid, tf, start, now, reason="gap")
+            with transaction(conn):  # every timeframe's gap up to `now` is stored
+                forget_feed_resumes(conn, cid, now)
         with self._lock:
             if self._gap_requested_at == requested_at:
                 self._gap_requested_at = None  # a newer request (another reconnect) stays pending

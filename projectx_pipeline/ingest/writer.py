@@ -30,6 +30,7 @@ from ..domain.timeframes import Timeframe, bar_end
 from ..logs import get_logger, kv
 from ..storage.bars import BarStore
 from ..storage.db import close_quietly, commit_asynchronously, commit_durably, connect, is_connection_error, is_transient_error
+from ..storage.feed_resumes import record_feed_resumes
 from ..storage.heartbeats import Heartbeat, heartbeat_holder, write_heartbeats
 from ..storage.locks import try_lock_contract
 from ..storage.repairs import RepairRequest, queue_repairs
@@ -58,6 +59,7 @@ class _Pending:
     trades: collections.deque = field(default_factory=collections.deque)
     trade_count: int = 0
     ticks: list = field(default_factory=list)  # TradeBatches not yet announced on tick_data_channel
+    resumes: list = field(default_factory=list)  # (contract_id, resumed_at) not yet recorded in feed_resumes
 
 
 class StoreWriter(threading.Thread):
@@ -108,6 +110,12 @@ class StoreWriter(threading.Thread):
     def submit_bars(self, bars: pd.DataFrame) -> None:
         if not bars.empty:
             self.inbox.put(("bars", bars))
+
+    def submit_feed_resumed(self, contract_id: str, resumed_at: datetime) -> None:
+        """The feed of `contract_id` resumed at `resumed_at` after a (re)connect: recorded durably
+        before any bar submitted after this call, so a daemon killed before its gap repair leaves
+        the gap's start for the next one."""
+        self.inbox.put(("resumed", (contract_id, resumed_at)))
 
     def submit_trades(self, batch: TradeBatch) -> None:
         self.inbox.put(("trades", batch))
@@ -181,6 +189,8 @@ class StoreWriter(threading.Thread):
                 log.warning(kv("trades_dropped", contract=old.contract_id, count=len(old.ts_ns), reason="buffer_full"))
         elif kind == "repairs":
             p.repairs.extend(payload)
+        elif kind == "resumed":
+            p.resumes.append(payload)
         elif kind == "heartbeat":
             self._last_heartbeat = 0.0
         elif kind == "final_heartbeat":
@@ -312,13 +322,17 @@ class StoreWriter(threading.Thread):
 
     def _flush(self, force: bool = False) -> None:
         p = self.pending
-        if not (p.bars or p.ticks or p.repairs or self._rewrite_bars or self._trades_due(force) or self._heartbeat_due(force)):
+        if not (p.bars or p.ticks or p.repairs or p.resumes or self._rewrite_bars or self._trades_due(force) or self._heartbeat_due(force)):
             return
         if time.monotonic() < self._pause_until and not force:
             self._forget_ticks()
             return
         if not self._ensure_connection():
             self._forget_ticks()
+            return
+        # resume points before bars: a live bar after a resume is never stored while the start
+        # of the gap before it is known only to this process
+        if p.resumes and not self._write_resumes():
             return
         if self._rewrite_bars:
             try:
@@ -394,6 +408,17 @@ class StoreWriter(threading.Thread):
             self._on_db_error(exc, "repairs")
             return False
         self.pending.repairs = []
+        return True
+
+    def _write_resumes(self) -> bool:
+        try:
+            with self._transaction(durable=True):
+                record_feed_resumes(self.conn, self.pending.resumes)
+        except psycopg2.Error as exc:
+            self._on_db_error(exc, "feed_resumes")
+            self._forget_ticks()
+            return False
+        self.pending.resumes = []
         return True
 
     def _trades_due(self, force: bool) -> bool:

@@ -57,6 +57,10 @@ class SimulatorControl:
         `retry_after=None` sends no Retry-After header; `status=None` only slows the normal answers."""
         return self._post("rest_errors", status=status, count=count, retry_after=retry_after, delay=delay)
 
+    def rest_recover(self) -> dict:
+        """Drop the REST faults still pending: REST answers normally again."""
+        return self._post("rest_recover")
+
     def pause(self) -> dict:
         return self._post("pause")
 

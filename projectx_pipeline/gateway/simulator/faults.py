@@ -1,7 +1,7 @@
 """The simulator's fault injection: `POST /control/<action>` and `GET /control/status`.
 
 Simulator only, for tests and demos: drop, close, stall, refuse, malformed, expire_tokens,
-logout, rest_errors, pause, resume, speed (each `_fault_<action>` below says what it does).
+logout, rest_errors, rest_recover, pause, resume, speed (each `_fault_<action>` below says what it does).
 The hub faults hit every hub alike (`/hubs/market` and `/hubs/user`), as an outage of the
 gateway's real-time service would."""
 
@@ -166,6 +166,10 @@ class FaultInjector:
         if fault.delay < 0:
             raise ValueError(f"delay {delay!r} must not be negative")
         self._rest_faults.extend([fault] * count)
+
+    async def _fault_rest_recover(self) -> None:
+        """Forget every pending REST fault: the next REST call gets the normal answer."""
+        self._rest_faults.clear()
 
     async def _fault_pause(self) -> None:
         self._clock.paused = True
