@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from projectx_pipeline.dev import simulator_command
 from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.domain.market_hours import CalendarDays
+from projectx_pipeline.domain.rolls import CalendarRoll, ContractMonth, front_month_at
 from projectx_pipeline.domain.sessions import NEW_YORK
 from projectx_pipeline.domain.timestamps import to_ns
 from projectx_pipeline.errors import UsageError
@@ -41,10 +43,10 @@ def sample() -> pd.DataFrame:
     return read_bars_csv(default_replay_path())
 
 
-def bars_between(api_url: str, token: str, start: datetime, end: datetime) -> list[dict]:
+def bars_between(api_url: str, token: str, start: datetime, end: datetime, contract_id: str = MES) -> list[dict]:
     """Complete 5m bars labelled in [start, end), oldest first."""
     body = {
-        "contractId": MES,
+        "contractId": contract_id,
         "live": False,
         "startTime": start.isoformat(),
         "endTime": end.isoformat(),
@@ -154,13 +156,20 @@ def test_replay_shifted_to_now_serves_the_last_seven_days(sample):
         now = datetime.now(timezone.utc)
         assert abs((sim.clock() - now).total_seconds()) < 5, "the clock starts at the present"
         assert sim.weeks_shifted == weeks_to_now(FIRST + 14 * 86_400 * 10**9, to_ns(now))
-        last_week = bars_between(sim.api_url, login(sim), now - timedelta(days=7), now)
+        # the recorded June 2025 month plays as the month that is front now (a gateway lists no expired month)
+        (served,) = sim.contracts
+        assert served == str(front_month_at(listed_quarters(now), now, CalendarRoll(), CalendarDays()).contract_id()) != MES
+        last_week = bars_between(sim.api_url, login(sim), now - timedelta(days=7), now, served)
     assert len(last_week) > 1000, "five sessions of 5m bars, whatever the weekday"
     shifted = shift_bars_weeks(sample, sim.weeks_shifted)
     by_label = shifted.set_index(shifted["timestamp"].map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%S+00:00")))
     for bar in last_week:
         row = by_label.loc[bar["t"]]
         assert (bar["o"], bar["h"], bar["l"], bar["c"], bar["v"]) == (row.open, row.high, row.low, row.close, row.volume)
+
+
+def listed_quarters(at: datetime) -> list[ContractMonth]:
+    return [ContractMonth(y, m, "MES") for y in range(at.year - 1, at.year + 2) for m in (3, 6, 9, 12)]
 
 
 def test_a_start_too_late_to_reach_now_is_refused():
@@ -186,7 +195,11 @@ def test_make_dev_simulator_answers_the_last_seven_days():
                 assert time.monotonic() < deadline, "the simulator did not start"
                 time.sleep(0.2)
         now = datetime.now(timezone.utc)
-        assert len(bars_between(url, token, now - timedelta(days=7), now)) > 1000
+        listed = requests.post(
+            f"{url}/api/Contract/search", json={"searchText": "MES", "live": False}, headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
+        (served,) = [c["id"] for c in listed.json()["contracts"]]
+        assert len(bars_between(url, token, now - timedelta(days=7), now, served)) > 1000
     finally:
         proc.terminate()
         proc.wait(10)

@@ -21,6 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--synthetic", nargs="+", metavar="CONTRACT", help="serve a seeded synthetic market for these contract ids instead of a replay"
     )
+    parser.add_argument(
+        "--symbols",
+        nargs="+",
+        metavar="ROOT",
+        help="list these equity-index roots (MES, MNQ, ...): each one's quarterly months around the clock's start, expired ones"
+        " included, trading one synthetic market per root with rolls and expiries",
+    )
+    parser.add_argument(
+        "--expired-history",
+        metavar="all|hourly",
+        help="with --symbols: 'hourly' answers an expired month's seconds and minutes history with no bars, as the real gateway"
+        " is reported to (default 'all': every unit)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the trade generator (default 0)")
     parser.add_argument("--username", help="accept only this userName at login (default: any)")
     parser.add_argument("--api-key", help="accept only this apiKey at login (default: any)")
@@ -29,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--start",
         metavar="WHEN",
         help="where the clock starts: for a replay an ISO time inside it (with its offset), '+<N>d'/'+<N>h' after its first bar,"
-        " or 'end'; history serves everything before it (default: the first bar). For --synthetic an ISO time (default now)",
+        " or 'end'; history serves everything before it (default: the first bar). For --synthetic and --symbols an ISO time"
+        " (default now)",
     )
     parser.add_argument(
         "--shift-to-now",
@@ -44,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from projectx_pipeline.logs import configure_logging
 
     from .clock import parse_speed
+    from .listings import check_listable
+    from .rest import EXPIRED_HISTORY_ALL, check_expired_history
     from .server import SimulatorServer
 
     configure_logging()  # its event lines (listening, control actions, hub clients) on stderr, like the daemon's
@@ -52,14 +68,29 @@ def run(args: argparse.Namespace) -> int:
         speed = parse_speed(args.speed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.replay and args.synthetic:
-        raise UsageError("--replay and --synthetic are exclusive: choose one market source")
+    chosen = [flag for flag, value in (("--replay", args.replay), ("--synthetic", args.synthetic), ("--symbols", args.symbols)) if value]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} are exclusive: choose one market source")
     if args.replay and not Path(args.replay).is_file():
         raise UsageError(f"--replay {args.replay}: no such file")
-    if args.shift_to_now and args.synthetic:
+    synthetic_clock = bool(args.synthetic or args.symbols)
+    if args.shift_to_now and synthetic_clock:
         raise UsageError("--shift-to-now moves a replay: the synthetic market starts now already")
+    expired_history = EXPIRED_HISTORY_ALL
+    if args.expired_history is not None:
+        if not args.symbols:
+            raise UsageError("--expired-history needs --symbols: replay and synthetic contracts never expire")
+        try:
+            expired_history = check_expired_history(args.expired_history)
+        except ValueError:
+            raise UsageError(f"--expired-history {args.expired_history}: expected all or hourly") from None
+    for symbol in args.symbols or []:
+        try:
+            check_listable(symbol)
+        except ValueError as exc:
+            raise UsageError(f"--symbols: {exc}") from None
     start = args.start
-    if start is not None and args.synthetic:
+    if start is not None and synthetic_clock:
         try:
             start = parse_iso_time(start, "--start")
         except DomainError as exc:
@@ -75,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             replay=args.replay,
             speed=speed,
             synthetic=args.synthetic,
+            symbols=args.symbols,
+            expired_history=expired_history,
             seed=args.seed,
             username=args.username,
             api_key=args.api_key,
@@ -95,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"PROJECTX_API_URL={simulator.api_url} PROJECTX_RTC_URL={simulator.rtc_url}", flush=True)
         print(f"control: {simulator.control_url}", flush=True)
+        if simulator.mode == "listing":
+            for listed in simulator.listed_contracts():
+                print(f"listed {listed['id']} expires {listed['expiry']}" + ("" if listed["active"] else " (expired)"), flush=True)
         if simulator.weeks_shifted:
             print(f"replay shifted {simulator.weeks_shifted} weeks to now: clock {simulator.clock().isoformat()}", flush=True)
         while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals

@@ -12,6 +12,9 @@ catalogue is in `contracts.py`.
   answers history of whole source bars from the bars themselves, which is the same by construction.
 * `SyntheticSource` (`synthetic.py`) generates trades as a pure function of (seed, contract, minute), so any past
   window can be regenerated and always equals what was streamed live.
+* `ListingSource` (`listing_source.py`) is the synthetic market of several listed months per
+  symbol: one price path per symbol plus each month's basis, volume following the roll, each
+  month trading until its expiry instant; still a pure function of (seed, contract, minute).
 """
 
 from __future__ import annotations

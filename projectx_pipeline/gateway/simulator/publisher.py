@@ -15,6 +15,8 @@
   over, a quote of the end clock goes out every `quote_interval` seconds of wall time, so that
   clients can close their last bar. `GatewayDepth` carries the same best bid and ask. The
   quotes (and depth) of one clock step go out in one WebSocket frame, one record each.
+* A subscription to an expired contract (listing mode) succeeds and delivers nothing: it has no
+  trades after its expiry instant, so no trades and no quotes, and no depth reset either.
 * `trades_published` counts trades released by the clock, whether or not anyone was subscribed.
   A contract nobody watches has its trades counted and its session figures taken without
   generating them where the source can (`MarketSource.released_between`).
@@ -222,6 +224,8 @@ class MarketPublisher:
     async def on_subscribed(self, client: HubClient, feed: str, contract_id: str) -> None:
         if feed == "trades":
             self._clock.waiting_for_subscriber = False
+        elif not self._source.contracts[contract_id].active_at(self._clock.now_ns):
+            return  # an expired contract: the subscription succeeds and delivers nothing, not even a book reset
         elif feed == "quotes":
             stats = self._stats[contract_id]
             stats.resolve(self._source, contract_id)

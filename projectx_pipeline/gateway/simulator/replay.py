@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from projectx_pipeline.domain.contracts import ContractId
 from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.domain.market_hours import CalendarDays
 from projectx_pipeline.domain.timeframes import UNIT_DAY, Timeframe, bar_starts_ns
 from projectx_pipeline.domain.timestamps import from_ns
 from projectx_pipeline.sample_data import sample_path
 
 from . import prints
-from .contracts import contract_for
+from .contracts import LISTABLE_ROOTS, contract_for
+from .listings import SymbolListing
 from .market import Trades, bar_labels_ns, no_trades, window_end_ns, window_open_ns
 from .replay_time import resolve_start_ns, shift_bars_weeks, weeks_to_now
 
@@ -77,7 +80,15 @@ class ReplaySource:
             position = resolve_start_ns(start, window_open_ns(int(labels[0]), self.timeframe), window_end_ns(int(labels[-1]), self.timeframe))
             self.weeks_shifted = weeks_to_now(position, shift_to_ns)
             bars = shift_bars_weeks(bars, self.weeks_shifted)
-        contract = contract_for(str(contract_ids[0]))
+        recorded_as = ContractId(str(contract_ids[0]))
+        # A replay shifted to now plays as the month that is front now: the recorded month
+        # expired long ago, and a gateway lists only months that trade (a platform following the
+        # symbol must find its bars under a month whose roll is still ahead).
+        served_as = front_month_at_start(recorded_as, shift_to_ns) if shift_to_ns is not None else recorded_as
+        if served_as != recorded_as:
+            bars = bars.assign(contract_id=str(served_as))
+        self.recorded_as = recorded_as
+        contract = contract_for(str(served_as))
         self.contracts = {contract.id: contract}
         self.bars = bars
         labels = bar_labels_ns(bars)
@@ -123,6 +134,15 @@ CACHE_PRINTS = 2_000_000
 # How many stand-in rows the cache of bars finer than the source's holds at most (1m bars of the
 # whole MES 5m sample: 200,000), so that repeated fine history does not regenerate prints.
 CACHE_FINE_ROWS = 2_000_000
+
+
+def front_month_at_start(recorded_as: ContractId, start_ns: int) -> ContractId:
+    """The month of `recorded_as`'s symbol that is front at `start_ns` (CME's calendar roll on the
+    NYSE's days); a root without quarterly equity-index months keeps its recorded id."""
+    if recorded_as.symbol not in LISTABLE_ROOTS:
+        return recorded_as
+    listing = SymbolListing(recorded_as.symbol, from_ns(start_ns), CalendarDays())
+    return listing.front_month_at(start_ns).contract_id()
 
 
 class BarPrints:

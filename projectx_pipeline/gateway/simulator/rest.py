@@ -9,6 +9,12 @@ Choices where the real gateway is unconfirmed, made explicit here:
   `Retry-After` header in whole seconds.
 * A missing, unknown or expired token gets HTTP 401 with an empty body; a malformed body or a
   missing field HTTP 400 with an ASP.NET-style problem document.
+* A contract is active until the clock reaches its expiry instant, decided at each request
+  (contracts of the replay and of `--synthetic` never expire). `Contract/search` and
+  `Contract/available` list active contracts only; `Contract/searchById` resolves expired ones too.
+* `expired_history` "hourly": an expired contract's history in seconds or minutes is an empty
+  success, as the real gateway's users report it; hours, days, weeks and months are served.
+  "all" (the default) serves every unit.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import pandas as pd
 from aiohttp import web
 
 from projectx_pipeline.domain.errors import DomainError
-from projectx_pipeline.domain.timeframes import Timeframe
+from projectx_pipeline.domain.timeframes import UNIT_MINUTE, UNIT_SECOND, Timeframe
 from projectx_pipeline.domain.timestamps import to_ns
 
 from ..protocol import (
@@ -48,7 +54,19 @@ from . import market
 from .accounts import SIMULATED_ACCOUNTS
 from .auth import Session, SessionStore, bearer_token, unauthorized
 from .clock import MarketClock
+from .contracts import Contract
 from .market import MarketSource
+
+EXPIRED_HISTORY_ALL, EXPIRED_HISTORY_HOURLY = "all", "hourly"
+EXPIRED_HISTORY_CHOICES = (EXPIRED_HISTORY_ALL, EXPIRED_HISTORY_HOURLY)
+# What an expired contract's history no longer serves under "hourly"
+_INTRADAY_UNITS = (UNIT_SECOND, UNIT_MINUTE)
+
+
+def check_expired_history(value: object) -> str:
+    if value not in EXPIRED_HISTORY_CHOICES:
+        raise ValueError(f"invalid expired_history {value!r}: expected one of {', '.join(EXPIRED_HISTORY_CHOICES)}")
+    return str(value)
 
 
 class SlidingWindowLimiter:
@@ -132,10 +150,18 @@ class RestApi:
     the next calls answer with, one per call, before anything else is checked."""
 
     def __init__(
-        self, source: MarketSource, clock: MarketClock, sessions: SessionStore, username: str | None, api_key: str | None, rate_limits: bool
+        self,
+        source: MarketSource,
+        clock: MarketClock,
+        sessions: SessionStore,
+        username: str | None,
+        api_key: str | None,
+        rate_limits: bool,
+        expired_history: str = EXPIRED_HISTORY_ALL,
     ):
         self._source = source
         self._clock = clock
+        self._expired_history = check_expired_history(expired_history)
         self._sessions = sessions
         self._username, self._api_key = username, api_key
         self._limiter = SlidingWindowLimiter({"history": HISTORY_BUDGET, "other": DEFAULT_BUDGET}) if rate_limits else None
@@ -205,17 +231,22 @@ class RestApi:
         only_active = _require(body, "onlyActiveAccounts", bool)
         return _envelope(accounts=[a.to_gateway() for a in SIMULATED_ACCOUNTS if a.active or not only_active])
 
+    def _active_contracts(self) -> list[Contract]:
+        """The contracts not expired at the clock, now (the clock moves between two requests)."""
+        now_ns = self._clock.now_ns
+        return [c for c in self._source.contracts.values() if c.active_at(now_ns)]
+
     async def _available_contracts(self, body: dict, _session) -> web.Response:
         _require(body, "live", bool)
-        return _envelope(contracts=[c.to_gateway() for c in self._source.contracts.values()])
+        return _envelope(contracts=[c.to_gateway(active=True) for c in self._active_contracts()])
 
     async def _contract_search(self, body: dict, _session) -> web.Response:
         text = _require(body, "searchText", str).strip().lower()
         if "live" in body and not isinstance(body["live"], bool):
             raise BadRequest("live", "The live field must be a boolean.")
         found = [
-            c.to_gateway()
-            for c in self._source.contracts.values()
+            c.to_gateway(active=True)
+            for c in self._active_contracts()
             if not text or any(text in s.lower() for s in (c.id, c.name, c.description, c.symbol_id))
         ]
         return _envelope(contracts=found[:20])
@@ -224,7 +255,7 @@ class RestApi:
         contract = self._source.contracts.get(_require(body, "contractId", str))
         if contract is None:
             return _envelope(1, "Contract not found.", contract=None)
-        return _envelope(contract=contract.to_gateway())
+        return _envelope(contract=contract.to_gateway(active=contract.active_at(self._clock.now_ns)))
 
     async def _retrieve_bars(self, body: dict, _session) -> web.Response:
         contract_id = _require(body, "contractId", str)
@@ -242,6 +273,12 @@ class RestApi:
             return _envelope(3, f"Invalid unit number: {exc}", bars=None)
         if limit < 1:
             return _envelope(4, f"Invalid limit {limit}.", bars=None)
+        if (
+            self._expired_history == EXPIRED_HISTORY_HOURLY
+            and unit in _INTRADAY_UNITS
+            and not self._source.contracts[contract_id].active_at(self._clock.now_ns)
+        ):
+            return _envelope(bars=[])
         bars = await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: market.history_bars(

@@ -10,7 +10,8 @@ runs them on one event loop in a background thread:
 * `publisher.py` — the live feed: trades, quotes and depth released by the clock;
 * `faults.py` — the `/control` fault-injection endpoint;
 * `auth.py` — tokens and sessions; `market.py` — the market contract and bar history, with
-  `contracts.py`, `replay.py` and `synthetic.py` (the catalogue and the two market sources).
+  `contracts.py`, `replay.py`, `synthetic.py` and `listing_source.py` (the catalogue and the
+  three market sources; `listings.py` holds the rules of the listed months).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 from aiohttp import web
 
+from projectx_pipeline.domain.market_hours import CalendarDays
+from projectx_pipeline.domain.rolls import ExchangeDays
 from projectx_pipeline.domain.timeframes import Timeframe, parse_timeframe
 from projectx_pipeline.domain.timestamps import from_ns, to_ns
 
@@ -34,10 +37,11 @@ from .clock import MAX_SPEED, MarketClock, parse_speed
 from .contracts import Contract
 from .faults import FaultInjector
 from .hub_protocol import NEGOTIATE_TIMEOUT_SECONDS, SEND_TIMEOUT_SECONDS, HubTimings, MarketHubEndpoint, UserHubEndpoint
+from .listing_source import ListingSource
 from .market import MarketSource
 from .publisher import MarketPublisher
 from .replay import ReplaySource, default_replay_path
-from .rest import RestApi
+from .rest import EXPIRED_HISTORY_ALL, RestApi, check_expired_history
 from .synthetic import SyntheticSource
 
 log = get_logger("projectx.simulator")
@@ -48,20 +52,28 @@ _FAR_FUTURE_NS = 2**62
 class SimulatorServer:
     """The ProjectX Gateway simulator, served from a background thread with its own event loop.
 
-    Market data comes from exactly one source: `replay` (a bar CSV; by default the MES 5m sample)
-    or `synthetic` (contract ids). The clock is the replay position: it advances at `speed` × real
-    time (or, with "max", as fast as the slowest subscribed client reads), history never holds a
-    trade at or after it, and trades released before a client subscribed are lost to that client.
+    Market data comes from exactly one source: `replay` (a bar CSV; by default the MES 5m sample),
+    `synthetic` (contract ids) or `symbols` (equity-index roots such as "MES": the listing mode,
+    each root's quarterly months around the clock's start, `listing_source.py`). The clock is the
+    replay position: it advances at `speed` × real time (or, with "max", as fast as the slowest
+    subscribed client reads), history never holds a trade at or after it, and trades released
+    before a client subscribed are lost to that client.
     `quote_interval` is the quote throttle in seconds of market time (at most one quote per
     bucket of that length, see `publisher.py`) and, once a replay is over, the wall-clock
     interval of the quotes of the end clock.
 
-    `start_time` is where the clock starts. For the synthetic market: any aware datetime (default
-    now). For a replay: a point of the replay in its own times, "+<N>d"/"+<N>h" after its first
-    bar, or "end" (default: the first bar); history serves everything before it.
+    `start_time` is where the clock starts. For the synthetic market and a listing: any aware
+    datetime (default now); a listing is relative to it. For a replay: a point of the replay in
+    its own times, "+<N>d"/"+<N>h" after its first bar, or "end" (default: the first bar);
+    history serves everything before it.
     `shift_to_now` moves the replay by whole weeks (New York time) so that its clock starts at the
     present, `start_time` then lying less than a week before it: clients asking for "the last N
     days" get bars, as from the live gateway (`replay_time.py`).
+
+    `expired_history` ("all" or "hourly", listing mode only) says what history an expired month
+    serves: "hourly" answers seconds and minutes with no bars, as the real gateway is reported to
+    (`rest.py`). `stock_market_open` is the calendar of the expiries (default the NYSE's,
+    `CalendarDays()`).
 
     Two parameters go beyond the gateway's own behaviour, for tests and demos: `client_timeout`
     (seconds of client silence before a hub closes the connection; ASP.NET's default is 30) and
@@ -89,9 +101,18 @@ class SimulatorServer:
         send_timeout: float = SEND_TIMEOUT_SECONDS,
         start_time: datetime | str | None = None,
         shift_to_now: bool = False,
+        symbols: list[str] | None = None,
+        expired_history: str = EXPIRED_HISTORY_ALL,
+        stock_market_open: ExchangeDays | None = None,
     ):
-        if replay is not None and synthetic:
-            raise ValueError("choose either a replay file or synthetic contracts, not both")
+        sources = [name for name, given in (("replay", replay is not None), ("synthetic", bool(synthetic)), ("symbols", bool(symbols))) if given]
+        if len(sources) > 1:
+            raise ValueError(f"choose one market source, not {' and '.join(sources)}: a replay file, synthetic contracts or listed symbols")
+        if symbols is not None and not symbols:
+            raise ValueError("symbols is empty: expected at least one equity-index root, such as MES")
+        check_expired_history(expired_history)
+        if expired_history != EXPIRED_HISTORY_ALL and not symbols:
+            raise ValueError(f"expired_history {expired_history!r} needs listed symbols: replay and synthetic contracts never expire")
         for name, value in (
             ("ping_interval", ping_interval),
             ("quote_interval", quote_interval),
@@ -105,7 +126,7 @@ class SimulatorServer:
         speed = parse_speed(speed)
         self._source: MarketSource
         self.weeks_shifted = 0  # how many weeks later than recorded a replay plays (shift_to_now)
-        if synthetic:
+        if synthetic or symbols:
             if speed == MAX_SPEED:
                 raise ValueError("speed 'max' needs a replay: the synthetic market runs on a real-time clock")
             if shift_to_now:
@@ -113,8 +134,13 @@ class SimulatorServer:
             if isinstance(start_time, str):
                 raise ValueError(f"invalid start_time {start_time!r} for the synthetic market: expected an aware datetime")
             start_ns = to_ns(start_time) if start_time is not None else time.time_ns() // 1_000_000 * 1_000_000
-            self._source = SyntheticSource(list(synthetic), seed, start_ns)
-            self.mode = "synthetic"
+            if symbols:
+                calendar = stock_market_open if stock_market_open is not None else CalendarDays()
+                self._source = ListingSource(list(symbols), seed, start_ns, calendar)
+                self.mode = "listing"
+            else:
+                self._source = SyntheticSource(list(synthetic or []), seed, start_ns)
+                self.mode = "synthetic"
         else:
             replay_source = ReplaySource(
                 replay if replay is not None else default_replay_path(),
@@ -128,7 +154,8 @@ class SimulatorServer:
 
         self._clock = MarketClock(self._source, speed, wait_for_subscriber)
         self._sessions = SessionStore(token_ttl_seconds)
-        self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits)
+        self._rest = RestApi(self._source, self._clock, self._sessions, username, api_key, rate_limits, expired_history)
+        self.expired_history = expired_history
         # The hub hands new subscriptions to the publisher, which needs the hub to send: bound late.
         timings = HubTimings(ping_interval, client_timeout, negotiate_timeout, send_timeout)
         self._hub = MarketHubEndpoint(self._sessions, self._source.contracts, self._on_subscribed, timings)
@@ -289,4 +316,22 @@ class SimulatorServer:
             "pending_rest_errors": len(self._rest.pending_faults),
             "sessions": len(self._sessions),
             "contracts": sorted(self._source.contracts),
+            "expired_history": self.expired_history,
+            "listed_contracts": self.listed_contracts(),
         }
+
+    def listed_contracts(self) -> list[dict]:
+        """Every contract of the market at the clock: id, name, its expiry (None: it never expires),
+        whether it is active and whether it is its symbol's front month (None outside a listing)."""
+        now_ns = self._clock.now_ns
+        fronts = self._source.front_contract_ids(now_ns) if isinstance(self._source, ListingSource) else None
+        return [
+            {
+                "id": c.id,
+                "name": c.name,
+                "expiry": from_ns(c.expires_ns).isoformat() if c.expires_ns is not None else None,
+                "active": c.active_at(now_ns),
+                "front": (c.id in fronts) if fronts is not None else None,
+            }
+            for c in self._source.contracts.values()
+        ]

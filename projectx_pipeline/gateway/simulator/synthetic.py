@@ -13,7 +13,7 @@ from projectx_pipeline.domain.sessions import NEW_YORK
 from projectx_pipeline.domain.timeframes import Timeframe
 from projectx_pipeline.domain.timestamps import NS_PER_DAY
 
-from .contracts import Contract, contract_for
+from .contracts import contract_for
 from .market import NS_PER_MINUTE, NS_PER_MS, Trades, no_trades
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -44,7 +44,7 @@ def _normal(key, *counters) -> np.ndarray:
 
 
 # Streams keep the hashed draws of one (contract, minute) independent of each other.
-_S_COUNT, _S_BURST, _S_TIME, _S_STEP, _S_SIZE, _S_BLOCK, _S_SIDE, _S_LEVEL = range(8)
+_S_COUNT, _S_BURST, _S_TIME, _S_STEP, _S_SIZE, _S_BLOCK, _S_SIDE, _S_LEVEL, _S_DITHER = range(9)
 
 # Price level = sum over these scales (minutes) of a piecewise-linear noise with knots every
 # `scale` minutes and amplitude ~ sqrt(scale): a random-walk-like path computable at any minute.
@@ -71,16 +71,17 @@ class SyntheticSource:
         self.start_ns = int(start_ns)
         self.first_ns = self.start_ns // NS_PER_MINUTE * NS_PER_MINUTE - SYNTHETIC_HISTORY_DAYS * NS_PER_DAY
         self.end_ns = None
-        self._keys = {
-            cid: _mix(np.array([(self.seed ^ (zlib.crc32(cid.encode()) << 32)) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0] for cid in self.contracts
-        }
+        self._keys = {cid: stream_key(self.seed, cid) for cid in self.contracts}
 
     def next_step_ns(self, after_ns: int) -> int | None:
         return None
 
     def trades_between(self, contract_id: str, lo_ns: int, hi_ns: int) -> Trades:
-        lo_ns = max(lo_ns, self.first_ns)
-        if contract_id not in self.contracts or hi_ns <= lo_ns:
+        if contract_id not in self.contracts:
+            return no_trades()
+        first_ns, end_ns = self._trading_span(contract_id)
+        lo_ns, hi_ns = max(lo_ns, first_ns), hi_ns if end_ns is None else min(hi_ns, end_ns)
+        if hi_ns <= lo_ns:
             return no_trades()
         first_minute = lo_ns // NS_PER_MINUTE
         last_minute = -(-hi_ns // NS_PER_MINUTE)
@@ -93,13 +94,30 @@ class SyntheticSource:
         trades = self.trades_between(contract_id, lo_ns, hi_ns)
         return trades, len(trades)
 
+    # ------------------------------------------------------------------ what a market of listed months changes
+
+    def _trading_span(self, contract_id: str) -> tuple[int, int | None]:
+        """[first, end) of the instants a contract trades in (end None: it never expires)."""
+        return self.first_ns, None
+
+    def _trade_counts(self, contract_id: str, minutes: np.ndarray, local: pd.DatetimeIndex) -> np.ndarray:
+        """How many trades each of `minutes` (trading minutes; `local`: their New York times) holds."""
+        return trades_per_minute(self._keys[contract_id], minutes, local)
+
+    def _level_ticks(self, contract_id: str, minutes: np.ndarray) -> np.ndarray:
+        """The price level, in ticks, at the start of each of `minutes`: a walk of its own per contract."""
+        contract = self.contracts[contract_id]
+        return level_ticks(self._keys[contract_id], minutes, contract.synthetic_base_price / contract.tick_size)
+
+    # ------------------------------------------------------------------ the trades of whole minutes
+
     def _minutes(self, contract_id: str, minutes: np.ndarray) -> Trades:
         contract = self.contracts[contract_id]
         key = self._keys[contract_id]
         local = pd.DatetimeIndex(minutes * NS_PER_MINUTE, tz="UTC").tz_convert(NEW_YORK)
         trading = _trading_minutes(local)
         minutes, local = minutes[trading], local[trading]
-        counts = _trades_per_minute(key, minutes, local)
+        counts = self._trade_counts(contract_id, minutes, local)
         minutes, counts = minutes[counts > 0], counts[counts > 0]
         total = int(counts.sum())
         if total == 0:
@@ -122,8 +140,8 @@ class SyntheticSource:
         walk = np.cumsum(step)
         walk -= np.repeat(walk[firsts] - step[firsts], counts)  # restart the walk at every minute
         walk_end = np.repeat(walk[lasts], counts)
-        level_now = np.repeat(self._level_ticks(key, minutes, contract), counts)
-        level_next = np.repeat(self._level_ticks(key, minutes + 1, contract), counts)
+        level_now = np.repeat(self._level_ticks(contract_id, minutes), counts)
+        level_next = np.repeat(self._level_ticks(contract_id, minutes + 1), counts)
         frac = (k + 1) / n
         ticks = np.maximum(1.0, np.round(level_now + walk - frac * walk_end + frac * (level_next - level_now)))
         price = np.round(ticks * contract.tick_size, 10)
@@ -134,14 +152,25 @@ class SyntheticSource:
         side = np.where(step > 0, 0, np.where(step < 0, 1, (_uniform(key, _S_SIDE, minute, k) < 0.5).astype(np.int64)))
         return Trades(ts.astype(np.int64), price, size, side.astype(np.int8))
 
-    def _level_ticks(self, key, minute: np.ndarray, contract: Contract) -> np.ndarray:
-        level = np.full(minute.shape, contract.synthetic_base_price / contract.tick_size)
-        for scale in _LEVEL_SCALES:
-            knot, into = np.divmod(minute, scale)
-            before = _normal(key, _S_LEVEL, np.int64(scale), knot)
-            after = _normal(key, _S_LEVEL, np.int64(scale), knot + 1)
-            level += (before + (after - before) * (into / scale)) * _TICKS_PER_SQRT_MINUTE * math.sqrt(scale)
-        return level
+
+def stream_key(seed: int, name: str) -> np.uint64:
+    """The hash key of the draws of one contract (or one symbol's price path) under `seed`."""
+    return _mix(np.array([(int(seed) ^ (zlib.crc32(name.encode()) << 32)) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+
+
+def level_ticks(key: np.uint64, minute: np.ndarray, base_ticks: float) -> np.ndarray:
+    """A random-walk-like price level in ticks around `base_ticks`, at each of `minute`, keyed by `key`."""
+    minute = np.asarray(minute, dtype=np.int64)
+    # Every scale at once (one row each): the hashes are elementwise, so this equals a loop over
+    # the scales, with a tenth of the calls (a clock step asks for a handful of minutes).
+    scales = np.array(_LEVEL_SCALES, dtype=np.int64).reshape(-1, *([1] * minute.ndim))
+    knot, into = np.divmod(minute[np.newaxis], scales)
+    before, after = _normal(key, _S_LEVEL, scales[np.newaxis], np.stack((knot, knot + 1)))
+    moves = (before + (after - before) * (into / scales)) * _TICKS_PER_SQRT_MINUTE * np.sqrt(scales)
+    level = np.full(minute.shape, float(base_ticks))
+    for move in moves:  # added scale by scale, in the order (and the rounding) of the sum it always was
+        level += move
+    return level
 
 
 def _trading_minutes(local: pd.DatetimeIndex) -> np.ndarray:
@@ -151,10 +180,16 @@ def _trading_minutes(local: pd.DatetimeIndex) -> np.ndarray:
     return ~closed
 
 
-def _trades_per_minute(key, minutes: np.ndarray, local: pd.DatetimeIndex) -> np.ndarray:
-    """Busier in the New York cash session, with bursts in about one minute out of twelve."""
+def trades_per_minute(key, minutes: np.ndarray, local: pd.DatetimeIndex, share: np.ndarray | None = None) -> np.ndarray:
+    """Busier in the New York cash session, with bursts in about one minute out of twelve.
+
+    `share` scales the rate (a listed month that is not front trades a fraction of it); the
+    fraction of a trade is then dithered, so that a 2 % share still trades now and then."""
     minute_of_day = local.hour.to_numpy() * 60 + local.minute.to_numpy()
     cash_session = (minute_of_day >= 9 * 60 + 30) & (minute_of_day < 16 * 60)
     rate = np.where(cash_session, 40.0, 10.0)
     rate = np.where(_uniform(key, _S_BURST, minutes) < 0.08, rate * 5.0, rate)
-    return np.minimum(400, np.floor(rate * 2.0 * _uniform(key, _S_COUNT, minutes))).astype(np.int64)
+    drawn = rate * 2.0 * _uniform(key, _S_COUNT, minutes)
+    if share is not None:
+        drawn = drawn * share + _uniform(key, _S_DITHER, minutes)
+    return np.minimum(400, np.floor(drawn)).astype(np.int64)
