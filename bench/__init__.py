@@ -383,9 +383,13 @@ class StubHub:
     """Stands in for the market hub: the bench puts `Trade` objects on `out` itself (the hub's
     parsed output), so the daemon runs exactly its own code from the events queue on."""
 
-    def __init__(self, out):
+    def __init__(self, out, contracts):
         self.out = out
+        self.contracts = contracts
         self.stats = {"state": "connected", "malformed": 0}
+
+    def set_contracts(self, contracts) -> None:
+        self.contracts = contracts
 
     def start(self) -> None:
         from projectx_pipeline.gateway.events import HubEvent

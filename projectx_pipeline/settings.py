@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .domain.contracts import ContractId
+from .domain.contracts import SYMBOL_RE, ContractId
 from .domain.errors import DomainError
 from .domain.market_hours import SessionCalendar
+from .domain.rolls import DEFAULT_DAYS_BEFORE_EXPIRY, CalendarRoll
 from .domain.timeframes import Timeframe, parse_timeframes
 from .logs import get_logger, kv
 
@@ -72,6 +73,27 @@ class ContractSettings(_Model):
         return ContractId(v)
 
 
+class InstrumentSettings(_Model):
+    """A symbol whose front month (and the month after it) is collected, whatever month that is."""
+
+    symbol: str
+    tick_size: float = Field(0.25, gt=0)
+
+    @field_validator("symbol")
+    @classmethod
+    def _valid_symbol(cls, v: str) -> str:
+        if not SYMBOL_RE.fullmatch(v):
+            raise ValueError(f"invalid symbol {v!r}: expected a futures root such as MES, MNQ or ES (1-8 capitals or digits)")
+        return v
+
+
+class RollSettings(_Model):
+    """Which listed month of a symbol is its front month (domain/rolls.py)."""
+
+    rule: Literal["calendar"] = "calendar"
+    days_before_expiry: int = Field(DEFAULT_DAYS_BEFORE_EXPIRY, ge=0, le=60)
+
+
 class IngestSettings(_Model):
     grace_seconds: float = Field(2.0, ge=0, le=300)
     heartbeat_seconds: float = Field(5.0, gt=0, le=300)
@@ -83,14 +105,18 @@ class IngestSettings(_Model):
     stale_after_seconds: float = Field(45.0, gt=0, le=3600)
     # a contract without a trade for this much open-market time is stalled: logged, counted, reconnected
     stall_after_seconds: float = Field(300.0, gt=0, le=86_400)
+    # how often the daemon asks the gateway which months of its symbols are listed (a new month
+    # is followed from then on; the front month itself switches at the roll instant regardless)
+    listing_refresh_seconds: float = Field(3600.0, ge=10, le=86_400)
     shards: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("shards")
     @classmethod
     def _valid_shards(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for ids in v.values():
-            for cid in ids:
-                ContractId(cid)
+        for names in v.values():
+            for name in names:
+                if not SYMBOL_RE.fullmatch(name):  # a symbol of `instruments`, or a contract id
+                    ContractId(name)
         return v
 
 
@@ -140,8 +166,10 @@ class CoordinationSettings(_Model):
 
 
 class FileSettings(_Model):
-    contracts: list[ContractSettings]
+    instruments: list[InstrumentSettings] = Field(default_factory=list)
+    contracts: list[ContractSettings] = Field(default_factory=list)
     timeframes: list[Timeframe]
+    rolls: RollSettings = RollSettings()
     ingest: IngestSettings = IngestSettings()
     storage: StorageSettings = StorageSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -156,24 +184,35 @@ class FileSettings(_Model):
         ids = [c.id for c in self.contracts]
         if len(set(ids)) != len(ids):
             raise ValueError(f"contracts: each contract once, got {ids}")
+        symbols = [i.symbol for i in self.instruments]
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"instruments: each symbol once, got {symbols}")
+        if not ids and not symbols:
+            raise ValueError("nothing to collect: expected at least one symbol in instruments (or a contract id in contracts)")
+        followed = [c for c in ids if ContractId(c).symbol in symbols]
+        if followed:
+            raise ValueError(
+                f"contracts {followed} are months of symbols in instruments: expected either the symbol (its front month is followed) or explicit ids"
+            )
         if self.ingest.shards:
-            check_shards(self.ingest.shards, ids)
+            check_shards(self.ingest.shards, ids + symbols)
         return self
 
 
-def check_shards(shards: Mapping[str, list[str]], contract_ids: list[str]) -> None:
-    """Every configured contract is covered by exactly one shard, and shards name only configured contracts."""
+def check_shards(shards: Mapping[str, list[str]], configured: list[str]) -> None:
+    """Every configured contract and symbol is covered by exactly one shard, and shards name only
+    configured ones."""
     seen: dict[str, str] = {}
-    for name, ids in shards.items():
-        for cid in ids:
-            if cid in seen:
-                raise SettingsError(f"ingest.shards: contract {cid} is in both {seen[cid]!r} and {name!r}: expected exactly one shard")
-            if cid not in contract_ids:
-                raise SettingsError(f"ingest.shards.{name}: contract {cid} is not in contracts: expected one of {contract_ids}")
-            seen[cid] = name
-    missing = [c for c in contract_ids if c not in seen]
+    for name, entries in shards.items():
+        for entry in entries:
+            if entry in seen:
+                raise SettingsError(f"ingest.shards: {entry} is in both {seen[entry]!r} and {name!r}: expected exactly one shard")
+            if entry not in configured:
+                raise SettingsError(f"ingest.shards.{name}: {entry} is in neither contracts nor instruments: expected one of {configured}")
+            seen[entry] = name
+    missing = [c for c in configured if c not in seen]
     if missing:
-        raise SettingsError(f"ingest.shards: contracts {missing} are in no shard: expected every contract in exactly one shard")
+        raise SettingsError(f"ingest.shards: {missing} are in no shard: expected every contract and symbol in exactly one shard")
 
 
 @dataclass(frozen=True)
@@ -193,8 +232,8 @@ class Settings:
 
     # convenient views -------------------------------------------------------
     @property
-    def contract_ids(self) -> list[str]:
-        ids = [c.id for c in self.file.contracts]
+    def contract_ids(self) -> list[ContractId]:
+        ids = [ContractId(c.id) for c in self.file.contracts]  # parsed at load already: no check again
         if self.shard:
             return [c for c in ids if c in self.file.ingest.shards[self.shard]]
         return ids
@@ -207,11 +246,29 @@ class Settings:
         """The market's sessions as the gap check, freshness and the stall watch see them."""
         return SessionCalendar(self.file.dagster.gap_calendar, self.file.dagster.closed_dates)
 
+    @property
+    def symbols(self) -> list[str]:
+        """The symbols whose front month is followed (`instruments`; the shard's, with a shard)."""
+        symbols = [i.symbol for i in self.file.instruments]
+        if self.shard:
+            return [s for s in symbols if s in self.file.ingest.shards[self.shard]]
+        return symbols
+
+    def roll_rule(self) -> CalendarRoll:
+        return CalendarRoll(self.file.rolls.days_before_expiry)
+
     def tick_size(self, contract_id: str) -> float:
+        """The tick size of a configured contract, or of any month of a configured symbol."""
         for c in self.file.contracts:
             if c.id == contract_id:
                 return c.tick_size
-        raise SettingsError(f"contract {contract_id!r} is not configured: expected one of {self.contract_ids}")
+        symbol = ContractId(contract_id).symbol
+        for i in self.file.instruments:
+            if i.symbol == symbol:
+                return i.tick_size
+        raise SettingsError(
+            f"contract {contract_id!r} is not configured: expected one of {self.contract_ids} or a month of the symbols {self.symbols}"
+        )
 
     @property
     def has_credentials(self) -> bool:

@@ -37,6 +37,9 @@ def test_contract_id_accepts_exactly_the_gateway_pattern(text):
             ContractId(text)
 
 
-def test_settings_hand_contract_ids_inward():
-    settings = load_settings({})
-    assert settings.contract_ids and all(type(cid) is ContractId for cid in settings.contract_ids)
+def test_settings_hand_contract_ids_inward(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("contracts: [{id: CON.F.US.MES.M25}, {id: CON.F.US.MNQ.Z26}]\ntimeframes: [1m]\n")
+    settings = load_settings({"PROJECTX_SETTINGS": str(path)})
+    assert settings.contract_ids == ["CON.F.US.MES.M25", "CON.F.US.MNQ.Z26"]
+    assert all(type(cid) is ContractId for cid in settings.contract_ids)

@@ -191,7 +191,7 @@ def test_new_bars_become_signal_rows_through_the_sensor(platform):
     daemon = IngestDaemon(
         IngestConfig([MES], parse_timeframes("5m,15m,1h,4h"), market_url, repair_delay_seconds=0.5, heartbeat_seconds=1),
         client,
-        lambda out: client.market_hub([MES], out, stale_after=10),
+        lambda out, contracts: client.market_hub(contracts, out, stale_after=10),
     )
     daemon.start()
     runner = threading.Thread(target=daemon.run, daemon=True)

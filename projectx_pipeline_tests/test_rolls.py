@@ -3,34 +3,32 @@ holidays that move them, the calendar roll and the volume roll."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-from functools import cache
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from projectx_pipeline.domain.errors import DomainError
+from projectx_pipeline.domain.market_hours import CalendarDays
 from projectx_pipeline.domain.rolls import (
     CalendarRoll,
     ContractMonth,
     VolumeRoll,
     expiry_date,
+    expiry_instant,
+    front_month_at,
+    months_to_follow,
+    next_roll_after,
+    roll_instant,
+    roll_points,
     third_friday,
     weekdays_only,
 )
+from projectx_pipeline.gateway.listings import ListedContract
+from projectx_pipeline.ingest.roll_follower import RollFollower
 
-
-@cache
-def _nyse_open_days(first_year: int, last_year: int) -> frozenset[date]:
-    import pandas_market_calendars as mcal
-
-    schedule = mcal.get_calendar("NYSE").schedule(start_date=f"{first_year}-01-01", end_date=f"{last_year}-12-31")
-    return frozenset(ts.date() for ts in schedule.index)
-
-
-def nyse_open(d: date) -> bool:
-    return d in _nyse_open_days(2005, 2032)
+nyse_open = CalendarDays()  # the product's stock-market calendar (pandas_market_calendars' NYSE)
 
 
 def mes(code: str) -> ContractMonth:
@@ -162,3 +160,99 @@ def test_volume_roll_without_volumes_follows_the_calendar_and_leaves_expired_mon
 
 def test_weekdays_only_knows_no_holidays():
     assert expiry_date(mes("M26"), weekdays_only) == date(2026, 6, 19)
+
+
+# --------------------------------------------------------------------------- instants and following
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+def test_the_stock_market_calendar_knows_the_holidays_that_move_expiries():
+    assert not nyse_open(date(2026, 6, 19))  # Juneteenth, a Friday
+    assert not nyse_open(date(2026, 11, 26))  # Thanksgiving
+    assert not nyse_open(date(2008, 3, 21))  # Good Friday
+    assert not nyse_open(date(2026, 12, 5))  # a Saturday
+    assert nyse_open(date(2026, 12, 3)) and nyse_open(date(2026, 6, 18))
+
+
+def test_the_front_month_changes_at_the_session_open_of_the_roll_date():
+    # Z26 rolls on trade date 2026-12-10, whose session opens 18:00 New York (EST) on 12-09
+    assert roll_instant(mes("Z26"), CalendarRoll(), nyse_open) == utc(2026, 12, 9, 23, 0)
+    # M26 rolls on 2026-06-10 (the Juneteenth expiry moved it); 18:00 EDT on 06-09
+    assert roll_instant(mes("M26"), CalendarRoll(), nyse_open) == utc(2026, 6, 9, 22, 0)
+    listed = [mes(c) for c in ("Z26", "H27", "M27")]
+    assert front_month_at(listed, utc(2026, 12, 9, 22, 59, 59), CalendarRoll(), nyse_open) == mes("Z26")
+    assert front_month_at(listed, utc(2026, 12, 9, 23, 0), CalendarRoll(), nyse_open) == mes("H27")
+
+
+def test_a_contract_stops_trading_at_the_stock_market_open_of_its_expiry():
+    assert expiry_instant(mes("Z26"), nyse_open) == utc(2026, 12, 18, 14, 30)  # 09:30 EST
+    assert expiry_instant(mes("M26"), nyse_open) == utc(2026, 6, 18, 13, 30)  # 09:30 EDT, the Thursday
+
+
+def test_roll_points_are_the_consecutive_switches_of_a_listing():
+    points = roll_points([mes("H27"), mes("Z26"), mes("M27")], CalendarRoll(), nyse_open)
+    assert [(p.from_month.code, p.to_month.code) for p in points] == [("Z26", "H27"), ("H27", "M27")]
+    assert [p.at for p in points] == [roll_instant(mes("Z26"), CalendarRoll(), nyse_open), roll_instant(mes("H27"), CalendarRoll(), nyse_open)]
+    assert points[0].symbol == "MES"
+
+
+def test_a_feed_follows_the_front_month_and_the_next_one():
+    listed = [mes(c) for c in ("U26", "Z26", "H27", "M27")]
+    rule = CalendarRoll()
+    assert months_to_follow(listed, utc(2026, 12, 3, 15), rule, nyse_open) == [mes("Z26"), mes("H27")]
+    assert months_to_follow(listed, utc(2026, 12, 9, 23), rule, nyse_open) == [mes("H27"), mes("M27")]
+    # the latest listed month is front: nothing after it is listed yet
+    assert months_to_follow(listed, utc(2027, 3, 11, 1), rule, nyse_open) == [mes("M27")]
+    # a listing whose every month rolled before the instant (the gateway lists only the month it
+    # trades, or a replayed market behind the machine's clock): that month alone
+    assert months_to_follow([mes("M25")], utc(2026, 12, 3), rule, nyse_open) == [mes("M25")]
+    assert next_roll_after(listed, utc(2026, 12, 3), rule, nyse_open) == utc(2026, 12, 9, 23)
+    assert next_roll_after(listed, utc(2027, 6, 1), rule, nyse_open) is None
+
+
+QUARTERS = [ContractMonth(y, m, "MES") for y in range(2025, 2029) for m in (3, 6, 9, 12)]
+
+
+@given(st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2028, 9, 1), timezones=st.just(timezone.utc)))
+def test_the_followed_months_change_only_at_roll_instants(at):
+    rule = CalendarRoll()
+    followed = months_to_follow(QUARTERS, at, rule, nyse_open)
+    assert followed[0] == front_month_at(QUARTERS, at, rule, nyse_open)
+    assert len(followed) == 2 and followed[0] < followed[1]
+    change = next_roll_after(QUARTERS, at, rule, nyse_open)
+    assert change is not None and change > at
+    assert months_to_follow(QUARTERS, change - timedelta(microseconds=1), rule, nyse_open) == followed
+    assert months_to_follow(QUARTERS, change, rule, nyse_open)[0] == followed[1]
+
+
+def listed(code: str, active: bool = True, root: str = "MES") -> ListedContract:
+    contract = ListedContract.from_gateway({"id": f"CON.F.US.{root}.{code}", "activeContract": active, "tickSize": 0.25})
+    assert contract is not None
+    return contract
+
+
+def test_a_gateway_contract_becomes_a_listed_month_and_a_malformed_one_is_skipped(caplog):
+    assert listed("Z26") == ListedContract(mes("Z26"), mes("Z26").contract_id(), True, 0.25)
+    assert ListedContract.from_gateway({"id": "CON.F.US.MES.Z2026", "activeContract": True}) is None
+    assert ListedContract.from_gateway({"name": "no id"}) is None
+    assert "listing_contract_skipped" in caplog.text and "CON.F.US.MES.Z2026" in caplog.text
+
+
+def test_the_roll_follower_follows_each_symbol_and_keeps_a_listing_the_answer_lacks():
+    follower = RollFollower(
+        ["MES", "MNQ"],
+        {"MES": [listed("H27"), listed("Z26")], "MNQ": [listed("Z26", root="MNQ"), listed("H27", root="MNQ")]},
+        CalendarRoll(),
+        nyse_open,
+    )
+    assert follower.follow(utc(2026, 12, 3)) == ["CON.F.US.MES.Z26", "CON.F.US.MES.H27", "CON.F.US.MNQ.Z26", "CON.F.US.MNQ.H27"]
+    assert follower.front_months(utc(2026, 12, 10)) == ["CON.F.US.MES.H27", "CON.F.US.MNQ.H27"]
+    changes = follower.update({"MES": [listed("H27"), listed("M27")]})  # MNQ missing from the answer
+    assert changes == {"MES": "listed+CON.F.US.MES.M27 unlisted-CON.F.US.MES.Z26"}
+    assert follower.follow(utc(2026, 12, 10)) == ["CON.F.US.MES.H27", "CON.F.US.MES.M27", "CON.F.US.MNQ.H27"]
+    assert follower.update({"MES": [listed("M27"), listed("H27")]}) == {}
+    with pytest.raises(ValueError, match=r"no listed month for the symbols \['MNQ'\]"):
+        RollFollower(["MES", "MNQ"], {"MES": [listed("Z26")]}, CalendarRoll(), nyse_open)

@@ -916,7 +916,7 @@ def _daemon(url: str, client: GatewayClient) -> tuple:
     daemon = IngestDaemon(
         IngestConfig([MES], TIMEFRAMES, url, repair_delay_seconds=0.5, heartbeat_seconds=0.5, trade_flush_seconds=0.5),
         client,
-        lambda out: client.market_hub([MES], out, stale_after=5.0, backoff_cap=1.0, connect_timeout=4.0),
+        lambda out, contracts: client.market_hub(contracts, out, stale_after=5.0, backoff_cap=1.0, connect_timeout=4.0),
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(daemon.run()), daemon=True)

@@ -23,7 +23,8 @@ def _settings_file(tmp_path: Path, text: str) -> dict:
 
 def test_default_settings_load():
     s = load_settings({})
-    assert s.contract_ids == ["CON.F.US.MES.M25"]
+    assert s.symbols == ["MES"] and s.contract_ids == []  # the front month of MES, whatever month that is
+    assert s.roll_rule().days_before_expiry == 8 and s.tick_size("CON.F.US.MES.Z26") == 0.25
     assert [t.label for t in s.timeframes] == ["1m", "5m", "15m", "1h", "4h", "1d"]
     assert s.file.ingest.grace_seconds == 2.0
     assert s.database_url is None and not s.has_credentials
@@ -55,6 +56,16 @@ def test_secrets_never_show_in_repr():
             " trigger: {timeframe: 15m, type: uptrend}, within_minutes: 60}]}\n",
             "up",
         ),
+        ("instruments: [{symbol: 'mes'}]\ntimeframes: [1m]\n", "invalid symbol 'mes': expected a futures root such as MES"),
+        ("instruments: [{symbol: MES}, {symbol: MES}]\ntimeframes: [1m]\n", "instruments: each symbol once"),
+        ("instruments: [{symbol: MES, tick_size: -1}]\ntimeframes: [1m]\n", "instruments.0.tick_size = -1"),
+        ("timeframes: [1m]\n", "nothing to collect: expected at least one symbol in instruments"),
+        (
+            "instruments: [{symbol: MES}]\ncontracts: [{id: CON.F.US.MES.Z26}]\ntimeframes: [1m]\n",
+            "contracts ['CON.F.US.MES.Z26'] are months of symbols in instruments",
+        ),
+        ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {rule: volume}\n", "rolls.rule = 'volume'"),
+        ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {days_before_expiry: 99}\n", "rolls.days_before_expiry = 99"),
         ("- just a list\n", "expected a mapping"),
         ("contracts: [\n", "not valid YAML"),
     ],
@@ -139,6 +150,32 @@ def test_daemon_stops_at_start_when_the_gateway_choice_is_bad(tmp_path):
     assert not (tmp_path / ".projectx").exists()  # no partial work
 
 
+def test_symbols_give_the_tick_size_of_every_month_and_the_roll_rule(tmp_path):
+    s = load_settings(
+        _settings_file(
+            tmp_path,
+            "instruments: [{symbol: MES, tick_size: 0.25}, {symbol: M2K, tick_size: 0.1}]\n"
+            "contracts: [{id: CON.F.US.MNQ.Z26, tick_size: 0.5}]\ntimeframes: [1m]\nrolls: {days_before_expiry: 5}\n",
+        )
+    )
+    assert s.symbols == ["MES", "M2K"] and s.contract_ids == ["CON.F.US.MNQ.Z26"]
+    assert s.tick_size("CON.F.US.M2K.H27") == 0.1 and s.tick_size("CON.F.US.MES.Z26") == 0.25 and s.tick_size("CON.F.US.MNQ.Z26") == 0.5
+    assert s.roll_rule().days_before_expiry == 5
+    with pytest.raises(SettingsError, match=r"'CON.F.US.ES.Z26' is not configured: .* a month of the symbols \['MES', 'M2K'\]"):
+        s.tick_size("CON.F.US.ES.Z26")
+
+
+def test_a_shard_names_contracts_and_symbols(tmp_path):
+    env = _settings_file(
+        tmp_path,
+        "instruments: [{symbol: MES}, {symbol: MNQ}]\ncontracts: [{id: CON.F.US.ES.Z26}]\ntimeframes: [1m]\n"
+        "ingest: {shards: {a: [MES, CON.F.US.ES.Z26], b: [MNQ]}}\n",
+    )
+    a = load_settings({**env, "PROJECTX_SHARD": "a"})
+    assert a.symbols == ["MES"] and a.contract_ids == ["CON.F.US.ES.Z26"]
+    assert load_settings({**env, "PROJECTX_SHARD": "b"}).symbols == ["MNQ"]
+
+
 def test_shards_cover_every_contract_exactly_once():
     ids = ["CON.F.US.MES.M25", "CON.F.US.MNQ.M25"]
     check_shards({"a": [ids[0]], "b": [ids[1]]}, ids)
@@ -146,7 +183,7 @@ def test_shards_cover_every_contract_exactly_once():
         check_shards({"a": ids, "b": [ids[1]]}, ids)
     with pytest.raises(SettingsError, match=r"are in no shard"):
         check_shards({"a": [ids[0]]}, ids)
-    with pytest.raises(SettingsError, match="not in contracts"):
+    with pytest.raises(SettingsError, match="is in neither contracts nor instruments"):
         check_shards({"a": ids + ["CON.F.US.ES.M25"]}, ids)
 
 

@@ -9,6 +9,7 @@ from .errors import DomainError
 # Contract ids look like CON.F.US.MES.M25 (inferred from examples, not documented): the
 # pattern is strict on purpose, because ids reach SQL, URLs and log lines.
 CONTRACT_ID_RE = re.compile(r"^CON\.F\.[A-Z]{2}\.[A-Z0-9]{1,8}\.[FGHJKMNQUVXZ][0-9]{2}$")
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,8}$")  # a futures root: the fourth part of a contract id
 
 
 class ContractId(str):

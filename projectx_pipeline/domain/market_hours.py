@@ -124,6 +124,26 @@ class SessionCalendar:
         return out
 
 
+STOCK_MARKET_CALENDAR = "NYSE"  # the days an equity-index future can expire (its index is computed)
+
+
+class CalendarDays:
+    """Is `name`'s exchange open on a date? (a rolls.ExchangeDays), from pandas_market_calendars,
+    one year computed at a time and kept."""
+
+    def __init__(self, name: str = STOCK_MARKET_CALENDAR):
+        self.name = name
+        self._years: dict[int, frozenset[date]] = {}
+
+    def __call__(self, d: date) -> bool:
+        if d.year not in self._years:
+            import pandas_market_calendars as mcal
+
+            days = mcal.get_calendar(self.name).valid_days(start_date=f"{d.year}-01-01", end_date=f"{d.year}-12-31")
+            self._years[d.year] = frozenset(ts.date() for ts in days)
+        return d in self._years[d.year]
+
+
 @dataclass(frozen=True)
 class StallEvent:
     kind: Literal["stalled", "resumed"]

@@ -18,6 +18,11 @@ Roll rules (which listed month is the front month on a trade date):
 * `VolumeRoll`: the front month is the one that traded the most on the previous trade date, and
   it never goes back to an earlier month (a quiet day in the new month does not undo the roll).
   A day whose previous trade date has no volumes follows `CalendarRoll`, under the same rule.
+
+Instants: a roll date is a CME trade date, so the front month changes at the open of its session
+(18:00 New York the evening before, `roll_instant`); a contract stops trading at its expiry
+instant, the 09:30 New York open of the stock market on its expiry date (`expiry_instant`).
+`RollPoint`s are the consecutive switches of a listing; `front_month_at` answers for an instant.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from __future__ import annotations
 import calendar
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
 from .contracts import ContractId
 from .errors import DomainError
+from .sessions import NEW_YORK, trade_date_of, trade_date_session
+from .timestamps import utc
 
 MONTH_CODES = "FGHJKMNQUVXZ"  # January … December, the exchanges' letters
 QUARTERLY_MONTHS = (3, 6, 9, 12)  # H, M, U, Z: the equity-index cycle
@@ -72,6 +79,9 @@ class ContractMonth:
         return ContractMonth(self.year, later[0], self.symbol) if later else ContractMonth(self.year + 1, QUARTERLY_MONTHS[0], self.symbol)
 
 
+STOCK_MARKET_OPEN_LOCAL = time(9, 30)  # the Special Opening Quotation that settles an expiring contract
+
+
 def third_friday(year: int, month: int) -> date:
     first = date(year, month, 1)
     return first + timedelta(days=(calendar.FRIDAY - first.weekday()) % 7 + 14)
@@ -104,6 +114,11 @@ class CalendarRoll:
         if not 0 <= self.days_before_expiry <= 60:
             raise DomainError(f"invalid days_before_expiry {self.days_before_expiry!r}: expected 0 to 60 calendar days")
 
+    @property
+    def name(self) -> str:
+        """The rule as recorded with its roll points: calendar:8."""
+        return f"calendar:{self.days_before_expiry}"
+
     def roll_date(self, month: ContractMonth, stock_market_open: ExchangeDays) -> date:
         """The first trade date on which `month` is no longer the front month."""
         expiry = expiry_date(month, stock_market_open)
@@ -119,6 +134,61 @@ class CalendarRoll:
             f"no listed contract is front month on {trade_date.isoformat()}: the latest listed, {months[-1].contract_id()},"
             f" rolls on {self.roll_date(months[-1], stock_market_open).isoformat()}"
         )
+
+
+def expiry_instant(month: ContractMonth, stock_market_open: ExchangeDays) -> datetime:
+    """When `month` stops trading: 09:30 New York on its expiry date, in UTC."""
+    local = datetime.combine(expiry_date(month, stock_market_open), STOCK_MARKET_OPEN_LOCAL, NEW_YORK)
+    return utc(local)
+
+
+def roll_instant(month: ContractMonth, rule: CalendarRoll, stock_market_open: ExchangeDays) -> datetime:
+    """When `month` stops being the front month: the session open of its roll date, in UTC."""
+    return trade_date_session(rule.roll_date(month, stock_market_open))[0]
+
+
+@dataclass(frozen=True)
+class RollPoint:
+    """At `at` the front month of a symbol changes from `from_month` to `to_month`."""
+
+    at: datetime
+    from_month: ContractMonth
+    to_month: ContractMonth
+
+    @property
+    def symbol(self) -> str:
+        return self.from_month.symbol
+
+
+def roll_points(listed: Iterable[ContractMonth], rule: CalendarRoll, stock_market_open: ExchangeDays) -> list[RollPoint]:
+    """The roll from each listed month to the next listed one, in time order."""
+    months = _one_symbol(listed)
+    return [RollPoint(roll_instant(a, rule, stock_market_open), a, b) for a, b in zip(months, months[1:])]
+
+
+def front_month_at(listed: Iterable[ContractMonth], at: datetime, rule: CalendarRoll, stock_market_open: ExchangeDays) -> ContractMonth:
+    """The front month at the instant `at` (the front month of the trade date `at` belongs to)."""
+    return rule.front_month(listed, trade_date_of(utc(at)), stock_market_open)
+
+
+def months_to_follow(listed: Iterable[ContractMonth], at: datetime, rule: CalendarRoll, stock_market_open: ExchangeDays) -> list[ContractMonth]:
+    """What a live feed of one symbol collects at `at`: its front month and the listed month
+    after it (subscribed ahead, so the roll finds its bars already flowing). When no listed month
+    is front at `at` (all of them rolled before: a gateway that lists only the month it trades,
+    or a clock behind the listing), the latest listed month alone."""
+    months = _one_symbol(listed)
+    try:
+        front = front_month_at(months, at, rule, stock_market_open)
+    except DomainError:
+        return [months[-1]]
+    later = [m for m in months if m > front]
+    return [front, *later[:1]]
+
+
+def next_roll_after(listed: Iterable[ContractMonth], at: datetime, rule: CalendarRoll, stock_market_open: ExchangeDays) -> datetime | None:
+    """The first roll instant of the listing after `at` (None: no later roll is listed)."""
+    at = utc(at)
+    return min((p.at for p in roll_points(listed, rule, stock_market_open) if p.at > at), default=None)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from .errors import (
 )
 from .protocol import (
     API_ROOT,
+    AVAILABLE_CONTRACTS_ENDPOINT,
     HISTORY_ENDPOINT,
     ISO_SECONDS_FORMAT,
     LOGIN_ENDPOINT,
@@ -290,6 +291,14 @@ class GatewayClient:
         contracts = envelope.get("contracts") or []
         if not isinstance(contracts, list):
             raise GatewayResponseError(SEARCH_ENDPOINT, "contracts is not a list")
+        return contracts
+
+    def available_contracts(self, live: bool = False) -> list[dict]:
+        """The contracts that can be traded now (what public SDKs list front months with)."""
+        envelope = self._post(AVAILABLE_CONTRACTS_ENDPOINT, {"live": live})
+        contracts = envelope.get("contracts") or []
+        if not isinstance(contracts, list):
+            raise GatewayResponseError(AVAILABLE_CONTRACTS_ENDPOINT, "contracts is not a list")
         return contracts
 
     def contract_by_id(self, contract_id: str) -> dict:

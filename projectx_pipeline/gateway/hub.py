@@ -58,6 +58,8 @@ from .protocol import (
     SUBSCRIBE_QUOTES,
     SUBSCRIBE_TRADES,
     TRADE_EVENT,
+    UNSUBSCRIBE_QUOTES,
+    UNSUBSCRIBE_TRADES,
 )
 
 log = get_logger("projectx.gateway")
@@ -254,12 +256,21 @@ class _Connection:
         hub = self.hub
         hub._connected(self)
         try:
-            for contract_id in hub.contracts:
-                self.signalr.invoke(SUBSCRIBE_TRADES, [contract_id])
-                if hub.subscribe_quotes:
-                    self.signalr.invoke(SUBSCRIBE_QUOTES, [contract_id])
+            with hub._subscription_lock:  # a set_contracts meanwhile must not be half applied here
+                for contract_id in hub.contracts:
+                    self.subscribe(contract_id)
         except Exception as exc:  # raising here would kill signalrcore's receive thread
             self.end(f"subscribe failed: {type(exc).__name__}: {exc}")
+
+    def subscribe(self, contract_id: str) -> None:
+        self.signalr.invoke(SUBSCRIBE_TRADES, [contract_id])
+        if self.hub.subscribe_quotes:
+            self.signalr.invoke(SUBSCRIBE_QUOTES, [contract_id])
+
+    def unsubscribe(self, contract_id: str) -> None:
+        self.signalr.invoke(UNSUBSCRIBE_TRADES, [contract_id])
+        if self.hub.subscribe_quotes:
+            self.signalr.invoke(UNSUBSCRIBE_QUOTES, [contract_id])
 
     def _on_error(self, message: object) -> None:
         # Completion errors (a refused subscription) and binding failures: the connection itself is fine.
@@ -362,6 +373,7 @@ class MarketHub:
         self._thread: threading.Thread | None = None
         self._current: _Connection | None = None
         self._stats_lock = threading.Lock()
+        self._subscription_lock = threading.Lock()  # the contract set and its (un)subscriptions
         self._stats: dict = {
             "messages": 0,
             "trades": 0,
@@ -408,6 +420,30 @@ class MarketHub:
         if current is not None and not self._stopping.is_set():
             self._log.warning(kv("hub_reconnect_requested", connection=current.number, reason=reason))
             current.end(reason)
+
+    def set_contracts(self, contracts: Iterable[str]) -> None:
+        """Follow `contracts` from now on (a roll: the next month added, the old one dropped)
+        without a reconnect: the open connection subscribes the added ones and unsubscribes the
+        dropped ones; every later connection subscribes the new set. Trades of a dropped
+        contract still in flight are discarded by the parser (no longer subscribed)."""
+        wanted = tuple(dict.fromkeys(ContractId(c) for c in contracts))
+        if not wanted:
+            raise ValueError("MarketHub needs at least one contract id")
+        with self._subscription_lock:
+            added = [c for c in wanted if c not in self.contract_set]
+            dropped = [c for c in self.contracts if c not in wanted]
+            self.contracts, self.contract_set = wanted, frozenset(wanted)
+            current = self._current
+            if current is None or not current.opened.is_set() or current.ended.is_set():
+                return  # the next connection subscribes the new set on open
+            try:
+                for contract_id in added:
+                    current.subscribe(contract_id)
+                for contract_id in dropped:
+                    current.unsubscribe(contract_id)
+            except Exception as exc:  # a broken socket: the supervisor reconnects and subscribes all
+                current.end(f"subscribe failed: {type(exc).__name__}: {exc}")
+        self._log.info(kv("hub_contracts_changed", added=",".join(added) or "none", dropped=",".join(dropped) or "none"))
 
     @property
     def stats(self) -> dict:

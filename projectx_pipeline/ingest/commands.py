@@ -1,4 +1,5 @@
-"""`projectx ingest [--contracts ID ...] [--timeframes 1m,5m,...]`: the live ingestion daemon."""
+"""`projectx ingest [--contracts ID ...] [--timeframes 1m,5m,...]`: the live ingestion daemon, for the
+settings' contracts and the front months of their symbols (or exactly the contracts named)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_daemon(args: argparse.Namespace):
     from ..domain.contracts import ContractId
+    from ..domain.market_hours import CalendarDays
     from ..domain.timeframes import parse_timeframes
     from ..gateway.client import GatewayClient
     from ..gateway.config import GatewayConfig
+    from ..gateway.errors import GatewayClientError
+    from ..gateway.listings import ListingError, listing_of
     from ..settings import load_settings
     from ..storage.local_db import LocalDatabaseError, default_cluster
     from .daemon import IngestConfig, IngestDaemon
 
     settings = load_settings()
-    contracts: list[str] = [ContractId(c) for c in args.contracts] if args.contracts else settings.contract_ids
+    contracts: list[ContractId] = [ContractId(c) for c in args.contracts] if args.contracts else settings.contract_ids
     if len(set(contracts)) != len(contracts):
         raise UsageError(f"--contracts {' '.join(contracts)}: expected each contract once")
+    symbols = [] if args.contracts else settings.symbols  # --contracts names exactly what to ingest
     timeframes = parse_timeframes(args.timeframes) if args.timeframes else settings.timeframes
     if settings.database_url:
         url = settings.database_url.get()
@@ -42,8 +47,14 @@ def build_daemon(args: argparse.Namespace):
     ing = settings.file.ingest
     gateway_config = GatewayConfig.from_env(gateway=settings.gateway)  # the choice load_settings made
     client = GatewayClient(gateway_config, rate_limits=settings.file.gateway.rate_limits, max_retries=settings.file.gateway.max_retries)
+    listing = None
+    if symbols:
+        try:  # a symbol the gateway does not list fails here, naming what it lists
+            listing = listing_of(client, symbols)
+        except (ListingError, GatewayClientError) as exc:
+            raise UsageError(f"instruments: {exc}") from None
     config = IngestConfig(
-        contracts=contracts,
+        contracts=list[str](contracts),
         timeframes=timeframes,
         database_url=url,
         grace_seconds=ing.grace_seconds,
@@ -58,8 +69,18 @@ def build_daemon(args: argparse.Namespace):
         calendar=settings.session_calendar(),
         trades_retention_days=settings.file.storage.trades_retention_days,
         bars_compress_after_days=settings.file.storage.bars_compress_after_days,
+        symbols=symbols,
+        roll_rule=settings.roll_rule(),
+        stock_market_open=CalendarDays(),
+        listing=lambda: listing_of(client, symbols),
+        listing_refresh_seconds=ing.listing_refresh_seconds,
     )
-    daemon = IngestDaemon(config, client, lambda out: client.market_hub(contracts, out, stale_after=ing.stale_after_seconds))
+    daemon = IngestDaemon(
+        config,
+        client,
+        lambda out, followed: client.market_hub(followed, out, stale_after=ing.stale_after_seconds),
+        listing=listing,
+    )
     log.info(
         kv(
             "ingest_config",

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -23,9 +23,11 @@ import numpy as np
 from ..domain.aggregation import BarAggregator, split_valid
 from ..domain.market import Quote, Trade
 from ..domain.market_hours import SessionCalendar, StallWatch
+from ..domain.rolls import CalendarRoll, ExchangeDays
 from ..domain.timeframes import Timeframe, bar_end
 from ..domain.timestamps import NS_PER_SECOND, from_ns, to_ns
 from ..gateway.events import HubEvent
+from ..gateway.listings import ListedContract
 from ..history import HistorySource
 from ..logs import get_logger, kv
 from ..storage.db import connect, transaction
@@ -36,6 +38,7 @@ from ..storage.trades import TradeBatch
 from .clock import FeedClock
 from .counters import Counters
 from .repair import Repairer
+from .roll_follower import ListingUpdate, ListingWatcher, RollFollower
 from .writer import StoreWriter, instance_name
 
 log = get_logger("projectx.ingest")
@@ -68,6 +71,14 @@ class IngestConfig:
     # PostgreSQL); None leaves both alone (tests that own their database)
     trades_retention_days: int | None = None
     bars_compress_after_days: int | None = None
+    # Symbols whose front month (and the month after it) is followed through every roll, from
+    # `listing` (the gateway's listed months of each symbol, asked again every
+    # `listing_refresh_seconds` on a thread of its own). `contracts` are followed as well, always.
+    symbols: list[str] = field(default_factory=list)
+    roll_rule: CalendarRoll = CalendarRoll()
+    stock_market_open: ExchangeDays | None = None
+    listing: Callable[[], dict[str, list[ListedContract]]] | None = None
+    listing_refresh_seconds: float = 3600.0
 
 
 class MarketHub(Protocol):
@@ -78,6 +89,8 @@ class MarketHub(Protocol):
     def stop(self) -> None: ...
 
     def reconnect(self, reason: str) -> None: ...
+
+    def set_contracts(self, contracts: list[str]) -> None: ...
 
 
 class BarWriter(Protocol):
@@ -97,6 +110,10 @@ class BarWriter(Protocol):
 
     def submit_repairs(self, requests: list[RepairRequest]) -> None: ...
 
+    def submit_roll_points(self, points: list, rule: str) -> None: ...
+
+    def add_contracts(self, contract_ids: list[str]) -> None: ...
+
     def stop(self, timeout: float) -> bool: ...
 
 
@@ -109,6 +126,8 @@ class GapRepairer(Protocol):
 
     def feed_resumed(self, contract_id: str, first_trade_ns: int) -> None: ...
 
+    def add_contracts(self, contract_ids: list[str]) -> None: ...
+
     def stop(self, timeout: float) -> None: ...
 
 
@@ -118,35 +137,53 @@ class IngestDaemon:
     hub: MarketHub
     clock: FeedClock
 
-    def __init__(self, config: IngestConfig, gateway: HistorySource, hub_factory: Callable[[queue.Queue], MarketHub]):
-        """`gateway`: a GatewayClient (history + tokens); `hub_factory(out_queue) -> hub` with start()/stop()/stats."""
+    def __init__(
+        self,
+        config: IngestConfig,
+        gateway: HistorySource,
+        hub_factory: Callable[[queue.Queue, list[str]], MarketHub],
+        listing: dict[str, list[ListedContract]] | None = None,
+    ):
+        """`gateway`: a GatewayClient (history + tokens); `hub_factory(out_queue, contracts) -> hub`
+        with start()/stop()/set_contracts()/stats; `listing`: the symbols' listed months at start
+        (resolved by the caller, so that a bad symbol fails before anything starts)."""
         self.config = config
         self.gateway = gateway
         self.events: queue.Queue = queue.Queue()
-        self.hub = hub_factory(self.events)
         self.clock = FeedClock()
-        self.counters = {cid: Counters() for cid in config.contracts}
-        self.aggregators = {
-            cid: BarAggregator(cid, config.timeframes, grace_ns=int(config.grace_seconds * NS_PER_SECOND)) for cid in config.contracts
-        }
+        self.follower: RollFollower | None = None
+        if config.symbols:
+            if listing is None or config.stock_market_open is None:
+                raise ValueError("symbols need their listing and the stock market's days (the expiries and rolls)")
+            self.follower = RollFollower(config.symbols, listing, config.roll_rule, config.stock_market_open)
+        # the contracts followed now: the configured ones, plus each symbol's front and next month
+        # by the machine's clock (corrected by the feed's own clock once its first event arrives)
+        self.followed: list[str] = self._wanted(time.time_ns())
+        if not self.followed:
+            raise ValueError("nothing to ingest: expected contract ids or symbols")
+        self.hub = hub_factory(self.events, list(self.followed))
         self.instance_id = instance_name()
-        self._last_trade_ns: dict[str, int | None] = {cid: None for cid in config.contracts}
+        self.counters: dict[str, Counters] = {}
+        self.aggregators: dict[str, BarAggregator] = {}
+        self._last_trade_ns: dict[str, int | None] = {}
         self._last_event_ns: int | None = None
         self._connection_state = "starting"
         self._connects = 0
-        self._awaiting_resume: set[str] = set(config.contracts)
+        self._awaiting_resume: set[str] = set()
         self._stop = threading.Event()
         self._stall_watches: dict[str, StallWatch] = {}
-        if config.stall_after_seconds is not None:
-            if config.calendar is None:
-                raise ValueError("stall_after_seconds needs a calendar: the market's sessions say when trades are due")
-            after = timedelta(seconds=config.stall_after_seconds)
-            self._stall_watches = {cid: StallWatch(config.calendar, after) for cid in config.contracts}
+        if config.stall_after_seconds is not None and config.calendar is None:
+            raise ValueError("stall_after_seconds needs a calendar: the market's sessions say when trades are due")
+        self._track(self.followed)
+        self._next_follow_check = 0.0
+        self._listing_watcher = (
+            ListingWatcher(config.listing, self.events, config.listing_refresh_seconds) if self.follower and config.listing else None
+        )
         self._watch_from_ns: int | None = None  # when the watch began: a contract's reference until its first trade
         self._next_stall_check = 0.0
         self.writer = StoreWriter(
             config.database_url,
-            config.contracts,
+            list(self.followed),
             self.counters,
             instance_id=self.instance_id,
             outage_buffer_bars=config.outage_buffer_bars,
@@ -159,13 +196,82 @@ class IngestDaemon:
         self.repairer = Repairer(
             config.database_url,
             gateway,
-            config.contracts,
+            list(self.followed),
             config.timeframes,
             self.clock,
             self.counters,
             initial_lookback=config.initial_lookback,
             trades_retention_days=config.trades_retention_days,
         )
+
+    # ------------------------------------------------------------------ contracts and rolls
+    def _wanted(self, at_ns: int) -> list[str]:
+        """The configured contracts and the months the roll rule follows at `at_ns`."""
+        wanted = [str(c) for c in self.config.contracts]
+        if self.follower is not None:
+            wanted += [c for c in self.follower.follow(from_ns(at_ns)) if c not in wanted]
+        return wanted
+
+    def _track(self, contract_ids: list[str]) -> None:
+        """Counters, an aggregator and a stall watch for contracts new to this daemon."""
+        for cid in contract_ids:
+            self.counters.setdefault(cid, Counters())
+            self._last_trade_ns.setdefault(cid, None)
+            # a fresh aggregator treats its first window as joined mid-way (partial, repaired)
+            self.aggregators[cid] = BarAggregator(cid, self.config.timeframes, grace_ns=int(self.config.grace_seconds * NS_PER_SECOND))
+            self._awaiting_resume.add(cid)
+            if self.config.stall_after_seconds is not None and self.config.calendar is not None:
+                self._stall_watches[cid] = StallWatch(self.config.calendar, timedelta(seconds=self.config.stall_after_seconds))
+
+    def _follow_rolls(self) -> None:
+        """Once a second: the months to follow at the feed's now; a change (a roll instant passed,
+        a month listed) subscribes the new months ahead and drops the rolled one, no restart."""
+        if self.follower is None or time.monotonic() < self._next_follow_check:
+            return
+        self._next_follow_check = time.monotonic() + STALL_CHECK_SECONDS
+        now_ns = self.clock.now_ns()
+        wanted = self._wanted(now_ns if now_ns is not None else time.time_ns())
+        if wanted != self.followed:
+            self._change_followed(wanted, now_ns)
+
+    def _change_followed(self, wanted: list[str], now_ns: int | None) -> None:
+        added = [c for c in wanted if c not in self.followed]
+        dropped = [c for c in self.followed if c not in wanted]
+        if added:
+            # the new month's bars are stored from its first trade on; its gap repair fetches
+            # what it traded before (from its newest stored bar, or the initial look-back)
+            self._track(added)
+            self.writer.add_contracts(added)
+            self.repairer.add_contracts(added)
+            self.repairer.request_gap_repair()
+        for cid in dropped:
+            # its open bars are incomplete: queued for repair from history like at a shutdown
+            agg = self.aggregators.pop(cid)
+            self._handle_output(cid, agg.flush_open(now_ns))
+            self._stall_watches.pop(cid, None)
+            self._awaiting_resume.discard(cid)
+        self.followed = wanted
+        self.hub.set_contracts(wanted)
+        assert self.follower is not None
+        at = from_ns(now_ns) if now_ns is not None else datetime.now(timezone.utc)
+        log.info(
+            kv(
+                "contracts_followed",
+                contracts=",".join(wanted),
+                added=",".join(added) or "none",
+                dropped=",".join(dropped) or "none",
+                front_months=",".join(self.follower.front_months(at)),
+                at=at.isoformat(),
+            )
+        )
+
+    def _on_listing(self, update: ListingUpdate) -> None:
+        assert self.follower is not None
+        changes = self.follower.update(update.listing)
+        if changes:
+            log.info(kv("listing_changed", **changes))
+            self.writer.submit_roll_points(self.follower.roll_points(), self.config.roll_rule.name)
+        self._next_follow_check = 0.0  # decide at once
 
     # ------------------------------------------------------------------ lifecycle
     def _migrate_with_retry(self) -> None:
@@ -202,11 +308,16 @@ class IngestDaemon:
         # the first connect is a feed start: repair from the newest stored bar to now
         self.repairer.request_gap_repair()
         self.hub.start()
+        if self.follower is not None:
+            self.writer.submit_roll_points(self.follower.roll_points(), self.config.roll_rule.name)
+        if self._listing_watcher is not None:
+            self._listing_watcher.start()
         log.info(
             kv(
                 "ingest_started",
                 instance=self.instance_id,
-                contracts=",".join(self.config.contracts),
+                contracts=",".join(self.followed),
+                symbols=",".join(self.config.symbols) or "none",
                 timeframes=",".join(tf.label for tf in self.config.timeframes),
             )
         )
@@ -222,6 +333,7 @@ class IngestDaemon:
                 self._process(items)
             self._advance_clocks()
             self._check_stalls()
+            self._follow_rolls()
             if self.writer.fatal is not None:
                 log.error(kv("ingest_fatal", error=str(self.writer.fatal)))
                 self.shutdown()
@@ -232,6 +344,8 @@ class IngestDaemon:
     def shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
         log.info(kv("ingest_stopping"))
+        if self._listing_watcher is not None:
+            self._listing_watcher.stop()
         try:
             self.hub.stop()
         except Exception as exc:  # a hub that fails to stop must not block the flush
@@ -275,6 +389,8 @@ class IngestDaemon:
                 self._aggregate(trades)
                 trades = {}
                 self._on_hub_event(item)
+            elif isinstance(item, ListingUpdate):
+                self._on_listing(item)
         self._aggregate(trades)
 
     def _observe(self, event_ns: int) -> None:
@@ -430,13 +546,17 @@ class IngestDaemon:
         stats = self.hub_stats()
         state = stats.get("state", self._connection_state) if self._connection_state != "stopped" else "stopped"
         out = {}
-        for cid in self.config.contracts:
+        for cid in self.counters:
             # malformed events are rejected by the hub before they reach a contract: feed-wide
             self.counters[cid].malformed_events = int(stats.get("malformed", 0))
             last_trade = self._last_trade_ns[cid]
             stalled = cid in self._stall_watches and self._stall_watches[cid].stalled_since is not None
+            if cid not in self.followed and state != "stopped":
+                shown = "rolled"  # rolled out of (no longer followed), still this daemon's until it stops
+            else:
+                shown = "stalled" if stalled and state != "stopped" else str(state)
             out[cid] = {
-                "connection_state": "stalled" if stalled and state != "stopped" else str(state),
+                "connection_state": shown,
                 "last_event_at": from_ns(self._last_event_ns) if self._last_event_ns is not None else None,
                 "last_trade_at": from_ns(last_trade) if last_trade is not None else None,
             }

@@ -92,6 +92,10 @@ class Repairer(threading.Thread):
             self._awaiting_resume = True
         self.idle.clear()
 
+    def add_contracts(self, contract_ids: list[str]) -> None:
+        """Repair these contracts too from now on (a month followed after a roll)."""
+        self.contracts = self.contracts + [c for c in contract_ids if c not in self.contracts]  # one assignment: the thread reads either list
+
     def feed_resumed(self, contract_id: str, first_trade_ns: int) -> None:
         """The first trade of `contract_id` since the last (re)connect (the aggregator's resume point)."""
         with self._lock:

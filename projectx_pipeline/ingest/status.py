@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 1 when a heartbeat of this daemon's contracts (the settings', or the shard's) is stale or stopped, or its feed stalled",
+        help="exit 1 when a heartbeat of this daemon's contracts (the settings', the months followed for its symbols, or the shard's)"
+        " is stale or stopped, or its feed stalled",
     )
     parser.add_argument("--max-age", type=float, default=30.0, help="seconds before a heartbeat counts as stale (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -31,6 +32,7 @@ def _age(ts: datetime | None, now: datetime) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..domain.contracts import ContractId
     from ..settings import load_settings
     from ..storage.db import StorageUnavailable, connect
     from ..storage.heartbeats import read_heartbeats
@@ -56,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
     # only this deployment's contracts count: another shard's daemon, or a rolled contract's
     # last 'stopped' row, must not make this one unhealthy
     own = set(settings.contract_ids)
+    # a followed symbol counts through the months its latest daemon heartbeats for: an earlier
+    # front month's last row (another instance, or 'rolled' out of) says nothing of the feed now
+    for symbol in settings.symbols:
+        of_symbol = [r for r in rows if ContractId(r[0]).symbol == symbol]
+        latest = max(of_symbol, key=lambda r: r[7])[1] if of_symbol else None
+        followed = {r[0] for r in of_symbol if r[1] == latest and r[2] != "rolled"}
+        own |= followed or {f"{symbol} (no month followed)"}
     stale = [r[0] for r in rows if r[0] in own and ((now - r[7]).total_seconds() > args.max_age or r[2] in ("stopped", "stalled"))]
     missing = own - {r[0] for r in rows}
     stale += sorted(missing)

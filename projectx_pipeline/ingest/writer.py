@@ -26,9 +26,12 @@ import pandas as pd
 import psycopg2
 import psycopg2.extensions
 
+from ..domain.errors import DomainError
+from ..domain.rolls import RollPoint
 from ..domain.timeframes import Timeframe, bar_end
 from ..logs import get_logger, kv
 from ..storage.bars import BarStore
+from ..storage.continuous import record_roll_points
 from ..storage.db import close_quietly, commit_asynchronously, commit_durably, connect, is_connection_error, is_transient_error
 from ..storage.feed_resumes import record_feed_resumes
 from ..storage.heartbeats import Heartbeat, heartbeat_holder, write_heartbeats
@@ -60,6 +63,7 @@ class _Pending:
     trade_count: int = 0
     ticks: list = field(default_factory=list)  # TradeBatches not yet announced on tick_data_channel
     resumes: list = field(default_factory=list)  # (contract_id, resumed_at) not yet recorded in feed_resumes
+    roll_points: list = field(default_factory=list)  # (RollPoint list, rule name) not yet recorded in contract_rolls
 
 
 class StoreWriter(threading.Thread):
@@ -123,6 +127,17 @@ class StoreWriter(threading.Thread):
     def submit_repairs(self, requests: list[RepairRequest]) -> None:
         if requests:
             self.inbox.put(("repairs", requests))
+
+    def add_contracts(self, contract_ids: list[str]) -> None:
+        """Write for these contracts too from now on (a month followed after a roll): their
+        locks are taken, their heartbeats written, before any of their bars."""
+        self.inbox.put(("contracts", list(contract_ids)))
+
+    def submit_roll_points(self, points: list[RollPoint], rule: str) -> None:
+        """Record the roll points of the followed symbols (`contract_rolls`, which the continuous
+        front-month series reads)."""
+        if points:
+            self.inbox.put(("roll_points", (list(points), rule)))
 
     def request_heartbeat(self) -> None:
         self.inbox.put(("heartbeat", None))
@@ -191,6 +206,20 @@ class StoreWriter(threading.Thread):
             p.repairs.extend(payload)
         elif kind == "resumed":
             p.resumes.append(payload)
+        elif kind == "roll_points":
+            p.roll_points.append(payload)
+        elif kind == "contracts":
+            new = [c for c in payload if c not in self.contracts]
+            self.contracts = self.contracts + new
+            if new and self.conn is not None and self.conn.closed == 0:
+                # else the next connection locks them with the others
+                try:
+                    self._lock_contracts(new)
+                except AnotherDaemonRunning as exc:
+                    log.error(kv("fatal", reason=exc))
+                    self.fatal = exc
+                except psycopg2.Error as exc:
+                    self._on_db_error(exc, "locks")
         elif kind == "heartbeat":
             self._last_heartbeat = 0.0
         elif kind == "final_heartbeat":
@@ -251,10 +280,10 @@ class StoreWriter(threading.Thread):
         assert self.bar_store is not None, "no database connection"
         return self.bar_store
 
-    def _lock_contracts(self) -> None:
+    def _lock_contracts(self, contract_ids: list[str] | None = None) -> None:
         conn = self._open_conn()
         conn.autocommit = True
-        for cid in self.contracts:
+        for cid in self.contracts if contract_ids is None else contract_ids:
             if not try_lock_contract(conn, cid):
                 held = heartbeat_holder(conn, cid)
                 holder = f" (instance {held[0]}, last heartbeat {held[1].isoformat()})" if held else ""
@@ -322,7 +351,16 @@ class StoreWriter(threading.Thread):
 
     def _flush(self, force: bool = False) -> None:
         p = self.pending
-        if not (p.bars or p.ticks or p.repairs or p.resumes or self._rewrite_bars or self._trades_due(force) or self._heartbeat_due(force)):
+        if not (
+            p.bars
+            or p.ticks
+            or p.repairs
+            or p.resumes
+            or p.roll_points
+            or self._rewrite_bars
+            or self._trades_due(force)
+            or self._heartbeat_due(force)
+        ):
             return
         if time.monotonic() < self._pause_until and not force:
             self._forget_ticks()
@@ -382,6 +420,8 @@ class StoreWriter(threading.Thread):
             return
         if p.repairs and not self._write_repairs():
             return
+        if p.roll_points and not self._write_roll_points():
+            return
         if self._trades_due(force) and not self._write_trades():
             return
         if self._heartbeat_due(force):
@@ -419,6 +459,23 @@ class StoreWriter(threading.Thread):
             self._forget_ticks()
             return False
         self.pending.resumes = []
+        return True
+
+    def _write_roll_points(self) -> bool:
+        while self.pending.roll_points:
+            points, rule = self.pending.roll_points[0]
+            try:
+                with self._transaction(durable=True):
+                    changed = record_roll_points(self.conn, points, rule)
+            except psycopg2.Error as exc:
+                self._on_db_error(exc, "roll_points")
+                return False
+            except DomainError as exc:  # a listing that contradicts the recorded rolls: say so, keep the feed
+                log.error(kv("roll_points_refused", rule=rule, error=exc))
+                changed = 0
+            self.pending.roll_points.pop(0)
+            if changed:
+                log.info(kv("roll_points_recorded", rule=rule, changed=changed, points=len(points)))
         return True
 
     def _trades_due(self, force: bool) -> bool:

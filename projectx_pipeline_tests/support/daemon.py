@@ -23,7 +23,7 @@ class InProcessDaemon:
         self.daemon = IngestDaemon(
             IngestConfig([MES], TIMEFRAMES, url, **options),
             self.client,
-            lambda out: self.client.market_hub([MES], out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
+            lambda out, contracts: self.client.market_hub(contracts, out, stale_after=stale_after, backoff_cap=2.0, connect_timeout=4.0),
         )
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(self.daemon.run()), name="test-ingest", daemon=True)
