@@ -19,8 +19,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:  # imported when the command runs, so `projectx --help` stays fast
+    from .settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,14 @@ def simulator_command(args: argparse.Namespace) -> list[str]:
         f"+{args.history_days}d",
         "--shift-to-now",
     ]
+
+
+def ingested(settings: Settings) -> str:
+    """What the daemon collects, as `make dev` prints it: each symbol (its front month and the
+    next, rolled by the settings' rule), the explicit contracts, and the timeframes."""
+    days = settings.roll_rule().days_before_expiry
+    followed = [f"{s} (front month + next, roll {days} days before expiry)" for s in settings.symbols]
+    return f"{', '.join(followed + list(settings.contract_ids))} × {', '.join(t.label for t in settings.timeframes)}"
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -161,15 +173,12 @@ def run(args: argparse.Namespace) -> int:
             sim_url = f"http://127.0.0.1:{args.simulator_port}"
             env["PROJECTX_API_URL"] = env["PROJECTX_RTC_URL"] = sim_url
             lines.append(
-                f"gateway      simulator {sim_url} replaying the MES 5m sample at {args.speed}×, shifted to the present"
+                f"gateway      simulator {sim_url} replaying the MES 5m sample at {args.speed}×, shifted to the present as today's front month"
                 f" with {args.history_days:g} days of history (control: {sim_url}/control/status)"
             )
         # 3. ingestion daemon
         children.start("ingest", ["projectx", "ingest"], env)
-        lines.append(
-            f"ingestion    projectx ingest: {', '.join(settings.contract_ids)} × "
-            f"{', '.join(t.label for t in settings.timeframes)} (`projectx status`)"
-        )
+        lines.append(f"ingestion    projectx ingest: {ingested(settings)} (`projectx status`)")
         # 4. Dagster
         home = root / ".projectx" / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)

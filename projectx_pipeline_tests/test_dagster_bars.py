@@ -1,4 +1,5 @@
-"""historical_bars and its checks, materialized against the simulator and a real database."""
+"""historical_bars and its checks, materialized against the simulator and a real database; for a
+symbol of the settings, only the months it follows that day are backfilled."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import date
 
 import pandas as pd
 import pytest
-from dagster import materialize
+from dagster import AssetKey, DagsterEventType, materialize
 
 from projectx_pipeline.domain.sessions import trade_date_session
 from projectx_pipeline.domain.timeframes import parse_timeframe
@@ -143,3 +144,70 @@ def test_reconciliation_names_live_bars_that_differ_from_history(simulator, reso
     assert "volume" in _md(rec, "differences")
     mat = result.asset_materializations_for_node("historical_bars")[0]
     assert mat.metadata["revisions"].value == 1  # the stored bar was replaced by history
+
+
+# The symbol MES instead of its contract: the months known are M25, U25 and Z25, so on CLEAN_DAY
+# M25 is the front month, U25 the next, and Z25 is not followed.
+U25, Z25 = "CON.F.US.MES.U25", "CON.F.US.MES.Z25"
+SYMBOL_SETTINGS = "instruments: [{symbol: MES, tick_size: 0.25}]\ntimeframes: [1m, 5m, 15m, 1h, 4h, 1d]\n"
+DOWN = {"api_url": "http://127.0.0.1:9", "rtc_url": "http://127.0.0.1:9", "rate_limits": False, "max_retries": 0}
+
+
+@pytest.fixture(scope="module")
+def symbol_assets(tmp_path_factory):
+    path = tmp_path_factory.mktemp("settings") / "settings.yaml"
+    path.write_text(SYMBOL_SETTINGS)
+    symbol_settings = load_settings({"PROJECTX_SETTINGS": str(path)})
+    partitions = build_partitions(symbol_settings)
+    bars = build_bar_assets(symbol_settings, partitions).historical_bars
+    return [bars, *build_bar_checks(symbol_settings, bars, partitions)]
+
+
+def _run_symbol(assets, contract_id: str, gateway: SimulatorGatewayResource, db_url: str):
+    instance = instance_with_contracts(MES, U25, Z25)
+    result = materialize(
+        assets,
+        partition_key=partition_key(CLEAN_DAY, contract_id),
+        resources={"gateway": gateway, "storage": StorageResource(database_url=db_url)},
+        instance=instance,
+        raise_on_error=False,
+    )
+    return result, instance
+
+
+def test_a_month_neither_front_nor_next_is_skipped_without_a_fetch_or_a_materialization(symbol_assets, db_url, conn):
+    # the gateway is down: a fetch would fail the run
+    result, instance = _run_symbol(symbol_assets, Z25, SimulatorGatewayResource(**DOWN), db_url)
+    assert result.success
+    assert result.asset_materializations_for_node("historical_bars") == []
+    assert instance.get_latest_materialization_event(AssetKey("historical_bars")) is None
+    # its checks are skipped with it: no result that would say the empty day is valid
+    assert result.get_asset_check_evaluations() == []
+    skipped = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED}
+    assert skipped == {"historical_bars_bars_valid", "historical_bars_bars_gaps", "historical_bars_bars_reconciled"}
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(
+        m.startswith("event=historical_bars_skipped contract=CON.F.US.MES.Z25 trade_date=2025-03-18")
+        and "the front month of MES on 2025-03-18 is CON.F.US.MES.M25" in m
+        for m in messages
+    ), messages
+    start, end = trade_date_session(CLEAN_DAY)
+    assert read_bars(conn, Z25, TF5, start, end).empty
+
+
+def test_the_next_month_is_fetched(symbol_assets, db_url):
+    # followed, so fetched: with the gateway down, its run fails on the fetch
+    result, _ = _run_symbol(symbol_assets, U25, SimulatorGatewayResource(**DOWN), db_url)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "historical_bars"
+    assert "GatewayRetriesExhausted" in str(failure.step_failure_data.error.cause), failure.step_failure_data.error
+
+
+def test_the_front_month_of_a_symbol_is_backfilled_and_checked(symbol_assets, resources, db_url):
+    result, instance = _run_symbol(symbol_assets, MES, resources["gateway"], db_url)
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("historical_bars")
+    assert mat.metadata["rows_per_timeframe"].value["5m"] == 276
+    checks = _checks(result)
+    assert set(checks) == {"bars_valid", "bars_gaps", "bars_reconciled"} and all(c.passed for c in checks.values())

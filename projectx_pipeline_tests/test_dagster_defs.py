@@ -24,11 +24,13 @@ from dagster import (
     SkipReason,
     build_schedule_context,
     build_sensor_context,
+    materialize,
 )
 
 from projectx_pipeline.definitions import build_definitions, defs
 from projectx_pipeline.domain.market import read_bars_csv
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
+from projectx_pipeline.orchestration.analysis_assets import build_analysis_assets
 from projectx_pipeline.orchestration.resources import (
     ProjectXGatewayResource,
     SimulatorGatewayResource,
@@ -272,22 +274,146 @@ def test_listed_contracts_of_the_configured_symbols_become_partitions_without_a_
         sim.stop()
 
 
-def test_listings_add_the_configured_contracts_when_the_gateway_is_down(loaded, caplog):
+def _settings(tmp_path, text: str):
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    return load_settings({"PROJECTX_SETTINGS": str(path)})
+
+
+EXPLICIT_MES = f"contracts: [{{id: {MES}}}]\ntimeframes: [5m]\n"
+
+
+def test_listings_add_the_explicit_contracts_when_the_gateway_is_down(tmp_path, caplog):
+    built = build_definitions(_settings(tmp_path, EXPLICIT_MES))
     gateway = SimulatorGatewayResource(api_url="http://127.0.0.1:9", rtc_url="http://127.0.0.1:9", rate_limits=False, max_retries=0)
     with caplog.at_level("WARNING", logger="projectx.dagster"):
-        result = _listings(loaded, DagsterInstance.ephemeral(), gateway)
+        result = _listings(built, DagsterInstance.ephemeral(), gateway)
     (request,) = result.dynamic_partitions_requests
     assert list(request.partition_keys) == [MES]
     assert any("event=contract_listing_failed symbol=MES" in r.getMessage() for r in caplog.records), caplog.text
 
 
-def test_after_close_schedule_backfills_the_trade_date_that_closed(loaded, tmp_path):
+def test_after_close_schedule_backfills_an_explicit_contract_on_the_trade_date_that_closed(tmp_path):
+    built = build_definitions(_settings(tmp_path, EXPLICIT_MES))
     ny = ZoneInfo("America/New_York")
     with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:  # no contract partition yet: the schedule adds its own
         with build_schedule_context(instance=instance, scheduled_execution_time=datetime(2025, 3, 18, 17, 30, tzinfo=ny)) as context:
-            requests = list(loaded.resolve_schedule_def("after_session_close")(context))
+            requests = list(built.resolve_schedule_def("after_session_close")(context))
         assert [(r.partition_key, r.run_key) for r in requests] == [(f"{MES}|2025-03-18", f"2025-03-18:{MES}")]
         assert instance.get_dynamic_partitions("contracts") == [MES]
+
+
+def test_every_listed_month_of_the_symbols_and_of_the_explicit_contracts_becomes_a_partition(tmp_path):
+    """A simulator listing the quarterly months of MES and MNQ around 2026-06-01 (H26 has expired:
+    the gateway no longer lists it). The settings follow the symbol MES and an explicit MNQ
+    contract: every listed month of both symbols is added; H26, added before, stays."""
+    sim = SimulatorServer(symbols=["MES", "MNQ"], start_time=datetime(2026, 6, 1, tzinfo=ZoneInfo("UTC")), rate_limits=False).start()
+    try:
+        built = build_definitions(_settings(tmp_path, "instruments: [{symbol: MES}]\ncontracts: [{id: CON.F.US.MNQ.U26}]\ntimeframes: [5m]\n"))
+        gateway = SimulatorGatewayResource(api_url=sim.api_url, rtc_url=sim.rtc_url, rate_limits=False)
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("contracts", ["CON.F.US.MES.H26"])
+        (request,) = _listings(built, instance, gateway).dynamic_partitions_requests
+        months = ["M26", "U26", "Z26", "H27"]
+        assert sorted(request.partition_keys) == sorted([f"CON.F.US.MES.{m}" for m in months] + [f"CON.F.US.MNQ.{m}" for m in months])
+        instance.add_dynamic_partitions("contracts", list(request.partition_keys))
+        assert "CON.F.US.MES.H26" in instance.get_dynamic_partitions("contracts")  # expired, and kept
+        again = _listings(built, instance, gateway)
+        assert isinstance(again, SkipReason) and again.skip_message == "no new contract (9 known)"
+    finally:
+        sim.stop()
+
+
+def test_listings_say_which_symbol_failed_when_only_symbols_are_configured_and_the_gateway_is_down(tmp_path):
+    built = build_definitions(_settings(tmp_path, "instruments: [{symbol: MES}]\ntimeframes: [5m]\n"))
+    gateway = SimulatorGatewayResource(api_url="http://127.0.0.1:9", rtc_url="http://127.0.0.1:9", rate_limits=False, max_retries=0)
+    result = _listings(built, DagsterInstance.ephemeral(), gateway)
+    assert isinstance(result, SkipReason)
+    assert result.skip_message.startswith("no new contract (0 known); listing failed for MES: ")
+
+
+def _schedule_tick(defs: Definitions, instance: DagsterInstance, at: datetime):
+    """The schedule's tick as the daemon evaluates it: its run requests' partitions are checked
+    against the job's (so a contract that is no partition would fail here)."""
+    with build_schedule_context(instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()) as context:
+        return defs.resolve_schedule_def("after_session_close").evaluate_tick(context)
+
+
+def test_after_close_schedule_backfills_each_symbols_front_and_next_month_across_a_roll(tmp_path):
+    """MES rolls from M26 to U26 on 2026-06-10 (Juneteenth moved the expiry to 2026-06-18). MYM
+    has no month known yet: the others are backfilled all the same."""
+    ny = ZoneInfo("America/New_York")
+    mnq = "CON.F.US.MNQ.Z26"
+    built = build_definitions(_settings(tmp_path, f"instruments: [{{symbol: MES}}, {{symbol: MYM}}]\ncontracts: [{{id: {mnq}}}]\ntimeframes: [5m]\n"))
+    with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("contracts", ["CON.F.US.MES.H26", "CON.F.US.MES.M26", "CON.F.US.MES.U26", "CON.F.US.MES.Z26"])
+        eve = _schedule_tick(built, instance, datetime(2026, 6, 9, 17, 30, tzinfo=ny))
+        assert [r.partition_key for r in eve.run_requests] == [f"{mnq}|2026-06-09", "CON.F.US.MES.M26|2026-06-09", "CON.F.US.MES.U26|2026-06-09"]
+        assert [r.run_key for r in eve.run_requests] == [f"2026-06-09:{mnq}", "2026-06-09:CON.F.US.MES.M26", "2026-06-09:CON.F.US.MES.U26"]
+        roll_day = _schedule_tick(built, instance, datetime(2026, 6, 10, 17, 30, tzinfo=ny))
+        assert [r.partition_key for r in roll_day.run_requests] == [
+            f"{mnq}|2026-06-10",
+            "CON.F.US.MES.U26|2026-06-10",
+            "CON.F.US.MES.Z26|2026-06-10",
+        ]
+
+
+def test_after_close_schedule_skips_naming_the_symbol_when_no_month_is_known(tmp_path):
+    built = build_definitions(_settings(tmp_path, "instruments: [{symbol: MES}]\ntimeframes: [5m]\n"))
+    with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
+        tick = _schedule_tick(built, instance, datetime(2026, 6, 9, 17, 30, tzinfo=ZoneInfo("America/New_York")))
+    assert not tick.run_requests
+    assert tick.skip_message.startswith("nothing to backfill for 2026-06-09: no month of MES is known")
+
+
+ANALYSIS_SETTINGS = """
+instruments: [{symbol: MES}]
+timeframes: [5m, 1h]
+analysis: {analyzers: [{id: cus_cds_trend_finder, timeframes: [1h]}]}
+"""
+
+
+def _analyse(tmp_path, db_url, contracts: list[str], partitions: list[str]):
+    """The analysis job of ANALYSIS_SETTINGS for `contracts` (empty: the contracts followed now)
+    on an instance whose contract partitions are `partitions`: the result and its log messages."""
+    analysis = build_analysis_assets(_settings(tmp_path, ANALYSIS_SETTINGS))
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("contracts", partitions)
+        result = materialize(
+            analysis.assets,
+            resources={"storage": StorageResource(database_url=db_url)},
+            instance=instance,
+            run_config=analysis.run_config(contracts),
+            raise_on_error=False,
+        )
+        return result, [e.user_message for e in instance.all_logs(result.run_id)]
+
+
+def test_analysis_defaults_to_the_front_month_of_each_symbol_now(tmp_path, db_url):
+    # M25 has rolled long ago; Z29 is the front month until its roll in December 2029
+    result, _ = _analyse(tmp_path, db_url, [], ["CON.F.US.MES.M25", "CON.F.US.MES.Z29"])
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("trend_starts_1h")
+    assert mat.metadata["contracts"].value == ["CON.F.US.MES.Z29"]
+
+
+def test_analysis_fails_naming_a_symbol_without_a_front_month(tmp_path, db_url):
+    result, messages = _analyse(tmp_path, db_url, [], [])
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]  # trend starts; coordination after it does not run
+    assert failure.step_key == "trend_starts_1h"
+    assert failure.step_failure_data.user_failure_data.description.startswith("MES: no month of MES is known")
+    assert any(m.startswith("event=analysis_symbol_unresolved symbol=MES") for m in messages), messages
+
+
+def test_analysis_takes_any_month_of_a_configured_symbol_when_asked(tmp_path, db_url):
+    result, messages = _analyse(tmp_path, db_url, ["CON.F.US.MES.M25", "CON.F.US.MNQ.M25"], [])
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("trend_starts_1h")
+    assert mat.metadata["contracts"].value == ["CON.F.US.MES.M25", "CON.F.US.MNQ.M25"]
+    # a month of MES is the settings'; MNQ is analysed all the same, with a warning
+    unconfigured = [m for m in messages if m.startswith("event=contracts_not_in_settings")]
+    assert unconfigured and all("contracts=CON.F.US.MNQ.M25 " in m for m in unconfigured), unconfigured
 
 
 @pytest.fixture

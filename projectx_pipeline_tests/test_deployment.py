@@ -83,7 +83,7 @@ OPTIONAL_ENV = {"PROJECTX_SHARD", "PROJECTX_GATEWAY", "PROJECTX_USERNAME", "PROJ
 # Read by the code for tests / local development only; no container needs them.
 DEV_ONLY_ENV = {
     "PROJECTX_TEST_DATABASE_URL": "the test suite's throw-away database",
-    "PROJECTX_SAMPLE_DIR": "relocates the packaged replay sample for local experiments; Docker runs the simulator with --synthetic",
+    "PROJECTX_SAMPLE_DIR": "relocates the packaged replay sample for local experiments; Docker runs the simulator with --symbols",
     "PROJECTX_PG_BINDIR": "the server binaries of the local/ephemeral PostgreSQL (e.g. a TimescaleDB build); the image uses the compose database",
     "PROJECTX_EXPECT_TIMESCALEDB": "CI's TimescaleDB pass: the suite fails unless its server really runs TimescaleDB",
     "PROJECTX_HOME": "where `projectx db start` keeps its local PostgreSQL; unused when DATABASE_URL is set",

@@ -421,14 +421,22 @@ def _metadata(result, node: str) -> dict:
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, samples):
+def test_dagster_assets_materialize_signals_and_coordination(db_url, conn, samples, tmp_path):
+    from importlib import resources as package_files
+
     from dagster import DagsterInstance, materialize
 
     from projectx_pipeline.orchestration.analysis_assets import analyzed_timeframes, build_analysis_assets
     from projectx_pipeline.orchestration.resources import StorageResource
     from projectx_pipeline.settings import load_settings
 
-    settings = load_settings()
+    # the shipped settings with the sample's month fixed in place of the symbol (whose front month
+    # today is another): "every configured contract" below is then the sample's
+    shipped = package_files.files("projectx_pipeline").joinpath("default_settings.yaml").read_text()
+    fixed = shipped.replace("instruments:\n  - symbol: MES\n", f"contracts:\n  - id: {MES}\n", 1)
+    assert fixed != shipped
+    (tmp_path / "settings.yaml").write_text(fixed)
+    settings = load_settings({"PROJECTX_SETTINGS": str(tmp_path / "settings.yaml")})
     analysis = build_analysis_assets(settings)
     assert analyzed_timeframes(settings) == [TF5, TF15, TF1H, TF4H]
     assert [a.key.path[-1] for a in analysis.trend_starts] == ["trend_starts_5m", "trend_starts_15m", "trend_starts_1h", "trend_starts_4h"]

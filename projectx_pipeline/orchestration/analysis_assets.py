@@ -16,9 +16,9 @@ The natural unit of work is therefore the per-(analyzer, contract, timeframe) wa
 when stored bars behind it changed), which is cheap and idempotent. Partitioning by contract
 would not fit either: the new-bar sensor launches one run per contract as bars land, a manual run
 may want all contracts, and coordination of one contract needs all of that contract's
-timeframes. So a run takes any set of contracts in its config (`contracts: []` = every
-configured contract) and advisory locks in the database keep overlapping runs from processing a
-bar or coordinating a signal twice.
+timeframes. So a run takes any set of contracts in its config (`contracts: []` = the contracts
+followed now: the explicit ones and each symbol's front month, `front_months.py`) and advisory
+locks in the database keep overlapping runs from processing a bar or coordinating a signal twice.
 
 Materialized by `analysis_job` (launched by the new-bar sensor with `AnalysisAssets.run_config([cid])`)
 or by hand from the UI; automation conditions are deliberately not used. `build_analysis_assets`
@@ -30,6 +30,7 @@ makes all of them from the settings it is given.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dagster import (
@@ -53,7 +54,9 @@ from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID
 from ..logs import kv
 from ..settings import Settings
+from .front_months import FrontMonths
 from .metadata import md_cell, md_table
+from .partitions import CONTRACTS
 from .resources import StorageResource
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
@@ -64,7 +67,8 @@ LATEST_ROWS = 10
 
 
 class AnalysisConfig(Config):
-    """Which contracts a run analyses; empty means every configured contract."""
+    """Which contracts a run analyses; empty means the contracts followed now (the explicit
+    contracts and each symbol's front month)."""
 
     contracts: list[str] = []
 
@@ -78,17 +82,25 @@ def analyzed_timeframes(settings: Settings) -> list[Timeframe]:
     return sorted(tfs, key=lambda tf: tf.nominal_seconds)
 
 
-def _contracts(context: AssetExecutionContext, config: AnalysisConfig, settings: Settings) -> list[str]:
-    requested = config.contracts or settings.contract_ids
+def _contracts(context: AssetExecutionContext, config: AnalysisConfig, front_months: FrontMonths) -> tuple[list[str], dict[str, str]]:
+    """The contracts of the run, and the error of each symbol whose front month is unknown (the
+    others are analysed all the same; the run then fails naming it)."""
+    if config.contracts:
+        requested, unresolved = [ContractId(c) for c in config.contracts], {}
+    else:
+        followed = front_months.followed_now(datetime.now(timezone.utc), context.instance.get_dynamic_partitions(CONTRACTS))
+        requested, unresolved = followed.contracts, followed.unresolved
     out: list[str] = []
     for cid in requested:
-        ContractId(cid)
         if cid not in out:
             out.append(cid)
-    unconfigured = [c for c in out if c not in settings.contract_ids]
+    # any month of a configured symbol is the settings' (a past front month, the next one, ...)
+    unconfigured = [c for c in out if c not in front_months.contracts and front_months.symbol_of(c) is None]
     if unconfigured:
         context.log.warning(kv("contracts_not_in_settings", contracts=",".join(unconfigured), action="analysed_anyway"))
-    return out
+    for symbol, why in unresolved.items():
+        context.log.error(kv("analysis_symbol_unresolved", symbol=symbol, error=why))
+    return out, unresolved
 
 
 R = TypeVar("R", AnalysisResult, CoordinationResult)
@@ -140,7 +152,7 @@ def _materialized(metadata: dict, errors: dict[str, str]) -> MaterializeResult:
 _SIGNAL_TABLE_COLUMNS = ["contract_id", "timeframe", "type", "start_ts", "confirm_ts", "known_at", "price", "rule"]
 
 
-def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
+def _trend_starts_asset(front_months: FrontMonths, tf: Timeframe) -> AssetsDefinition:
     @asset(
         name=f"trend_starts_{tf.label}",
         group_name=SIGNALS_GROUP,
@@ -152,9 +164,10 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
         "by watermark; recomputed when stored bars behind the watermark changed.",
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
+        contracts, unresolved = _contracts(context, config, front_months)
         results, errors = _run_per_contract(
             context,
-            _contracts(context, config, settings),
+            contracts,
             storage,
             "trend_starts",
             lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
@@ -195,7 +208,7 @@ def _trend_starts_asset(settings: Settings, tf: Timeframe) -> AssetsDefinition:
             ),
             "latest_signals": MetadataValue.md(md_table(latest, _SIGNAL_TABLE_COLUMNS)),
         }
-        return _materialized(metadata, errors)
+        return _materialized(metadata, {**unresolved, **errors})
 
     return trend_starts
 
@@ -214,7 +227,7 @@ _COORDINATED_TABLE_COLUMNS = [
 ]
 
 
-def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefinition]) -> AssetsDefinition:
+def _coordinated_signals_asset(settings: Settings, front_months: FrontMonths, trend_starts: list[AssetsDefinition]) -> AssetsDefinition:
     rules = parse_rules(settings.file.coordination.rules)
 
     @asset(
@@ -228,9 +241,10 @@ def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefi
         "only; incremental by coordinator watermark per rule and contract.",
     )
     def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
+        contracts, unresolved = _contracts(context, config, front_months)
         results, errors = _run_per_contract(
             context,
-            _contracts(context, config, settings),
+            contracts,
             storage,
             "coordination",
             lambda conn, cid: run_coordination(conn, cid, rules, latest=LATEST_ROWS),
@@ -244,7 +258,7 @@ def _coordinated_signals_asset(settings: Settings, trend_starts: list[AssetsDefi
             "watermarks": MetadataValue.json({r.contract_id: {k: md_cell(v) for k, v in r.watermarks.items()} for r in results}),
             "latest_signals": MetadataValue.md(md_table(latest, _COORDINATED_TABLE_COLUMNS)),
         }
-        return _materialized(metadata, errors)
+        return _materialized(metadata, {**unresolved, **errors})
 
     return coordinated_signals
 
@@ -263,14 +277,15 @@ class AnalysisAssets:
         return [*self.trend_starts, self.coordinated_signals]
 
     def run_config(self, contracts: list[str] | tuple[str, ...] = ()) -> dict:
-        """Run config of the analysis job for these contracts (empty: every configured contract)."""
+        """Run config of the analysis job for these contracts (empty: the contracts followed when it runs)."""
         ids = [ContractId(c) for c in contracts]
         return {"ops": {a.op.name: {"config": {"contracts": list(ids)}} for a in self.assets}}
 
 
 def build_analysis_assets(settings: Settings) -> AnalysisAssets:
     """The analysis assets and job for the analyzers, contracts and rules of `settings`."""
-    trend_starts = [_trend_starts_asset(settings, tf) for tf in analyzed_timeframes(settings)]
+    front_months = FrontMonths.from_settings(settings)
+    trend_starts = [_trend_starts_asset(front_months, tf) for tf in analyzed_timeframes(settings)]
     job = define_asset_job(
         "analysis_job",
         selection=AssetSelection.groups(SIGNALS_GROUP),
@@ -279,4 +294,4 @@ def build_analysis_assets(settings: Settings) -> AnalysisAssets:
         executor_def=in_process_executor,
         description="Trend starts for every analysed timeframe, then coordination, for the contracts in the run config.",
     )
-    return AnalysisAssets(trend_starts, _coordinated_signals_asset(settings, trend_starts), job)
+    return AnalysisAssets(trend_starts, _coordinated_signals_asset(settings, front_months, trend_starts), job)

@@ -21,10 +21,9 @@ from dagster import (
     sensor,
 )
 
-from ..domain.contracts import ContractId
-from ..domain.errors import DomainError
 from ..domain.sessions import trade_date_of
 from ..domain.timeframes import Timeframe
+from ..gateway.listings import listed_months
 from ..logs import get_logger, kv
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
@@ -110,39 +109,45 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
 CONTRACT_LISTINGS_INTERVAL_SECONDS = 300
 
 
+def listed_symbols(settings: Settings) -> list[str]:
+    """The symbols whose listed months become contract partitions: the followed symbols
+    (`instruments`) and the symbols of the explicit contracts (so that the month after an explicit
+    contract can be backfilled before the settings name it)."""
+    symbols = list(settings.symbols)
+    for cid in settings.contract_ids:
+        if cid.symbol not in symbols:
+            symbols.append(cid.symbol)
+    return symbols
+
+
 def build_contract_listings_sensor(settings: Settings) -> SensorDefinition:
-    """The sensor that keeps the contract partitions: the configured contracts and every contract
-    the gateway lists for their symbols (a new quarterly month appears without a reload)."""
-    configured = [c.id for c in settings.file.contracts]
-    symbols = sorted({ContractId(c.id).symbol for c in settings.file.contracts})
+    """The sensor that keeps the contract partitions: the configured contracts and every month the
+    gateway lists for the configured symbols (a new quarterly month appears without a reload)."""
+    configured = list(settings.contract_ids)
+    symbols = listed_symbols(settings)
 
     @sensor(
         name="contract_listings",
         minimum_interval_seconds=CONTRACT_LISTINGS_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
-        description=f"Adds the configured contracts and the gateway's listed contracts of {', '.join(symbols)} as "
+        description=f"Adds the configured contracts and every month the gateway lists of {', '.join(symbols)} as "
         "contract partitions; contracts already added stay, expired or not.",
     )
     def contract_listings(context: SensorEvaluationContext, gateway: GatewayResource):
         listed: list[str] = []
+        failed: dict[str, str] = {}
         for symbol in symbols:
             try:
-                found = gateway.client.search_contracts(symbol)
-            except Exception as exc:  # the gateway down: the configured contracts are still added
-                log.warning(kv("contract_listing_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}"))
-                continue
-            for contract in found:
-                try:
-                    cid = ContractId(contract.get("id") if isinstance(contract, dict) else contract)
-                except DomainError as exc:
-                    log.warning(kv("contract_listing_skipped", symbol=symbol, error=str(exc)))
-                    continue
-                if cid.symbol == symbol:  # the search matches text: other roots can come back
-                    listed.append(cid)
+                listed += [c.id for c in listed_months(gateway.client, symbol)]
+            except Exception as exc:  # the gateway down or not listing it: the configured contracts are still added
+                failed[symbol] = f"{type(exc).__name__}: {exc}"
+                log.warning(kv("contract_listing_failed", symbol=symbol, error=failed[symbol]))
         known = set(context.instance.get_dynamic_partitions(CONTRACTS))
         new = sorted((set(configured) | set(listed)) - known)
         if not new:
-            return SkipReason(f"no new contract ({len(known)} known)")
+            # the tick's reason shows in the UI: a listing that failed is said there, not only in the log
+            failures = "".join(f"; listing failed for {symbol}: {error}" for symbol, error in failed.items())
+            return SkipReason(f"no new contract ({len(known)} known){failures}")
         context.log.info(f"adding contract partitions: {', '.join(new)}")
         return SensorResult(dynamic_partitions_requests=[DynamicPartitionsDefinition(name=CONTRACTS).build_add_request(new)])
 
