@@ -22,7 +22,7 @@ from projectx_pipeline.storage.continuous import read_continuous_bars, recorded_
 from projectx_pipeline.storage.db import connect
 
 from .support.bars import bar_diff, complete_windows
-from .support.cli import Cli, cli_env
+from .support.cli import Cli, cli_env, run_cli
 from .support.database import assert_no_duplicates
 from .support.waiting import wait_for
 
@@ -61,6 +61,17 @@ def store_vs_history(url: str, sim: SimulatorServer, contract_id: str, start: da
         got = got[(got["timestamp"] >= start) & (got["timestamp"] < end)].reset_index(drop=True)
         out.append(bar_diff(want.reset_index(drop=True), got, f"{contract_id} {tf.label}"))
     return "; ".join(d for d in out if d)
+
+
+def live_bars_from(url: str, contract_id: str, start: datetime) -> int:
+    """How many bars of `contract_id` from `start` on the live feed wrote (any timeframe)."""
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SELECT count(*) FROM ohlc_bars WHERE contract_id = %s AND "timestamp" >= %s AND source = %s', (contract_id, start, "live"))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def heartbeat_states(url: str) -> dict[str, str]:
@@ -110,10 +121,11 @@ def test_the_daemon_follows_the_front_month_across_a_roll_with_nothing_lost(db_u
                 + " | ".join(store_vs_history(db_url, sim, c, first_live, e) for c, e in ((OLD, ROLL), (NEW, end), (NEXT, end)))
             ),
         )
-        # nothing of the old front month after the roll: it is no longer followed
-        for tf in TIMEFRAMES:
-            after = stored(db_url, OLD, tf)
-            assert (after["timestamp"] >= ROLL).sum() == 0, f"{OLD} {tf.label} bars after the roll"
+        # the old front month's live bars stop at the roll: it is no longer subscribed (the daemon
+        # notices the roll within a drain cycle; the month trades on until its expiry, and a gap
+        # repair may still store its history under its own id, which the continuous series skips)
+        assert live_bars_from(db_url, OLD, ROLL + timedelta(minutes=1)) == 0
+        assert live_bars_from(db_url, NEW, ROLL + timedelta(minutes=1)) > 0
         # the new front month's bars run through the roll without a hole: live before it (as the
         # next month) and after it
         new_front = stored(db_url, NEW, TIMEFRAMES[0])
@@ -136,6 +148,11 @@ def test_the_daemon_follows_the_front_month_across_a_roll_with_nothing_lost(db_u
         assert len(after) == ((new_bars["timestamp"] >= ROLL) & (new_bars["timestamp"] < end)).sum() > 0
         states = heartbeat_states(db_url)
         assert states.get(OLD) == "rolled" and states.get(NEW) == "connected" and states.get(NEXT) == "connected", states
+        # the health check judges the symbol by the months followed now: the rolled month's
+        # heartbeat does not make it unhealthy, the followed ones do once the daemon stops
+        env = cli_env(db_url, sim, write_symbol_settings(tmp_path))
+        code, out, err = run_cli(["status", "--check", "--max-age", "60"], env, tmp_path, "status-during")
+        assert code == 0, out + err
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(10) == 0, daemon.stderr[-3000:]
         log = daemon.stderr
@@ -143,6 +160,10 @@ def test_the_daemon_follows_the_front_month_across_a_roll_with_nothing_lost(db_u
         assert len(at_roll) == 1, log[-3000:]
         assert f"front_months={NEW}" in at_roll[0]
         assert "Traceback" not in log
+        code, out, _ = run_cli(["status", "--check"], env, tmp_path, "status-after")
+        stale = [ln for ln in out.splitlines() if ln.startswith("stale: ")]
+        assert code == 1 and len(stale) == 1 and set(stale[0].removeprefix("stale: ").split(", ")) == {NEW, NEXT}, out
+        assert heartbeat_states(db_url) == {OLD: "rolled", NEW: "stopped", NEXT: "stopped"}
     finally:
         daemon.kill()
         sim.stop()

@@ -29,6 +29,10 @@ from projectx_pipeline.gateway.listings import ListedContract
 from projectx_pipeline.ingest.roll_follower import RollFollower
 
 nyse_open = CalendarDays()  # the product's stock-market calendar (pandas_market_calendars' NYSE)
+# Loaded here for every year the tests reach (a decade per library call, most of a second each),
+# not inside a hypothesis example, whose 200 ms deadline the first load of a decade would exceed.
+for _decade in range(2000, 2040, CalendarDays.YEARS_PER_BLOCK):
+    nyse_open(date(_decade, 1, 2))
 
 
 def mes(code: str) -> ContractMonth:

@@ -176,6 +176,7 @@ class IngestDaemon:
             raise ValueError("stall_after_seconds needs a calendar: the market's sessions say when trades are due")
         self._track(self.followed)
         self._next_follow_check = 0.0
+        self._next_roll_ns: int | None = None  # the feed time of the next roll instant, once known
         self._listing_watcher = (
             ListingWatcher(config.listing, self.events, config.listing_refresh_seconds) if self.follower and config.listing else None
         )
@@ -226,11 +227,18 @@ class IngestDaemon:
     def _follow_rolls(self) -> None:
         """Once a second: the months to follow at the feed's now; a change (a roll instant passed,
         a month listed) subscribes the new months ahead and drops the rolled one, no restart."""
-        if self.follower is None or time.monotonic() < self._next_follow_check:
+        if self.follower is None:
+            return
+        now_ns = self.clock.now_ns()
+        # at the latest once a second, and at once when the feed's clock passes the next roll
+        # instant (a fast replay moves minutes of market in that second)
+        if time.monotonic() < self._next_follow_check and (now_ns is None or self._next_roll_ns is None or now_ns < self._next_roll_ns):
             return
         self._next_follow_check = time.monotonic() + STALL_CHECK_SECONDS
-        now_ns = self.clock.now_ns()
-        wanted = self._wanted(now_ns if now_ns is not None else time.time_ns())
+        at_ns = now_ns if now_ns is not None else time.time_ns()
+        wanted = self._wanted(at_ns)
+        upcoming = self.follower.next_change_after(from_ns(at_ns))
+        self._next_roll_ns = to_ns(upcoming) if upcoming is not None else None
         if wanted != self.followed:
             self._change_followed(wanted, now_ns)
 
@@ -551,8 +559,8 @@ class IngestDaemon:
             self.counters[cid].malformed_events = int(stats.get("malformed", 0))
             last_trade = self._last_trade_ns[cid]
             stalled = cid in self._stall_watches and self._stall_watches[cid].stalled_since is not None
-            if cid not in self.followed and state != "stopped":
-                shown = "rolled"  # rolled out of (no longer followed), still this daemon's until it stops
+            if cid not in self.followed:
+                shown = "rolled"  # rolled out of (no longer followed): also after a stop, so status tells it apart
             else:
                 shown = "stalled" if stalled and state != "stopped" else str(state)
             out[cid] = {

@@ -61,6 +61,8 @@ class Repairer(threading.Thread):
         super().__init__(name="projectx-repair", daemon=True)
         self.url = database_url
         self.gateway = gateway
+        # every contract of this daemon, rolled months included: their gaps up to now and their
+        # due windows are repaired (a rolled month trades until its expiry; its bars stay its own)
         self.contracts = contracts
         self.timeframes = timeframes
         self.clock = clock
@@ -188,7 +190,8 @@ class Repairer(threading.Thread):
         if now is None:
             return False
         conn = self._connection()
-        for cid in self.contracts:
+        contracts = self.contracts
+        for cid in contracts:
             last = self._gap_starts(conn, cid)
             for tf in self.timeframes:
                 start = last[tf] or (now - self.initial_lookback)
@@ -200,7 +203,7 @@ class Repairer(threading.Thread):
             if self._gap_requested_at == requested_at:
                 self._gap_requested_at = None  # a newer request (another reconnect) stays pending
         self.gap_repairs_done += 1
-        log.info(kv("gap_repair_done", contracts=len(self.contracts), timeframes=len(self.timeframes), until=now.isoformat()))
+        log.info(kv("gap_repair_done", contracts=len(contracts), timeframes=len(self.timeframes), until=now.isoformat()))
         return True
 
     def _fetch_and_store(self, cid: str, tf: Timeframe, start: datetime, end: datetime, reason: str, windows: set | None = None) -> int:

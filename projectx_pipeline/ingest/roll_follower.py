@@ -59,6 +59,10 @@ class RollFollower:
                 out.append(ids[max(ids)])
         return out
 
+    def next_change_after(self, at: datetime) -> datetime | None:
+        """The first roll instant of any followed symbol after `at` (None: no later roll listed)."""
+        return min((p.at for p in self.roll_points() if p.at > at), default=None)
+
     def roll_points(self) -> list[RollPoint]:
         """Every roll between consecutive listed months of the followed symbols."""
         return [p for symbol in self.symbols for p in roll_points([c.month for c in self.listing[symbol]], self.rule, self.stock_market_open)]

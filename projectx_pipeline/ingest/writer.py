@@ -529,7 +529,7 @@ class StoreWriter(threading.Thread):
             Heartbeat(
                 cid,
                 self.instance_id,
-                "stopped" if final else state[cid]["connection_state"],
+                "stopped" if final and state[cid]["connection_state"] != "rolled" else state[cid]["connection_state"],
                 state[cid]["last_event_at"],
                 state[cid]["last_trade_at"],
                 self.counters[cid].last_bar_at,
