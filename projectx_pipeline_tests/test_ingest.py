@@ -560,10 +560,14 @@ def test_cli_sigterm_mid_bar_and_sigkill_then_restart(db_url, fault_replay, tmp_
 
     def market_goes_on_unseen(minutes: int) -> None:
         """Let `minutes` of market pass with no daemon, then hold the clock until the next daemon
-        subscribes (so that its start-up time never decides what the test covers)."""
+        subscribes (so that its start-up time never decides what the test covers). At a tenth of
+        the replay speed: a loaded machine late by seconds to pause it then overshoots by
+        minutes, not by hours (once the replay slice ran out: the next daemon got no trade)."""
         since = sim.clock()
+        ctl.speed(FAST / 10)
         wait_for(lambda: sim.clock() >= since + timedelta(minutes=minutes), 30, "the market to move on")
         ctl.pause()
+        ctl.speed(FAST)
 
     def start_daemon(name: str) -> Cli:
         cli = Cli(["ingest"], env, tmp_path, name)
@@ -664,8 +668,10 @@ def test_a_daemon_killed_before_its_gap_repair_leaves_the_gap_to_the_next(db_url
         first.signal(signal.SIGTERM)
         assert first.wait(10) == 0, first.stderr[-3000:]
         since = sim.clock()
+        ctl.speed(FAST / 10)  # a late pause overshoots by minutes, not past the replay slice
         wait_for(lambda: sim.clock() >= since + timedelta(minutes=30), 30, "the market to move on unseen")
         ctl.pause()
+        ctl.speed(FAST)
 
         second = Cli(["ingest"], env, tmp_path, "ingest-2")
         procs.append(second)
