@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..domain.contracts import ContractId
-from ..domain.rolls import CalendarRoll, ExchangeDays, RollPoint, front_month_at, months_to_follow, roll_points
+from ..domain.rolls import CalendarRoll, ExchangeDays, RollPoint, front_month_at, months_to_follow, next_roll_after, roll_points
 from ..gateway.listings import ListedContract
 from ..logs import get_logger, kv
 
@@ -61,7 +61,8 @@ class RollFollower:
 
     def next_change_after(self, at: datetime) -> datetime | None:
         """The first roll instant of any followed symbol after `at` (None: no later roll listed)."""
-        return min((p.at for p in self.roll_points() if p.at > at), default=None)
+        upcoming = [next_roll_after([c.month for c in self.listing[s]], at, self.rule, self.stock_market_open) for s in self.symbols]
+        return min((t for t in upcoming if t is not None), default=None)
 
     def roll_points(self) -> list[RollPoint]:
         """Every roll between consecutive listed months of the followed symbols."""
