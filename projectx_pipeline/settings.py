@@ -150,6 +150,10 @@ class AnalyzerSettings(_Model):
 
 class AnalysisSettings(_Model):
     analyzers: list[AnalyzerSettings] = Field(default_factory=list)
+    # What a symbol of `instruments` is analysed on: `contract`, each followed month's own bars
+    # (signal prices are that month's); `continuous`, the symbol's front-month series across its
+    # rolls, forward-adjusted (analysis/series_bars.py). Explicit contracts are always their own.
+    series: Literal["contract", "continuous"] = "contract"
 
 
 class CoordinationSettings(_Model):

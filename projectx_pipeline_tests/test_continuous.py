@@ -292,6 +292,8 @@ def test_the_view_switches_contract_exactly_at_the_roll(conn):
             "low",
             "close",
             "volume",
+            "revisions",  # migration 0006: what the analysis fingerprints the series by
+            "ingested_at",
         ]
 
 

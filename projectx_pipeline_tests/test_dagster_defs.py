@@ -12,6 +12,7 @@ import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 from dagster import (
     AssetKey,
@@ -28,7 +29,9 @@ from dagster import (
 )
 
 from projectx_pipeline.definitions import build_definitions, defs
+from projectx_pipeline.domain.errors import DomainError
 from projectx_pipeline.domain.market import read_bars_csv
+from projectx_pipeline.domain.rolls import ContractMonth, RollPoint
 from projectx_pipeline.gateway.simulator.server import SimulatorServer
 from projectx_pipeline.orchestration.analysis_assets import build_analysis_assets
 from projectx_pipeline.orchestration.resources import (
@@ -39,6 +42,7 @@ from projectx_pipeline.orchestration.resources import (
 from projectx_pipeline.orchestration.sensors import send_alert
 from projectx_pipeline.settings import load_settings
 from projectx_pipeline.storage.bars import upsert_bars
+from projectx_pipeline.storage.continuous import record_roll_points
 
 from .support.market import MES
 from .support.paths import REPO
@@ -416,6 +420,65 @@ def test_analysis_takes_any_month_of_a_configured_symbol_when_asked(tmp_path, db
     assert unconfigured and all("contracts=CON.F.US.MNQ.M25 " in m for m in unconfigured), unconfigured
 
 
+CONTINUOUS_SETTINGS = ANALYSIS_SETTINGS.replace("analysis: {", "analysis: {series: continuous, ")
+
+
+def _analyse_continuous(tmp_path, db_url, series: list[str]):
+    analysis = build_analysis_assets(_settings(tmp_path, CONTINUOUS_SETTINGS))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            analysis.assets,
+            resources={"storage": StorageResource(database_url=db_url)},
+            instance=instance,
+            run_config=analysis.run_config(series),
+            raise_on_error=False,
+        )
+        return result, [e.user_message for e in instance.all_logs(result.run_id)]
+
+
+def test_continuous_analysis_runs_on_each_symbols_series_and_says_why_one_has_none(tmp_path, db_url, conn, sample_dir):
+    # no roll recorded: the series has no bars, and the run fails saying why (not green on nothing)
+    result, _ = _analyse_continuous(tmp_path, db_url, [])
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_failure_data.user_failure_data.description.startswith("MES: DomainError: no roll of MES is recorded")
+
+    upsert_bars(conn, read_bars_csv(sample_dir / "CON.F.US.MES.M25_1h.csv"), mode="keep", source="history", notify=False)
+    record_roll_points(
+        conn,
+        [RollPoint(datetime(2025, 6, 11, 22, tzinfo=ZoneInfo("UTC")), ContractMonth.of(MES), ContractMonth.of("CON.F.US.MES.U25"))],
+        "calendar:8",
+    )
+    conn.commit()
+    result, _ = _analyse_continuous(tmp_path, db_url, [])  # no list: each symbol's series
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("trend_starts_1h")
+    assert mat.metadata["contracts"].value == ["MES"]
+    assert mat.metadata["bars_processed"].value == 943 and mat.metadata["total_signals"].value > 0
+    (coordination,) = result.asset_materializations_for_node("coordinated_signals")
+    assert coordination.metadata["contracts"].value == ["MES"]
+
+
+def test_continuous_analysis_is_launched_once_per_symbol_for_new_bars_of_its_months(tmp_path, db_url, conn, sample_dir):
+    built = build_definitions(_settings(tmp_path, CONTINUOUS_SETTINGS))
+    sensor = built.resolve_sensor_def("new_bars_sensor")
+    m25 = read_bars_csv(sample_dir / "CON.F.US.MES.M25_1h.csv").iloc[:2]  # 22:00 and 23:00 of 2025-03-16
+    upsert_bars(conn, pd.concat([m25, m25.assign(contract_id="CON.F.US.MES.U25")]).reset_index(drop=True), mode="keep", source="live")
+    conn.commit()
+    with build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"storage": StorageResource(database_url=db_url)}) as context:
+        result = sensor(context)
+    [run] = result.run_requests
+    assert run.tags["projectx/series"] == "MES"
+    assert all(op["config"]["contracts"] == ["MES"] for op in run.run_config["ops"].values())
+    assert {str(e.partition) for e in result.asset_events} == {f"{MES}|2025-03-17", "CON.F.US.MES.U25|2025-03-17"}
+
+
+def test_a_bad_series_in_the_run_config_is_refused_by_name(tmp_path):
+    analysis = build_analysis_assets(_settings(tmp_path, CONTINUOUS_SETTINGS))
+    with pytest.raises(DomainError, match="invalid series 'mes': expected a contract id such as CON.F.US.MES.M25"):
+        analysis.run_config(["mes"])
+
+
 @pytest.fixture
 def bars_5m(sample_dir):
     return read_bars_csv(sample_dir / "CON.F.US.MES.M25_5m.csv")
@@ -445,7 +508,7 @@ def test_new_bars_sensor_reports_materializations_and_launches_analysis_once(eva
     assert isinstance(result, SensorResult)
     [run] = result.run_requests
     assert run.run_key == f"{MES}:5m@2025-03-17T00:25:00+00:00"
-    assert run.tags["projectx/contract"] == MES
+    assert run.tags["projectx/series"] == MES
     assert all(op["config"]["contracts"] == [MES] for op in run.run_config["ops"].values())
     [event] = result.asset_events
     assert event.asset_key == AssetKey("ohlc_bars")

@@ -158,3 +158,19 @@ def test_the_settings_say_what_is_followed(tmp_path):
     assert follow.front_month("MES", date(2026, 6, 12), LISTED) == mes("U26")
     # what `make dev` prints as ingested
     assert ingested(settings) == f"MES (front month + next, roll 5 days before expiry), {MNQ_Z26} × 5m, 1h"
+
+
+def test_what_the_analysis_runs_over_follows_the_series_setting(known):
+    mnq = "CON.F.US.MNQ.Z26"
+    by_contract = FrontMonths(contracts=(mnq,), symbols=("MES",), rule=CalendarRoll(8), stock_market_open=nyse_open)
+    continuous = FrontMonths(contracts=(mnq,), symbols=("MES",), rule=CalendarRoll(8), stock_market_open=nyse_open, continuous_analysis=True)
+    at = datetime(2026, 9, 10, 15, tzinfo=timezone.utc)  # U26 has rolled to Z26
+    assert by_contract.analysed_now(at, known) == ([mnq, mes("Z26")], {})
+    assert continuous.analysed_now(at, known) == ([mnq, "MES"], {})  # no front month needed: the series stitches itself
+    # new bars of any month of a followed symbol feed its series; an explicit contract stays its own
+    assert [continuous.series_of(c) for c in (mes("U26"), mes("Z26"), mnq)] == ["MES", "MES", mnq]
+    assert [by_contract.series_of(c) for c in (mes("U26"), mnq)] == [mes("U26"), mnq]
+    assert continuous.series_of(mes("U26")).is_continuous and not by_contract.series_of(mes("U26")).is_continuous
+    # a symbol without a known month is unresolved by contract, and not a question for the series
+    assert by_contract.analysed_now(at, [])[1].keys() == {"MES"}
+    assert continuous.analysed_now(at, []) == ([mnq, "MES"], {})

@@ -66,6 +66,7 @@ def test_secrets_never_show_in_repr():
         ),
         ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {rule: volume}\n", "rolls.rule = 'volume'"),
         ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {days_before_expiry: 99}\n", "rolls.days_before_expiry = 99"),
+        ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nanalysis: {series: weekly}\n", "analysis.series = 'weekly'"),
         ("- just a list\n", "expected a mapping"),
         ("contracts: [\n", "not valid YAML"),
     ],

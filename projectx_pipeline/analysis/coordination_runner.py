@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.contracts import ContractId
 from ..domain.coordination import CoordinationRule, coordinate, known_at, replay_start
+from ..domain.series import SeriesId
 from ..domain.trend_starts import ANALYZER_ID
 from ..storage import coordinated_signals as coordinated
 from ..storage import locks, trend_signals
@@ -55,7 +55,7 @@ def run_coordination(
     """Coordinate the contract's detected signals under every rule, incrementally (module docstring).
 
     Commits on success, rolls back on error."""
-    ContractId(contract_id)
+    SeriesId(contract_id)
     trend_signals.validate_analyzer_id(analyzer_id)
     rules = tuple(rules)
     names = [r.name for r in rules]

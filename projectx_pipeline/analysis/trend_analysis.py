@@ -1,6 +1,8 @@
 """Trend-start analysis against the database (no Dagster).
 
-`run_trend_analysis` — one (analyzer, contract, timeframe) per call, one transaction:
+`run_trend_analysis` — one (analyzer, series, timeframe) per call, one transaction. A series is
+a contract's bars or a symbol's continuous front-month series (`series_bars.py`: forward-adjusted
+at the recorded rolls, whose gaps join the fingerprint below); "contract" below means either.
 
 * Serialized by `pg_advisory_xact_lock` on (analyzer, contract, timeframe): an overlapping run
   waits, then reads the watermark the first one committed and finds nothing left to do.
@@ -39,14 +41,15 @@ import numpy as np
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.contracts import ContractId
+from ..domain.series import SeriesId
 from ..domain.timeframes import Timeframe
 from ..domain.timestamps import utc_series
 from ..domain.trend_starts import ANALYZER_ID, Signal, TrendStartDetector
-from ..storage import bars, locks
 from ..storage import coordinated_signals as coordinated
+from ..storage import locks
 from ..storage import trend_signals as store
 from ..storage.db import begin_read_committed
+from .series_bars import ContinuousSeriesBars, ContractSeriesBars, SeriesBars, roll_record, series_bars
 
 _STATE_FORMAT = 1
 LATEST_ROWS = 10
@@ -93,8 +96,10 @@ def _signals_to_frame(signals: list[Signal]) -> pd.DataFrame:
     )
 
 
-def _state(detector: TrendStartDetector, rows: list[tuple], previous: dict | None) -> dict:
-    """The watermark's JSON state: detector snapshot + the fingerprint of the bars it has seen."""
+def _state(detector: TrendStartDetector, read: SeriesBars, previous: dict | None) -> dict:
+    """The watermark's JSON state: detector snapshot + the fingerprint of the bars it has seen
+    (with a continuous series', the rolls at or before the last of them and their gaps)."""
+    rows = read.rows
     revisions = (previous or {}).get("revisions", 0) + sum(int(r[5]) for r in rows)
     ingested = [r[6] for r in rows]
     if previous and previous.get("ingested_through"):
@@ -104,21 +109,22 @@ def _state(detector: TrendStartDetector, rows: list[tuple], previous: dict | Non
         "detector": detector.snapshot(),
         "revisions": revisions,
         "ingested_through": max(ingested).isoformat() if ingested else None,
+        "rolls": roll_record(read.gaps),
     }
 
 
 def _save_watermark(
-    conn, analyzer_id: str, contract_id: str, tf: Timeframe, detector: TrendStartDetector, rows: list[tuple], previous: dict | None
+    conn, analyzer_id: str, contract_id: str, tf: Timeframe, detector: TrendStartDetector, read: SeriesBars, previous: dict | None
 ) -> None:
-    """Record that the detector has seen every bar through the last of `rows`, and its state."""
+    """Record that the detector has seen every bar through the last of `read.rows`, and its state."""
     store.save_analyzer_watermark(
         conn,
         analyzer_id,
         contract_id,
         tf,
-        last_bar_ts=rows[-1][0],
+        last_bar_ts=read.rows[-1][0],
         bars_processed=detector.bars_processed,
-        state=_state(detector, rows, previous),
+        state=_state(detector, read, previous),
     )
 
 
@@ -143,10 +149,12 @@ def _first_difference(stored: pd.DataFrame, computed: pd.DataFrame) -> pd.Timest
 def run_trend_analysis(
     conn: psycopg2.extensions.connection, contract_id: str, tf: Timeframe, *, analyzer_id: str = ANALYZER_ID, latest: int = LATEST_ROWS
 ) -> AnalysisResult:
-    """Bring the detected signals of (analyzer, contract, tf) up to date with the stored bars.
+    """Bring the detected signals of (analyzer, series, tf) up to date with the stored bars;
+    `contract_id` is a series (domain/series.py): a contract id, or a symbol for its continuous
+    front-month series (series_bars.py says how that one is fed).
 
     Commits on success, rolls back on error (see the module docstring for the rules)."""
-    ContractId(contract_id)
+    source = series_bars(SeriesId(contract_id))
     store.validate_analyzer_id(analyzer_id)
     if analyzer_id != ANALYZER_ID:
         raise ValueError(f"unknown analyzer {analyzer_id!r}: expected {ANALYZER_ID!r} (the only one implemented)")
@@ -158,11 +166,11 @@ def run_trend_analysis(
         watermark = store.load_analyzer_watermark(conn, analyzer_id, contract_id, tf)
         detector = previous = None
         if watermark is not None:
-            detector, previous = _resumable(conn, watermark)
+            detector, previous = _resumable(conn, watermark, source)
         if detector is not None:
-            result = _incremental(conn, analyzer_id, contract_id, tf, watermark, detector, previous, latest)
+            result = _incremental(conn, source, analyzer_id, contract_id, tf, watermark, detector, previous, latest)
         else:
-            result = _full(conn, analyzer_id, contract_id, tf, recompute=watermark is not None, latest=latest)
+            result = _full(conn, source, analyzer_id, contract_id, tf, recompute=watermark is not None, latest=latest)
         conn.commit()
         return result
     except BaseException:
@@ -170,7 +178,9 @@ def run_trend_analysis(
         raise
 
 
-def _resumable(conn, watermark: store.AnalyzerWatermark) -> tuple[TrendStartDetector | None, dict | None]:
+def _resumable(
+    conn, watermark: store.AnalyzerWatermark, source: ContractSeriesBars | ContinuousSeriesBars
+) -> tuple[TrendStartDetector | None, dict | None]:
     """The restored detector and state when the bars through the watermark are unchanged, else (None, None)."""
     state = watermark.state if isinstance(watermark.state, dict) else {}
     if state.get("format") != _STATE_FORMAT:
@@ -183,23 +193,26 @@ def _resumable(conn, watermark: store.AnalyzerWatermark) -> tuple[TrendStartDete
         return None, None
     if detector.bars_processed != watermark.bars_processed:
         return None, None
-    count, revisions, ingested = bars.bars_fingerprint(conn, watermark.contract_id, watermark.timeframe, watermark.last_bar_ts)
-    if count != watermark.bars_processed or revisions != recorded_revisions:
+    seen = source.fingerprint(conn, watermark.timeframe, watermark.last_bar_ts)
+    if seen.count != watermark.bars_processed or seen.revisions != recorded_revisions:
         return None, None
-    if ingested is not None and (recorded_ingested is None or ingested > recorded_ingested):
+    if seen.ingested is not None and (recorded_ingested is None or seen.ingested > recorded_ingested):
+        return None, None
+    if seen.rolls != state.get("rolls", []):  # a roll recorded behind the watermark, or a gap changed by a repaired bar
         return None, None
     return detector, state
 
 
-def _incremental(conn, analyzer_id, contract_id, tf, watermark, detector, previous, latest) -> AnalysisResult:
-    rows = bars.read_analysis_bars(conn, contract_id, tf, after=watermark.last_bar_ts)
+def _incremental(conn, source, analyzer_id, contract_id, tf, watermark, detector, previous, latest) -> AnalysisResult:
+    read = source.read(conn, tf, after=watermark.last_bar_ts)
+    rows = read.rows
     new = 0
     last_bar_ts = watermark.last_bar_ts
     if rows:
-        signals = _feed(detector, rows)
-        new = store.insert_detected_signals(conn, analyzer_id, contract_id, tf, _signals_to_frame(signals))
+        signals = read.traded_prices(_signals_to_frame(_feed(detector, rows)))
+        new = store.insert_detected_signals(conn, analyzer_id, contract_id, tf, signals)
         last_bar_ts = rows[-1][0]
-        _save_watermark(conn, analyzer_id, contract_id, tf, detector, rows, previous)
+        _save_watermark(conn, analyzer_id, contract_id, tf, detector, read, previous)
     return AnalysisResult(
         bars_processed=len(rows),
         new_signals=new,
@@ -213,10 +226,11 @@ def _incremental(conn, analyzer_id, contract_id, tf, watermark, detector, previo
     )
 
 
-def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -> AnalysisResult:
-    rows = bars.read_analysis_bars(conn, contract_id, tf, after=None)
+def _full(conn, source, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -> AnalysisResult:
+    read = source.read(conn, tf, after=None)
+    rows = read.rows
     detector = TrendStartDetector()
-    computed = _signals_to_frame(_feed(detector, rows))
+    computed = read.traded_prices(_signals_to_frame(_feed(detector, rows)))
     stored = store.read_detected_signals(conn, analyzer_id, contract_id, tf)
     changed_from = _first_difference(stored, computed)
     deleted = inserted = 0
@@ -229,7 +243,7 @@ def _full(conn, analyzer_id, contract_id, tf, *, recompute: bool, latest: int) -
         coordinated.rewind_coordinator_watermarks(conn, contract_id, changed_from)
     last_bar_ts = rows[-1][0] if rows else None
     if rows:
-        _save_watermark(conn, analyzer_id, contract_id, tf, detector, rows, None)
+        _save_watermark(conn, analyzer_id, contract_id, tf, detector, read, None)
     else:  # no bars at all (any more): nothing to resume from
         store.delete_analyzer_watermark(conn, analyzer_id, contract_id, tf)
     return AnalysisResult(

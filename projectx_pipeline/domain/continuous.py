@@ -14,6 +14,11 @@ Back-adjustment (additive; the latest known month keeps its prices):
   `as_of`. A roll after `as_of` is not known at `as_of` and adjusts nothing, so a series read as
   of an instant is the one an analysis running then saw: a later roll shifts every earlier bar by
   the same amount and changes none of the price moves already seen;
+* forward adjustment, for an analysis fed bar by bar: each bar minus the gaps of the rolls at or
+  before its start (`forward_adjustments`). The earliest month keeps its prices and a bar's shift
+  is fixed once the bar is known, so a detector's state stays valid across a roll; at any instant
+  it differs from the back-adjusted series as of then by one constant, so every comparison of
+  prices (all the trend-start rules make) answers the same;
 * a gap that cannot be computed (a month without a bar before the roll) counts as 0: the
   `RollGap` says why (`missing`), and the bars it should have adjusted are flagged
   (`adjustment_complete` False). It is never invented.
@@ -223,6 +228,20 @@ def back_adjust(bars: pd.DataFrame, gaps: Sequence[RollGap], as_of: datetime | N
     out["adjustment"] = adjustment
     out["adjustment_complete"] = unknown_after[rolls_before] == 0
     return out
+
+
+def forward_adjustments(starts: np.ndarray, gaps: Sequence[RollGap]) -> np.ndarray:
+    """What forward adjustment adds to the prices of bars starting at `starts` (int64 ns since the
+    epoch, any order): minus the sum of the gaps of the rolls at or before each start. `gaps` are
+    one symbol's, ascending (`roll_gap`); an unknown gap counts as 0, as in `back_adjust`."""
+    for g in gaps:
+        if not isinstance(g, RollGap):
+            raise DomainError(f"invalid roll gap {g!r}: expected a continuous.RollGap (from roll_gap)")
+    check_roll_points([g.point for g in gaps])
+    starts = np.asarray(starts, dtype=np.int64)
+    roll_ns = np.array([to_ns(g.point.at) for g in gaps], dtype=np.int64)
+    gap_through = np.concatenate([[0.0], np.cumsum([g.gap for g in gaps], dtype=np.float64)])
+    return -gap_through[np.searchsorted(roll_ns, starts, side="right")]
 
 
 def _check_front_months(bars: pd.DataFrame, known: list[RollGap], rolls_before: np.ndarray) -> None:

@@ -16,9 +16,11 @@ The natural unit of work is therefore the per-(analyzer, contract, timeframe) wa
 when stored bars behind it changed), which is cheap and idempotent. Partitioning by contract
 would not fit either: the new-bar sensor launches one run per contract as bars land, a manual run
 may want all contracts, and coordination of one contract needs all of that contract's
-timeframes. So a run takes any set of contracts in its config (`contracts: []` = the contracts
-followed now: the explicit ones and each symbol's front month, `front_months.py`) and advisory
-locks in the database keep overlapping runs from processing a bar or coordinating a signal twice.
+timeframes. So a run takes any set of series in its config: contract ids, and symbols for their
+continuous front-month series (`contracts: []` = what is followed now: the explicit contracts and
+each symbol's front month, or its continuous series with `analysis.series: continuous`,
+`front_months.py`) and advisory locks in the database keep overlapping runs from processing a bar
+or coordinating a signal twice.
 
 Materialized by `analysis_job` (launched by the new-bar sensor with `AnalysisAssets.run_config([cid])`)
 or by hand from the UI; automation conditions are deliberately not used. `build_analysis_assets`
@@ -48,8 +50,8 @@ from dagster import (
 
 from ..analysis.coordination_runner import CoordinationResult, run_coordination
 from ..analysis.trend_analysis import AnalysisResult, run_trend_analysis
-from ..domain.contracts import ContractId
 from ..domain.coordination import parse_rules
+from ..domain.series import SeriesId
 from ..domain.timeframes import Timeframe
 from ..domain.trend_starts import ANALYZER_ID
 from ..logs import kv
@@ -67,8 +69,10 @@ LATEST_ROWS = 10
 
 
 class AnalysisConfig(Config):
-    """Which contracts a run analyses; empty means the contracts followed now (the explicit
-    contracts and each symbol's front month)."""
+    """Which series a run analyses: contract ids (a month's own bars) and symbols (a symbol's
+    continuous front-month series). Empty: what is followed now, as `analysis.series` says (the
+    explicit contracts, and each symbol's front month or its continuous series). The field keeps
+    its first name, `contracts`, so that runs launched before symbols existed re-execute."""
 
     contracts: list[str] = []
 
@@ -82,20 +86,20 @@ def analyzed_timeframes(settings: Settings) -> list[Timeframe]:
     return sorted(tfs, key=lambda tf: tf.nominal_seconds)
 
 
-def _contracts(context: AssetExecutionContext, config: AnalysisConfig, front_months: FrontMonths) -> tuple[list[str], dict[str, str]]:
-    """The contracts of the run, and the error of each symbol whose front month is unknown (the
+def _series(context: AssetExecutionContext, config: AnalysisConfig, front_months: FrontMonths) -> tuple[list[str], dict[str, str]]:
+    """The series of the run, and the error of each symbol whose front month is unknown (the
     others are analysed all the same; the run then fails naming it)."""
+    unresolved: dict[str, str] = {}
     if config.contracts:
-        requested, unresolved = [ContractId(c) for c in config.contracts], {}
+        requested = [SeriesId(c) for c in config.contracts]
     else:
-        followed = front_months.followed_now(datetime.now(timezone.utc), context.instance.get_dynamic_partitions(CONTRACTS))
-        requested, unresolved = followed.contracts, followed.unresolved
+        requested, unresolved = front_months.analysed_now(datetime.now(timezone.utc), context.instance.get_dynamic_partitions(CONTRACTS))
     out: list[str] = []
-    for cid in requested:
-        if cid not in out:
-            out.append(cid)
+    for series in requested:
+        if series not in out:
+            out.append(series)
     # any month of a configured symbol is the settings' (a past front month, the next one, ...)
-    unconfigured = [c for c in out if c not in front_months.contracts and front_months.symbol_of(c) is None]
+    unconfigured = [c for c in out if not front_months.is_configured(SeriesId(c))]
     if unconfigured:
         context.log.warning(kv("contracts_not_in_settings", contracts=",".join(unconfigured), action="analysed_anyway"))
     for symbol, why in unresolved.items():
@@ -164,10 +168,10 @@ def _trend_starts_asset(front_months: FrontMonths, tf: Timeframe) -> AssetsDefin
         "by watermark; recomputed when stored bars behind the watermark changed.",
     )
     def trend_starts(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
-        contracts, unresolved = _contracts(context, config, front_months)
+        series, unresolved = _series(context, config, front_months)
         results, errors = _run_per_contract(
             context,
-            contracts,
+            series,
             storage,
             "trend_starts",
             lambda conn, cid: run_trend_analysis(conn, cid, tf, latest=LATEST_ROWS),
@@ -241,10 +245,10 @@ def _coordinated_signals_asset(settings: Settings, front_months: FrontMonths, tr
         "only; incremental by coordinator watermark per rule and contract.",
     )
     def coordinated_signals(context: AssetExecutionContext, config: AnalysisConfig, storage: StorageResource) -> MaterializeResult:
-        contracts, unresolved = _contracts(context, config, front_months)
+        series, unresolved = _series(context, config, front_months)
         results, errors = _run_per_contract(
             context,
-            contracts,
+            series,
             storage,
             "coordination",
             lambda conn, cid: run_coordination(conn, cid, rules, latest=LATEST_ROWS),
@@ -276,9 +280,9 @@ class AnalysisAssets:
     def assets(self) -> list[AssetsDefinition]:
         return [*self.trend_starts, self.coordinated_signals]
 
-    def run_config(self, contracts: list[str] | tuple[str, ...] = ()) -> dict:
-        """Run config of the analysis job for these contracts (empty: the contracts followed when it runs)."""
-        ids = [ContractId(c) for c in contracts]
+    def run_config(self, series: list[str] | tuple[str, ...] = ()) -> dict:
+        """Run config of the analysis job for these series, contract ids or symbols (empty: what is followed when it runs)."""
+        ids = [SeriesId(c) for c in series]
         return {"ops": {a.op.name: {"config": {"contracts": list(ids)}} for a in self.assets}}
 
 

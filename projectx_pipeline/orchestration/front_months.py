@@ -11,7 +11,9 @@ gateway lists, and keeps the expired ones). On a trade date
   date's session: what the live daemon collects), or, when every known month has rolled already,
   the latest known month alone, as the daemon does with a gateway that lists only one month.
 
-Explicit contracts (`contracts`) are followed on every date, whatever their month. Nothing here
+Explicit contracts (`contracts`) are followed on every date, whatever their month. What the
+analysis runs over follows from it and `analysis.series`: each followed contract's own bars, or
+for a symbol its continuous front-month series (`SeriesId` of the symbol). Nothing here
 asks the gateway or the instance: callers pass the partition keys they read
 (`instance.get_dynamic_partitions(CONTRACTS)`).
 """
@@ -26,6 +28,7 @@ from ..domain.contracts import ContractId
 from ..domain.errors import DomainError
 from ..domain.market_hours import CalendarDays
 from ..domain.rolls import CalendarRoll, ContractMonth, ExchangeDays, months_to_follow
+from ..domain.series import SeriesId
 from ..domain.sessions import trade_date_of, trade_date_session
 from ..domain.timestamps import utc
 from ..settings import Settings
@@ -52,6 +55,7 @@ class FrontMonths:
     symbols: tuple[str, ...]  # symbols whose front month (and the next) are followed
     rule: CalendarRoll = CalendarRoll()
     stock_market_open: ExchangeDays = field(default_factory=CalendarDays, compare=False)
+    continuous_analysis: bool = False  # analysis.series: continuous
 
     @classmethod
     def from_settings(cls, settings: Settings, stock_market_open: ExchangeDays | None = None) -> FrontMonths:
@@ -60,6 +64,7 @@ class FrontMonths:
             tuple(settings.symbols),
             settings.roll_rule(),
             stock_market_open if stock_market_open is not None else CalendarDays(),
+            settings.file.analysis.series == "continuous",
         )
 
     def symbol_of(self, contract_id: str) -> str | None:
@@ -131,6 +136,25 @@ class FrontMonths:
             if front not in contracts:
                 contracts.append(front)
         return Followed(contracts, unresolved)
+
+    def analysed_now(self, at: datetime, known: Iterable[str]) -> tuple[list[SeriesId], dict[str, str]]:
+        """The series an analysis run without a list of its own takes at `at`, and per symbol why
+        it is left out: the explicit contracts, then each symbol's continuous series or (by
+        contract) its front month then (`followed_now`)."""
+        if self.continuous_analysis:
+            return [*map(SeriesId, self.contracts), *map(SeriesId, self.symbols)], {}
+        followed = self.followed_now(at, known)
+        return [SeriesId(c) for c in followed.contracts], followed.unresolved
+
+    def series_of(self, contract_id: str) -> SeriesId:
+        """The series new bars of `contract_id` feed: a followed symbol's continuous series when
+        the analysis runs on those, else the contract's own."""
+        symbol = self.symbol_of(contract_id)
+        return SeriesId(symbol if self.continuous_analysis and symbol is not None else ContractId(contract_id))
+
+    def is_configured(self, series: SeriesId) -> bool:
+        """Whether the settings name `series`: an explicit contract, a followed symbol or one of its months."""
+        return series in self.contracts or series.symbol in self.symbols
 
     def why_not_followed(self, contract_id: str, trade_date: date, known: Iterable[str]) -> str | None:
         """None when `contract_id` is followed on `trade_date` (explicit contracts and contracts of

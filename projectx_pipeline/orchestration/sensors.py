@@ -28,6 +28,7 @@ from ..logs import get_logger, kv
 from ..settings import Settings
 from ..storage.bar_activity import bars_ingested_since
 from .analysis_assets import AnalysisAssets, analyzed_timeframes
+from .front_months import FrontMonths
 from .partitions import CONTRACTS, ensure_contract_partitions, partition_key
 from .resources import GatewayResource, StorageResource
 
@@ -45,7 +46,9 @@ def _load_cursor(raw: str | None) -> dict:
 
 
 def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> SensorDefinition:
-    """The new-bar sensor: polls every `dagster.sensor_interval_seconds`, launches `analysis.job`."""
+    """The new-bar sensor: polls every `dagster.sensor_interval_seconds`, launches `analysis.job`
+    for each series (a contract, or a symbol's continuous series) that got new bars."""
+    front_months = FrontMonths.from_settings(settings)
 
     @sensor(
         name="new_bars_sensor",
@@ -78,6 +81,7 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
         if added:
             context.log.info(f"contract partitions added for new live bars: {', '.join(added)}")
         analyzed = {tf.label for tf in analyzed_timeframes(settings)}
+        new_by_series: dict[str, dict[str, datetime]] = {}
         for cid, by_tf in new_by_contract.items():
             newest = max(by_tf.values())
             events.append(
@@ -90,14 +94,19 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
                     },
                 )
             )
+            # the months of a symbol analysed as one continuous series make one run of it
+            series_new = new_by_series.setdefault(front_months.series_of(cid), {})
+            for tf, ts in by_tf.items():
+                series_new[tf] = max(series_new.get(tf, ts), ts)
+        for series, by_tf in new_by_series.items():
             affected = sorted(set(by_tf) & analyzed)
             if affected:
-                run_key = cid + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
+                run_key = series + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
                 run_requests.append(
                     RunRequest(
                         run_key=run_key,
-                        run_config=analysis.run_config([cid]),
-                        tags={"projectx/contract": cid, "projectx/timeframes": ",".join(affected)},
+                        run_config=analysis.run_config([series]),
+                        tags={"projectx/series": series, "projectx/timeframes": ",".join(affected)},
                     )
                 )
         context.update_cursor(json.dumps({"since": high_water, "last": last}))

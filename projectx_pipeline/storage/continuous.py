@@ -212,3 +212,37 @@ def read_continuous_bars(
         if not g.known:
             log.warning(kv("roll_gap_missing", symbol=symbol, timeframe=tf.label, roll_at=g.point.at.isoformat(), reason=g.missing))
     return back_adjust(bars, gaps, as_of)
+
+
+_ANALYSIS_BARS_SQL = (
+    'SELECT "timestamp", contract_id, open, high, low, close, revisions, ingested_at FROM continuous_bars'
+    ' WHERE symbol = %s AND timeframe_unit = %s AND timeframe_value = %s AND "timestamp" > %s ORDER BY "timestamp"'
+)
+
+
+def read_continuous_analysis_bars(conn: psycopg2.extensions.connection, symbol: str, tf: Timeframe, after: datetime | None) -> list[tuple]:
+    """Rows (timestamp, contract_id, open, high, low, close, revisions, ingested_at) of the
+    front-month bars of `symbol` in `tf` starting after `after` (all when None), ascending,
+    unadjusted: what the trend analysis of the continuous series adjusts and feeds its detector."""
+    symbol, tf = _check_symbol(symbol), _check_timeframe(tf)
+    after = utc(after, "after") if after is not None else _NO_START
+    with conn.cursor() as cur:
+        cur.execute(_ANALYSIS_BARS_SQL, (symbol, tf.unit, tf.value, after))
+        return cur.fetchall()
+
+
+def continuous_bars_fingerprint(
+    conn: psycopg2.extensions.connection, symbol: str, tf: Timeframe, through: datetime
+) -> tuple[int, int, datetime | None]:
+    """(count, sum of revisions, newest ingested_at) of the front-month bars of `symbol` in `tf`
+    starting at or before `through`, as `bars.bars_fingerprint` of one contract: a bar added
+    behind a watermark, replaced, or moved in or out of the series by a roll changes it."""
+    symbol, tf = _check_symbol(symbol), _check_timeframe(tf)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), coalesce(sum(revisions), 0), max(ingested_at) FROM continuous_bars"
+            ' WHERE symbol = %s AND timeframe_unit = %s AND timeframe_value = %s AND "timestamp" <= %s',
+            (symbol, tf.unit, tf.value, utc(through, "through")),
+        )
+        count, revisions, ingested = cur.fetchone()
+    return int(count), int(revisions), ingested

@@ -18,8 +18,8 @@ import pandas as pd
 import psycopg2.extensions
 import psycopg2.extras
 
-from ..domain.contracts import ContractId
 from ..domain.coordination import STORED_OUTPUT_COLUMNS
+from ..domain.series import SeriesId
 from ..domain.timestamps import utc_series
 from .trend_signals import TF_LABEL_SQL
 
@@ -37,7 +37,7 @@ def insert_coordinated(conn: psycopg2.extensions.connection, frame: pd.DataFrame
     if frame.empty:
         return 0
     for cid in pd.unique(frame["contract_id"]):
-        ContractId(cid)
+        SeriesId(cid)
     signal_ts = utc_series(frame["signal_ts"])
     if signal_ts.isna().any():
         raise ValueError("coordinated frame has a missing signal_ts")
@@ -76,7 +76,7 @@ _COORDINATED_READ_COLUMNS = [
 def read_coordinated(conn: psycopg2.extensions.connection, contract_id: str, *, latest: int | None = None) -> pd.DataFrame:
     """Coordinated signals of a contract with their inputs' timeframes and known_at; ordered by
     (signal_ts, rule, anchor), or the `latest` newest first."""
-    ContractId(contract_id)
+    SeriesId(contract_id)
     a_label, t_label = TF_LABEL_SQL.replace("d.", "a."), TF_LABEL_SQL.replace("d.", "t.")
     sql = f"""
         SELECT c.id, c.rule, c.label, c.contract_id, c.signal_ts, c.anchor_signal_id, c.trigger_signal_id,
@@ -102,7 +102,7 @@ def read_coordinated(conn: psycopg2.extensions.connection, contract_id: str, *, 
 
 
 def count_coordinated(conn: psycopg2.extensions.connection, contract_id: str) -> int:
-    ContractId(contract_id)
+    SeriesId(contract_id)
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM coordinated_signals WHERE contract_id = %s", (contract_id,))
         return int(cur.fetchone()[0])
@@ -113,7 +113,7 @@ def count_coordinated(conn: psycopg2.extensions.connection, contract_id: str) ->
 
 def load_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_id: str, rules: Iterable[str]) -> dict[str, datetime | None]:
     """last_known_at per rule name (None for a rule that has never advanced)."""
-    ContractId(contract_id)
+    SeriesId(contract_id)
     names = list(rules)
     out: dict[str, datetime | None] = dict.fromkeys(names)
     if not names:
@@ -128,7 +128,7 @@ def load_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_i
 
 
 def save_coordinator_watermark(conn: psycopg2.extensions.connection, rule: str, contract_id: str, last_known_at: datetime) -> None:
-    ContractId(contract_id)
+    SeriesId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             """
@@ -141,7 +141,7 @@ def save_coordinator_watermark(conn: psycopg2.extensions.connection, rule: str, 
 
 def rewind_coordinator_watermarks(conn: psycopg2.extensions.connection, contract_id: str, ts: datetime) -> int:
     """Move every coordinator watermark of the contract back to `ts` if it is later; returns how many moved."""
-    ContractId(contract_id)
+    SeriesId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE coordinator_watermarks SET last_known_at = %s, updated_at = now() WHERE contract_id = %s AND last_known_at > %s",

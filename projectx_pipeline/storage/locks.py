@@ -17,6 +17,7 @@ import hashlib
 import psycopg2.extensions
 
 from ..domain.contracts import ContractId
+from ..domain.series import SeriesId
 from ..domain.timeframes import Timeframe
 from .trend_signals import check_timeframe, validate_analyzer_id
 
@@ -38,12 +39,12 @@ def try_lock_contract(conn: psycopg2.extensions.connection, contract_id: str) ->
 
 def lock_analysis(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
     """Serialize analysis runs of one (analyzer, contract, timeframe) until the transaction ends."""
-    _xact_lock(conn, "analysis", validate_analyzer_id(analyzer_id), ContractId(contract_id), check_timeframe(tf).label)
+    _xact_lock(conn, "analysis", validate_analyzer_id(analyzer_id), SeriesId(contract_id), check_timeframe(tf).label)
 
 
 def lock_coordination(conn: psycopg2.extensions.connection, contract_id: str) -> None:
     """Serialize coordination runs of one contract (and the analysis recomputes that rewind them)."""
-    _xact_lock(conn, "coordination", ContractId(contract_id))
+    _xact_lock(conn, "coordination", SeriesId(contract_id))
 
 
 def _xact_lock(conn: psycopg2.extensions.connection, *parts: str) -> None:

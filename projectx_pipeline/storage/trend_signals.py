@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import psycopg2.extensions
 
-from ..domain.contracts import ContractId
 from ..domain.coordination import known_at_ns
 from ..domain.errors import DomainError
+from ..domain.series import SeriesId
 from ..domain.timeframes import Timeframe
 from ..domain.timestamps import timestamps_ns, utc_series
 from ..domain.trend_starts import DOWNTREND, UPTREND
@@ -70,7 +70,7 @@ def check_timeframe(tf: object) -> Timeframe:
 def _check_key(analyzer_id: str, contract_id: str, tf: Timeframe) -> None:
     """Validate the (analyzer, contract, timeframe) a query is about, before it reaches SQL."""
     validate_analyzer_id(analyzer_id)
-    ContractId(contract_id)
+    SeriesId(contract_id)
     check_timeframe(tf)
 
 
@@ -181,7 +181,7 @@ def read_signals(
 ) -> pd.DataFrame:
     """Detected signals of a contract with known_at >= `since_known_at` (all when None), ordered by
     (known_at, timeframe, start_ts, type). Columns SIGNAL_COLUMNS; `timeframe` is a label ('15m')."""
-    ContractId(contract_id)
+    SeriesId(contract_id)
     sql = _SELECT_SIGNALS + " WHERE d.contract_id = %s"
     params: list = [contract_id]
     if since_known_at is not None:
@@ -220,7 +220,7 @@ def latest_signals(
 ) -> pd.DataFrame:
     """The `limit` most recently known signals (newest first)."""
     validate_analyzer_id(analyzer_id)
-    ContractId(contract_id)
+    SeriesId(contract_id)
     sql = _SELECT_SIGNALS + " WHERE d.analyzer_id = %s AND d.contract_id = %s"
     params: list = [analyzer_id, contract_id]
     if tf is not None:
@@ -302,7 +302,7 @@ def save_analyzer_watermark(
 def analyzer_last_bars(conn: psycopg2.extensions.connection, analyzer_id: str, contract_id: str) -> dict[Timeframe, datetime]:
     """last_bar_ts of every analysed timeframe of (analyzer, contract)."""
     validate_analyzer_id(analyzer_id)
-    ContractId(contract_id)
+    SeriesId(contract_id)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT timeframe_unit, timeframe_value, last_bar_ts FROM analyzer_watermarks WHERE analyzer_id = %s AND contract_id = %s",
