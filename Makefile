@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-quick lint format bench install lock postgres-binaries clean
+.PHONY: dev dev-roll test test-quick lint format bench install lock postgres-binaries clean
 
 # Editable install with the dev extra, every package at the version in constraints.txt; redone
 # when setup.py or the constraints change.
@@ -51,6 +51,14 @@ test-quick: install
 # ingestion daemon, Dagster webserver (127.0.0.1:3000) and daemon. Ctrl-C stops it all.
 dev: install
 	$(VENV)/bin/projectx dev
+
+# The same with the simulator playing the settings' symbols through their latest quarterly roll
+# before now (a past one: the daemon refuses trades stamped more than a day ahead of the
+# machine's clock), its clock starting 100 minutes before the roll at 60× (`projectx dev
+# --play-roll --speed N` for another speed). The bars are months old, so Dagster's freshness check
+# reports them stale.
+dev-roll: install
+	$(VENV)/bin/projectx dev --play-roll
 
 # Lint and format check (ruff) and the type check (mypy); settings in pyproject.toml. CI runs it.
 lint: $(STAMP)
