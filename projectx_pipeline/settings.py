@@ -63,9 +63,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
-class ContractSettings(_Model):
+class _Traded(_Model):
+    tick_size: float = Field(0.25, gt=0)  # the price increment; MES, MNQ, ES: 0.25
+
+
+class ContractSettings(_Traded):
     id: str
-    tick_size: float = Field(0.25, gt=0)
 
     @field_validator("id")
     @classmethod
@@ -73,11 +76,10 @@ class ContractSettings(_Model):
         return ContractId(v)
 
 
-class InstrumentSettings(_Model):
+class InstrumentSettings(_Traded):
     """A symbol whose front month (and the month after it) is collected, whatever month that is."""
 
     symbol: str
-    tick_size: float = Field(0.25, gt=0)
 
     @field_validator("symbol")
     @classmethod

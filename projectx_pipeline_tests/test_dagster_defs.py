@@ -377,10 +377,10 @@ analysis: {analyzers: [{id: cus_cds_trend_finder, timeframes: [1h]}]}
 """
 
 
-def _analyse(tmp_path, db_url, contracts: list[str], partitions: list[str]):
-    """The analysis job of ANALYSIS_SETTINGS for `contracts` (empty: the contracts followed now)
-    on an instance whose contract partitions are `partitions`: the result and its log messages."""
-    analysis = build_analysis_assets(_settings(tmp_path, ANALYSIS_SETTINGS))
+def _analyse(tmp_path, db_url, contracts: list[str], partitions: list[str], settings: str = ANALYSIS_SETTINGS):
+    """The analysis job of `settings` for `contracts` (empty: what is followed now) on an
+    instance whose contract partitions are `partitions`: the result and its log messages."""
+    analysis = build_analysis_assets(_settings(tmp_path, settings))
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("contracts", partitions)
         result = materialize(
@@ -423,22 +423,9 @@ def test_analysis_takes_any_month_of_a_configured_symbol_when_asked(tmp_path, db
 CONTINUOUS_SETTINGS = ANALYSIS_SETTINGS.replace("analysis: {", "analysis: {series: continuous, ")
 
 
-def _analyse_continuous(tmp_path, db_url, series: list[str]):
-    analysis = build_analysis_assets(_settings(tmp_path, CONTINUOUS_SETTINGS))
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            analysis.assets,
-            resources={"storage": StorageResource(database_url=db_url)},
-            instance=instance,
-            run_config=analysis.run_config(series),
-            raise_on_error=False,
-        )
-        return result, [e.user_message for e in instance.all_logs(result.run_id)]
-
-
 def test_continuous_analysis_runs_on_each_symbols_series_and_says_why_one_has_none(tmp_path, db_url, conn, sample_dir):
     # no roll recorded: the series has no bars, and the run fails saying why (not green on nothing)
-    result, _ = _analyse_continuous(tmp_path, db_url, [])
+    result, _ = _analyse(tmp_path, db_url, [], [], CONTINUOUS_SETTINGS)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_failure_data.user_failure_data.description.startswith("MES: DomainError: no roll of MES is recorded")
@@ -450,7 +437,7 @@ def test_continuous_analysis_runs_on_each_symbols_series_and_says_why_one_has_no
         "calendar:8",
     )
     conn.commit()
-    result, _ = _analyse_continuous(tmp_path, db_url, [])  # no list: each symbol's series
+    result, _ = _analyse(tmp_path, db_url, [], [], CONTINUOUS_SETTINGS)  # no list: each symbol's series
     assert result.success
     (mat,) = result.asset_materializations_for_node("trend_starts_1h")
     assert mat.metadata["contracts"].value == ["MES"]

@@ -54,7 +54,7 @@ def build_daemon(args: argparse.Namespace):
         except (ListingError, GatewayClientError) as exc:
             raise UsageError(f"instruments: {exc}") from None
     config = IngestConfig(
-        contracts=list[str](contracts),
+        contracts=contracts,
         timeframes=timeframes,
         database_url=url,
         grace_seconds=ing.grace_seconds,

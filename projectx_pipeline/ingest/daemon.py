@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from ..domain.aggregation import BarAggregator, split_valid
+from ..domain.contracts import ContractId
 from ..domain.market import Quote, Trade
 from ..domain.market_hours import SessionCalendar, StallWatch
 from ..domain.rolls import CalendarRoll, ExchangeDays
@@ -51,7 +52,7 @@ STALL_CHECK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class IngestConfig:
-    contracts: list[str]
+    contracts: list[ContractId]  # the explicit contracts (settings `contracts` or --contracts)
     timeframes: list[Timeframe]
     database_url: str
     grace_seconds: float = 2.0

@@ -19,8 +19,10 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 import pandas as pd
 import psycopg2
@@ -40,6 +42,8 @@ from ..storage.repairs import RepairRequest, queue_repairs
 from ..storage.trades import TradeBatch, copy_trades, notify_ticks
 from ..storage.urls import redact_url
 from .counters import Counters
+
+T = TypeVar("T")
 
 log = get_logger("projectx.ingest.writer")
 
@@ -440,39 +444,40 @@ class StoreWriter(threading.Thread):
         start = row.timestamp.to_pydatetime()
         return RepairRequest(row.contract_id, tf.unit, tf.value, start, bar_end(start, tf) + timedelta(seconds=self.repair_delay_seconds), reason)
 
-    def _write_repairs(self) -> bool:
+    def _durably(self, what: str, write: Callable[..., T], *args: object) -> tuple[bool, T | None]:
+        """`write(conn, *args)` in one durable transaction: (True, its result), or (False, None)
+        when the database refused it (handled and logged as `what`; the caller keeps its rows to retry)."""
         try:
             with self._transaction(durable=True):
-                queue_repairs(self.conn, self.pending.repairs)
+                return True, write(self.conn, *args)
         except psycopg2.Error as exc:
-            self._on_db_error(exc, "repairs")
-            return False
-        self.pending.repairs = []
-        return True
+            self._on_db_error(exc, what)
+            return False, None
+
+    def _write_repairs(self) -> bool:
+        written, _ = self._durably("repairs", queue_repairs, self.pending.repairs)
+        if written:
+            self.pending.repairs = []
+        return written
 
     def _write_resumes(self) -> bool:
-        try:
-            with self._transaction(durable=True):
-                record_feed_resumes(self.conn, self.pending.resumes)
-        except psycopg2.Error as exc:
-            self._on_db_error(exc, "feed_resumes")
+        written, _ = self._durably("feed_resumes", record_feed_resumes, self.pending.resumes)
+        if written:
+            self.pending.resumes = []
+        else:
             self._forget_ticks()
-            return False
-        self.pending.resumes = []
-        return True
+        return written
 
     def _write_roll_points(self) -> bool:
         while self.pending.roll_points:
             points, rule = self.pending.roll_points[0]
             try:
-                with self._transaction(durable=True):
-                    changed = record_roll_points(self.conn, points, rule)
-            except psycopg2.Error as exc:
-                self._on_db_error(exc, "roll_points")
-                return False
+                written, changed = self._durably("roll_points", record_roll_points, points, rule)
             except DomainError as exc:  # a listing that contradicts the recorded rolls: say so, keep the feed
                 log.error(kv("roll_points_refused", rule=rule, error=exc))
-                changed = 0
+                written, changed = True, 0
+            if not written:
+                return False
             self.pending.roll_points.pop(0)
             if changed:
                 log.info(kv("roll_points_recorded", rule=rule, changed=changed, points=len(points)))
