@@ -95,6 +95,16 @@ class RollSettings(_Model):
     rule: Literal["calendar"] = "calendar"
     days_before_expiry: int = Field(DEFAULT_DAYS_BEFORE_EXPIRY, ge=0, le=60)
 
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _live_rule(cls, v: object) -> object:
+        if v == "volume":  # domain/rolls.VolumeRoll exists; why it cannot drive the platform, in one line
+            raise ValueError(
+                "expected 'calendar': the volume rule decides a roll from a finished session's volumes, and the daemon,"
+                " the backfills and the health checks need each roll instant ahead of it (docs/market-conventions.md)"
+            )
+        return v
+
 
 class IngestSettings(_Model):
     grace_seconds: float = Field(2.0, ge=0, le=300)

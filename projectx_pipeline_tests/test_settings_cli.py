@@ -64,7 +64,10 @@ def test_secrets_never_show_in_repr():
             "instruments: [{symbol: MES}]\ncontracts: [{id: CON.F.US.MES.Z26}]\ntimeframes: [1m]\n",
             "contracts ['CON.F.US.MES.Z26'] are months of symbols in instruments",
         ),
-        ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {rule: volume}\n", "rolls.rule = 'volume'"),
+        (
+            "instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {rule: volume}\n",
+            "rolls.rule = 'volume': expected 'calendar': the volume rule decides a roll from a finished session's volumes",
+        ),
         ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nrolls: {days_before_expiry: 99}\n", "rolls.days_before_expiry = 99"),
         ("instruments: [{symbol: MES}]\ntimeframes: [1m]\nanalysis: {series: weekly}\n", "analysis.series = 'weekly'"),
         ("- just a list\n", "expected a mapping"),
