@@ -449,15 +449,28 @@ def test_continuous_analysis_runs_on_each_symbols_series_and_says_why_one_has_no
 def test_continuous_analysis_is_launched_once_per_symbol_for_new_bars_of_its_months(tmp_path, db_url, conn, sample_dir):
     built = build_definitions(_settings(tmp_path, CONTINUOUS_SETTINGS))
     sensor = built.resolve_sensor_def("new_bars_sensor")
-    m25 = read_bars_csv(sample_dir / "CON.F.US.MES.M25_1h.csv").iloc[:2]  # 22:00 and 23:00 of 2025-03-16
-    upsert_bars(conn, pd.concat([m25, m25.assign(contract_id="CON.F.US.MES.U25")]).reset_index(drop=True), mode="keep", source="live")
+    m25 = read_bars_csv(sample_dir / "CON.F.US.MES.M25_1h.csv").iloc[:3]  # 22:00, 23:00 of 2025-03-16, 00:00 of 03-17
+    u25 = m25.assign(contract_id="CON.F.US.MES.U25")
+    upsert_bars(conn, pd.concat([m25.iloc[:2], u25]).reset_index(drop=True), mode="keep", source="live")
     conn.commit()
-    with build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"storage": StorageResource(database_url=db_url)}) as context:
-        result = sensor(context)
+
+    def evaluate(cursor=None):
+        with build_sensor_context(
+            instance=DagsterInstance.ephemeral(), cursor=cursor, resources={"storage": StorageResource(database_url=db_url)}
+        ) as context:
+            return sensor(context), context.cursor
+
+    result, cursor = evaluate()
     [run] = result.run_requests
     assert run.tags["projectx/series"] == "MES"
     assert all(op["config"]["contracts"] == ["MES"] for op in run.run_config["ops"].values())
+    assert run.run_key == f"MES|{MES}:1h@2025-03-16T23:00:00+00:00;CON.F.US.MES.U25:1h@2025-03-17T00:00:00+00:00"
     assert {str(e.partition) for e in result.asset_events} == {f"{MES}|2025-03-17", "CON.F.US.MES.U25|2025-03-17"}
+    # the front month's 00:00 bar lands a tick later than the next month's: a run of its own
+    upsert_bars(conn, m25.iloc[2:].reset_index(drop=True), mode="keep", source="live")
+    conn.commit()
+    result, _ = evaluate(cursor)
+    assert [r.run_key for r in result.run_requests] == [f"MES|{MES}:1h@2025-03-17T00:00:00+00:00"]
 
 
 def test_a_bad_series_in_the_run_config_is_refused_by_name(tmp_path):

@@ -81,7 +81,7 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
         if added:
             context.log.info(f"contract partitions added for new live bars: {', '.join(added)}")
         analyzed = {tf.label for tf in analyzed_timeframes(settings)}
-        new_by_series: dict[str, dict[str, datetime]] = {}
+        new_by_series: dict[str, dict[str, dict[str, datetime]]] = {}  # series -> contract -> timeframe -> newest bar
         for cid, by_tf in new_by_contract.items():
             newest = max(by_tf.values())
             events.append(
@@ -95,20 +95,22 @@ def build_new_bars_sensor(settings: Settings, analysis: AnalysisAssets) -> Senso
                 )
             )
             # the months of a symbol analysed as one continuous series make one run of it
-            series_new = new_by_series.setdefault(front_months.series_of(cid), {})
-            for tf, ts in by_tf.items():
-                series_new[tf] = max(series_new.get(tf, ts), ts)
-        for series, by_tf in new_by_series.items():
-            affected = sorted(set(by_tf) & analyzed)
-            if affected:
-                run_key = series + ":" + ",".join(f"{tf}@{by_tf[tf].isoformat()}" for tf in affected)
-                run_requests.append(
-                    RunRequest(
-                        run_key=run_key,
-                        run_config=analysis.run_config([series]),
-                        tags={"projectx/series": series, "projectx/timeframes": ",".join(affected)},
-                    )
+            new_by_series.setdefault(front_months.series_of(cid), {})[cid] = by_tf
+        for series, by_contract in new_by_series.items():
+            new_bars = {cid: {tf: by_tf[tf] for tf in sorted(set(by_tf) & analyzed)} for cid, by_tf in sorted(by_contract.items())}
+            parts = [f"{cid}:" + ",".join(f"{tf}@{ts.isoformat()}" for tf, ts in tfs.items()) for cid, tfs in new_bars.items() if tfs]
+            if not parts:
+                continue
+            # a continuous series is keyed by each month's new bars: the next month's bar of 20:00
+            # must not stand for the front month's bar of 20:00 that a later tick sees
+            run_key = parts[0] if series in by_contract else f"{series}|" + ";".join(parts)
+            run_requests.append(
+                RunRequest(
+                    run_key=run_key,
+                    run_config=analysis.run_config([series]),
+                    tags={"projectx/series": series, "projectx/timeframes": ",".join(sorted({tf for tfs in new_bars.values() for tf in tfs}))},
                 )
+            )
         context.update_cursor(json.dumps({"since": high_water, "last": last}))
         return SensorResult(run_requests=run_requests, asset_events=events)
 
