@@ -76,19 +76,12 @@ def simulator_command(args: argparse.Namespace) -> list[str]:
     """The simulator `make dev` runs: the MES sample shifted to now, `--history-days` of it already history."""
     if not args.history_days >= 0:
         raise UsageError(f"--history-days {args.history_days}: expected a number of days >= 0")
-    return [
-        "projectx",
-        "simulate",
-        "--host",
-        args.host,
-        "--port",
-        str(args.simulator_port),
-        "--speed",
-        replay_speed(args),
-        "--start",
-        f"+{args.history_days}d",
-        "--shift-to-now",
-    ]
+    return _simulate(args, replay_speed(args), "--start", f"+{args.history_days}d", "--shift-to-now")
+
+
+def _simulate(args: argparse.Namespace, speed: str, *market: str) -> list[str]:
+    """`projectx simulate` on dev's address and port at `speed`, playing the `market` options."""
+    return ["projectx", "simulate", "--host", args.host, "--port", str(args.simulator_port), "--speed", speed, *market]
 
 
 @dataclass(frozen=True)
@@ -158,21 +151,7 @@ def play_roll_speed(args: argparse.Namespace) -> float:
 def roll_simulator_command(args: argparse.Namespace, roll: RollToPlay) -> list[str]:
     """The simulator `--play-roll` runs: the symbols' listing, its clock at `roll.clock_start`,
     held there until the daemon subscribes (so the session before the halt is collected live)."""
-    return [
-        "projectx",
-        "simulate",
-        "--host",
-        args.host,
-        "--port",
-        str(args.simulator_port),
-        "--speed",
-        f"{play_roll_speed(args):g}",
-        "--symbols",
-        *roll.symbols,
-        "--start",
-        roll.clock_start.isoformat(),
-        "--wait-for-subscriber",
-    ]
+    return _simulate(args, f"{play_roll_speed(args):g}", "--symbols", *roll.symbols, "--start", roll.clock_start.isoformat(), "--wait-for-subscriber")
 
 
 def playing(roll: RollToPlay, speed: float, settings: Settings) -> list[str]:

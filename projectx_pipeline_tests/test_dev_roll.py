@@ -36,8 +36,8 @@ from projectx_pipeline.storage.db import connect
 from .support.bars import bar_diff
 from .support.cli import Cli
 from .support.database import assert_no_duplicates, scalar
+from .support.dev_run import DevWiring
 from .support.network import free_port
-from .support.paths import REPO
 from .support.waiting import wait_for
 
 U26, Z26, H27 = (f"CON.F.US.MES.{c}" for c in ("U26", "Z26", "H27"))
@@ -182,41 +182,10 @@ def test_the_banner_says_what_plays_and_that_freshness_will_fail(mes):
 
 def test_dev_runs_the_roll_simulator_and_prints_the_roll(db_url, tmp_path, monkeypatch, capsys):
     """`projectx dev --play-roll` without starting anything: the simulator command and the banner."""
-    for name in ("workspace.yaml", "dagster.yaml"):
-        (tmp_path / name).write_text((REPO / name).read_text())
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("PROJECTX_") or name in ("DATABASE_URL", "DAGSTER_PG_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("DAGSTER_PG_URL", db_url)
-
-    class FakeProcess:
-        pid, returncode = 0, 0
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            return 0
-
-    started: dict[str, list[str]] = {}
-
-    def fake_start(self, name, cmd, env):
-        started[name] = cmd
-        self.procs.append((name, FakeProcess()))
-        return self.procs[-1][1]
-
-    monkeypatch.setattr(dev._Children, "start", fake_start)
-    monkeypatch.setattr(dev, "_port_in_use", lambda host, port: False)
-    monkeypatch.setattr(dev, "_wait_for_port", lambda host, port, proc, timeout: True)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        args = dev_args("--speed", "90")
-        dev.run(args)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    wiring = DevWiring(db_url, tmp_path, monkeypatch)
+    args = dev_args("--speed", "90")
+    wiring.run(args)
+    started = wiring.started
     roll = dev.roll_to_play(load_settings(), datetime.now(timezone.utc))
     assert started["simulator"] == dev.roll_simulator_command(args, roll)
     assert set(started) == {"simulator", "ingest", "dagster-webserver", "dagster-daemon"}

@@ -28,7 +28,6 @@ import math
 import os
 import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -1593,55 +1592,23 @@ def test_local_database_listens_on_localhost_only_and_asks_for_a_password(local_
 
 def test_dev_binds_everything_it_starts_to_localhost_by_default(db_url, tmp_path, monkeypatch):
     """`projectx dev` without starting anything: the commands it builds (simulator, webserver)."""
-    from projectx_pipeline import dev
     from projectx_pipeline.cli import build_parser
 
-    for name in ("workspace.yaml", "dagster.yaml"):
-        (tmp_path / name).write_text((REPO / name).read_text())
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("PROJECTX_") or name in ("DATABASE_URL", "DAGSTER_PG_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("DAGSTER_PG_URL", db_url)
+    from .support.dev_run import DevWiring
 
-    class FakeProcess:
-        pid, returncode = 0, 0
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            return 0
-
-    started: dict[str, list[str]] = {}
-
-    def fake_start(self, name, cmd, env):
-        started[name] = cmd
-        proc = FakeProcess()
-        self.procs.append((name, proc))
-        return proc
-
-    monkeypatch.setattr(dev._Children, "start", fake_start)
-    monkeypatch.setattr(dev, "_port_in_use", lambda host, port: False)
-    monkeypatch.setattr(dev, "_wait_for_port", lambda host, port, proc, timeout: True)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for argv, host in ((["dev"], "127.0.0.1"), (["dev", "--host", "0.0.0.0"], "0.0.0.0")):
-            started.clear()
-            args = build_parser("dev").parse_args(argv)
-            assert args.host == host
-            dev.run(args)
-            sim = started["simulator"]
-            assert sim[sim.index("--host") + 1] == host
-            web = started["dagster-webserver"]
-            assert web[web.index("-h") + 1] == host
-            assert set(started) == {"simulator", "ingest", "dagster-webserver", "dagster-daemon"}
-            # the daemon and dagster-daemon take no address: they listen on nothing
-            assert not any(a in started["ingest"] + started["dagster-daemon"] for a in ("-h", "--host", "0.0.0.0"))
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    wiring = DevWiring(db_url, tmp_path, monkeypatch)
+    for argv, host in ((["dev"], "127.0.0.1"), (["dev", "--host", "0.0.0.0"], "0.0.0.0")):
+        args = build_parser("dev").parse_args(argv)
+        assert args.host == host
+        wiring.run(args)
+        started = wiring.started
+        sim = started["simulator"]
+        assert sim[sim.index("--host") + 1] == host
+        web = started["dagster-webserver"]
+        assert web[web.index("-h") + 1] == host
+        assert set(started) == {"simulator", "ingest", "dagster-webserver", "dagster-daemon"}
+        # the daemon and dagster-daemon take no address: they listen on nothing
+        assert not any(a in started["ingest"] + started["dagster-daemon"] for a in ("-h", "--host", "0.0.0.0"))
 
 
 def test_the_control_endpoint_exists_only_in_the_simulator():
