@@ -199,10 +199,7 @@ def back_adjust(bars: pd.DataFrame, gaps: Sequence[RollGap], as_of: datetime | N
     _check_bar_frame(bars)
     if as_of is not None:
         as_of = utc(as_of, "as_of")
-    for g in gaps:
-        if not isinstance(g, RollGap):
-            raise DomainError(f"invalid roll gap {g!r}: expected a continuous.RollGap (from roll_gap)")
-    check_roll_points([g.point for g in gaps])
+    _check_gaps(gaps)
     timeframes = {g.timeframe for g in gaps} | {
         Timeframe(int(u), int(v)) for u, v in bars[["timeframe_unit", "timeframe_value"]].drop_duplicates().itertuples(index=False)
     }
@@ -234,14 +231,19 @@ def forward_adjustments(starts: np.ndarray, gaps: Sequence[RollGap]) -> np.ndarr
     """What forward adjustment adds to the prices of bars starting at `starts` (int64 ns since the
     epoch, any order): minus the sum of the gaps of the rolls at or before each start. `gaps` are
     one symbol's, ascending (`roll_gap`); an unknown gap counts as 0, as in `back_adjust`."""
-    for g in gaps:
-        if not isinstance(g, RollGap):
-            raise DomainError(f"invalid roll gap {g!r}: expected a continuous.RollGap (from roll_gap)")
-    check_roll_points([g.point for g in gaps])
+    _check_gaps(gaps)
     starts = np.asarray(starts, dtype=np.int64)
     roll_ns = np.array([to_ns(g.point.at) for g in gaps], dtype=np.int64)
     gap_through = np.concatenate([[0.0], np.cumsum([g.gap for g in gaps], dtype=np.float64)])
     return -gap_through[np.searchsorted(roll_ns, starts, side="right")]
+
+
+def _check_gaps(gaps: Sequence[RollGap]) -> None:
+    """`gaps` as one symbol's roll gaps, ascending (`roll_gap`), or a DomainError naming the fault."""
+    for g in gaps:
+        if not isinstance(g, RollGap):
+            raise DomainError(f"invalid roll gap {g!r}: expected a continuous.RollGap (from roll_gap)")
+    check_roll_points([g.point for g in gaps])
 
 
 def _check_front_months(bars: pd.DataFrame, known: list[RollGap], rolls_before: np.ndarray) -> None:
